@@ -1,0 +1,5 @@
+"""Backbones and heads. ``build_backbone`` is the registry; ``MagFaceHead`` the dense head."""
+from models.iresnet import ARCHS, IResNet, build_backbone, canonical_arch
+from models.magface import MagFaceHead, MagMargin
+
+__all__ = ["ARCHS", "IResNet", "MagFaceHead", "MagMargin", "build_backbone", "canonical_arch"]

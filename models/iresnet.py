@@ -1,0 +1,145 @@
+"""iResNet backbones (Duta et al. 2020, as used by ArcFace and MagFace).
+
+The state-dict keys and shapes are a compatibility contract with the released MagFace and insightface
+checkpoints: ``conv1, bn1, prelu, layer{1..4}.{i}.{bn1, conv1, bn2, prelu, conv2, bn3, downsample.{0,1}},
+bn2, fc, features``. The output is the *un-normalised* embedding f: MagFace reads face quality from
+its magnitude ||f||, so nothing here normalises it.
+
+Block: BN -> conv3x3 -> BN -> PReLU -> conv3x3(stride) -> BN, plus a shortcut (conv1x1 + BN when the
+shape changes), no activation after the add. Head: BN2d -> Dropout -> flatten -> Linear -> BN1d.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+BN_EPS = 2e-5
+STANDARD_WIDTHS = (64, 128, 256, 512)
+
+
+def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+class IBasicBlock(nn.Module):
+    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(inplanes, eps=BN_EPS)
+        self.conv1 = _conv3x3(inplanes, planes)
+        self.bn2 = nn.BatchNorm2d(planes, eps=BN_EPS)
+        self.prelu = nn.PReLU(planes)
+        self.conv2 = _conv3x3(planes, planes, stride)
+        self.bn3 = nn.BatchNorm2d(planes, eps=BN_EPS)
+        self.downsample = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(inplanes, planes, kernel_size=1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes, eps=BN_EPS),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return out + shortcut
+
+
+class IResNet(nn.Module):
+    """iResNet on (B, 3, S, S) inputs, S divisible by 16 (112 for the released models)."""
+
+    def __init__(
+        self,
+        layers: Sequence[int],
+        embedding_size: int = 512,
+        dropout: float = 0.0,
+        widths: Sequence[int] = STANDARD_WIDTHS,
+        input_size: int = 112,
+        zero_init_residual: bool = False,
+    ) -> None:
+        super().__init__()
+        if len(layers) != 4 or len(widths) != 4:
+            raise ValueError(f"iResNet needs 4 stages, got layers={list(layers)} widths={list(widths)}")
+        if input_size % 16:
+            raise ValueError(f"iResNet input_size must be divisible by 16, got {input_size}")
+        self.embedding_size = embedding_size
+        self.input_size = input_size
+        stem = widths[0]
+        self.conv1 = _conv3x3(3, stem)
+        self.bn1 = nn.BatchNorm2d(stem, eps=BN_EPS)
+        self.prelu = nn.PReLU(stem)
+        inplanes = stem
+        for i, (blocks, planes) in enumerate(zip(layers, widths, strict=True), start=1):
+            stage = [IBasicBlock(inplanes, planes, stride=2)]
+            stage += [IBasicBlock(planes, planes) for _ in range(blocks - 1)]
+            self.add_module(f"layer{i}", nn.Sequential(*stage))
+            inplanes = planes
+        spatial = input_size // 16
+        self.bn2 = nn.BatchNorm2d(inplanes, eps=BN_EPS)
+        self.dropout = nn.Dropout(p=dropout)
+        self.fc = nn.Linear(inplanes * spatial * spatial, embedding_size)
+        self.features = nn.BatchNorm1d(embedding_size, eps=BN_EPS)
+        self._init_weights(zero_init_residual)
+
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, IBasicBlock):
+                    nn.init.zeros_(m.bn3.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.prelu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = self.dropout(self.bn2(x))
+        x = self.fc(torch.flatten(x, 1))
+        # BatchNorm1d in fp32: its statistics decide the magnitude, the quality signal.
+        return self.features(x.float())
+
+
+# name -> (blocks per stage, widths); the narrow ones are for CPU demos and tests.
+ARCHS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "iresnet18": ((2, 2, 2, 2), STANDARD_WIDTHS),
+    "iresnet34": ((3, 4, 6, 3), STANDARD_WIDTHS),
+    "iresnet50": ((3, 4, 14, 3), STANDARD_WIDTHS),
+    "iresnet100": ((3, 13, 30, 3), STANDARD_WIDTHS),
+    "iresnet200": ((6, 26, 60, 6), STANDARD_WIDTHS),
+    # 1/4 width iresnet18: 1.5M parameters at 128-d; learns on a CPU in minutes.
+    "iresnet18_w16": ((2, 2, 2, 2), (16, 32, 64, 128)),
+    # half-width iresnet18 (4.4M parameters at 128-d).
+    "iresnet18_w32": ((2, 2, 2, 2), (32, 64, 128, 256)),
+}
+ALIASES = {"r18": "iresnet18", "r34": "iresnet34", "r50": "iresnet50", "r100": "iresnet100",
+           "r200": "iresnet200"}
+
+
+def build_backbone(
+    name: str,
+    embedding_size: int = 512,
+    dropout: float = 0.0,
+    input_size: int = 112,
+    zero_init_residual: bool = False,
+) -> IResNet:
+    """Build a backbone by name (``iresnet50``, ``r50``, ...); unknown names list the valid ones."""
+    key = ALIASES.get(name, name)
+    if key not in ARCHS:
+        valid = ", ".join(sorted(ARCHS) + sorted(ALIASES))
+        raise ValueError(f"unknown backbone {name!r}; valid names: {valid}")
+    layers, widths = ARCHS[key]
+    return IResNet(layers, embedding_size, dropout, widths, input_size, zero_init_residual)
+
+
+def canonical_arch(name: str) -> str:
+    """``r50`` -> ``iresnet50``; raises like build_backbone for unknown names."""
+    key = ALIASES.get(name, name)
+    if key not in ARCHS:
+        build_backbone(name)
+    return key

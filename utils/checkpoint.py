@@ -1,0 +1,241 @@
+"""Checkpoints: read the released MagFace / insightface files unchanged, write the released layout.
+
+Written files follow the released MagFace layout, so the seed's own tools read them:
+``{'epoch', 'arch', 'state_dict', 'optimizer'}`` with keys ``module.features.<backbone key>`` and the
+head as ``module.fc.weight`` of shape [embedding_size, num_classes]. Extra keys carry the resolved
+config and the input convention. Every read uses ``torch.load(weights_only=True)``: a checkpoint can
+never run code. Writes go to a temporary file that is renamed into place, so a crash mid-write leaves
+the previous file intact.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.iresnet import ARCHS, build_backbone, canonical_arch
+from utils.convention import MAGFACE, InputConvention
+
+FORMAT_VERSION = 1
+# Prefixes of backbone keys in the layouts we read, most specific first.
+BACKBONE_PREFIXES = ("module.features.", "features.module.", "module.backbone.", "backbone.",
+                     "features.", "module.")
+HEAD_KEYS = ("module.fc.weight", "parallel_fc.weight", "fc.weight")
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint safely; truncated, foreign or code-carrying files get a clear ValueError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes): an interrupted write?")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise ValueError(
+                f"checkpoint {path} holds Python objects other than tensors, numbers, strings and "
+                f"containers; refusing to unpickle them because that could run code. Re-save it as a "
+                f"plain state dict. Details: {str(e).splitlines()[0]}"
+            ) from None
+        raise ValueError(f"checkpoint {path} is not a readable PyTorch file: {e}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise ValueError(
+            f"checkpoint {path} could not be read (truncated, corrupt or not a PyTorch file): {e}"
+        ) from None
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
+    return dict(obj)
+
+
+def _state_dict_of(obj: Mapping, path: Path) -> Mapping[str, torch.Tensor]:
+    for key in ("state_dict", "state_dict_backbone", "model", "backbone"):
+        if key in obj and isinstance(obj[key], Mapping):
+            return obj[key]
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    raise ValueError(
+        f"checkpoint {path} has no state dict: expected a 'state_dict' key or a bare dict of tensors, "
+        f"found keys {sorted(obj)[:10]}"
+    )
+
+
+def backbone_state(obj: Mapping, path: str | os.PathLike = "<memory>") -> dict[str, torch.Tensor]:
+    """The backbone's parameters and buffers, with any wrapper prefix removed."""
+    path = Path(path)
+    state = _state_dict_of(obj, path)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key in HEAD_KEYS:
+            continue
+        for prefix in BACKBONE_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+                break
+        out[key] = value
+    if not out:
+        raise ValueError(f"checkpoint {path} contains no backbone parameters")
+    return out
+
+
+def head_weight(obj: Mapping) -> torch.Tensor | None:
+    """The classifier as [num_classes, embedding_size], or None when the file has none."""
+    state = obj.get("state_dict", {})
+    for key in HEAD_KEYS[:2]:
+        if key in state:
+            w = state[key]
+            return w.t().contiguous() if key == "module.fc.weight" else w
+    return None
+
+
+def guess_arch(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The registered architecture whose blocks and widths match these keys, if any."""
+    blocks = []
+    for stage in range(1, 5):
+        idx = {int(k.split(".")[1]) for k in state if k.startswith(f"layer{stage}.")}
+        blocks.append(max(idx) + 1 if idx else 0)
+    widths = []
+    for stage in range(1, 5):
+        w = state.get(f"layer{stage}.0.conv1.weight")
+        widths.append(int(w.shape[0]) if w is not None else 0)
+    for name, (layers, arch_widths) in ARCHS.items():
+        if tuple(blocks) == tuple(layers) and tuple(widths) == tuple(arch_widths):
+            return name
+    return None
+
+
+def embedding_size_of(state: Mapping[str, torch.Tensor]) -> int | None:
+    w = state.get("fc.weight")
+    return int(w.shape[0]) if w is not None else None
+
+
+def input_size_of(state: Mapping[str, torch.Tensor]) -> int:
+    """Inverse of the flatten size of ``fc``: 112 for released models."""
+    w, bn = state.get("fc.weight"), state.get("bn2.weight")
+    if w is None or bn is None:
+        return 112
+    side = int(round((w.shape[1] / bn.shape[0]) ** 0.5))
+    return side * 16
+
+
+def load_backbone_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: str = "<memory>") -> None:
+    """Strict load; a mismatch names the missing, unexpected and mis-shaped keys (and a likely arch)."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shaped = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    )
+    if missing or unexpected or shaped:
+        guess = guess_arch(state)
+        hint = f" The file looks like {guess}." if guess else ""
+        lines = [f"checkpoint {path} does not fit the model.{hint}"]
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shaped)):
+            if keys:
+                more = f" ... (+{len(keys) - 8} more)" if len(keys) > 8 else ""
+                lines.append(f"  {label} keys ({len(keys)}): {', '.join(keys[:8])}{more}")
+        raise ValueError("\n".join(lines))
+    model.load_state_dict(state, strict=True)
+
+
+def file_convention(obj: Mapping) -> InputConvention | None:
+    conv = obj.get("input_convention")
+    return InputConvention.from_dict(dict(conv)) if isinstance(conv, Mapping) else None
+
+
+def load_backbone(
+    path: str | os.PathLike,
+    arch: str | None = None,
+    map_location: str | torch.device = "cpu",
+    convention: InputConvention | None = None,
+) -> tuple[nn.Module, InputConvention, dict]:
+    """Build and load the backbone of any supported checkpoint; eval mode, on ``map_location``.
+
+    The convention is, in order: ``convention`` (a tool's flag), the file's own, the MagFace default.
+    """
+    obj = read_checkpoint(path, map_location="cpu")
+    state = backbone_state(obj, path)
+    file_arch = obj.get("arch") if isinstance(obj.get("arch"), str) else None
+    name = arch or file_arch or guess_arch(state)
+    if name is None:
+        raise ValueError(f"checkpoint {path}: cannot tell its architecture; pass --arch")
+    name = canonical_arch(name)
+    emb = embedding_size_of(state) or 512
+    model = build_backbone(name, embedding_size=emb, input_size=input_size_of(state))
+    load_backbone_state(model, state, str(path))
+    stored = file_convention(obj)
+    if convention is None and stored is None and "state_dict" not in obj:
+        warnings.warn(
+            f"{path} is a bare state dict (insightface layout) without an input convention; using the "
+            "MagFace one (BGR, /255). insightface ArcFace models expect RGB, (x-127.5)/127.5: pass "
+            "--input-convention insightface for those.",
+            stacklevel=2,
+        )
+    conv = convention or stored or MAGFACE
+    info = {"arch": name, "epoch": obj.get("epoch"), "embedding_size": emb,
+            "input_size": model.input_size, "config": obj.get("config"), "path": str(path)}
+    return model.to(map_location).eval(), conv, info
+
+
+def released_state_dict(backbone: nn.Module, head_weight_full: torch.Tensor | None) -> dict:
+    """The released DataParallel layout: ``module.features.*`` and ``module.fc.weight`` [D, C]."""
+    state = {f"module.features.{k}": v.detach().cpu() for k, v in backbone.state_dict().items()}
+    if head_weight_full is not None:
+        state["module.fc.weight"] = head_weight_full.detach().float().cpu().t().contiguous()
+    return state
+
+
+def save_released(
+    path: str | os.PathLike,
+    backbone: nn.Module,
+    head_weight_full: torch.Tensor | None,
+    epoch: int,
+    arch: str,
+    optimizer_state: Mapping | None = None,
+    config: Mapping | None = None,
+    convention: InputConvention = MAGFACE,
+) -> None:
+    """Write a checkpoint the seed's ``gen_feat.py`` reads, plus our config and input convention."""
+    obj = {
+        "epoch": int(epoch),
+        "arch": arch,
+        "state_dict": released_state_dict(backbone, head_weight_full),
+        "optimizer": dict(optimizer_state) if optimizer_state is not None else {},
+        "config": dict(config or {}),
+        "input_convention": convention.to_dict(),
+        "format_version": FORMAT_VERSION,
+    }
+    atomic_save(obj, path)

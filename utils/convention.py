@@ -1,0 +1,83 @@
+"""The input convention of a face model: channel order and pixel normalisation.
+
+Released MagFace models take BGR pixels / 255 with no mean/std; insightface (ArcFace) models take
+RGB (x - 127.5) / 127.5. Mixing them up silently costs accuracy, so every checkpoint this project
+writes records its convention, and every tool applies it in one place: ``to_model_input``.
+
+Images travel as uint8 BGR (as cv2 decodes them) in NCHW until they reach the device; the conversion
+to float happens there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class InputConvention:
+    """``x = (pixel / 255 - mean) / std`` on channels in ``order``."""
+
+    order: str = "BGR"
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.order not in ("BGR", "RGB"):
+            raise ValueError(f"input convention order must be 'BGR' or 'RGB', got {self.order!r}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError(f"input convention mean/std need 3 values, got {self.mean} / {self.std}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"input convention std must be positive, got {self.std}")
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+
+    def to_dict(self) -> dict:
+        return {"order": self.order, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> InputConvention:
+        unknown = set(d) - {"order", "mean", "std"}
+        if unknown:
+            raise ValueError(f"unknown input convention keys {sorted(unknown)}")
+        return cls(**{k: (tuple(v) if k != "order" else v) for k, v in d.items()})
+
+
+MAGFACE = InputConvention("BGR", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+INSIGHTFACE = InputConvention("RGB", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+PRESETS = {"magface": MAGFACE, "insightface": INSIGHTFACE, "arcface": INSIGHTFACE}
+
+
+def parse_convention(text: str) -> InputConvention:
+    """A preset name (``magface``, ``insightface``) or ``ORDER:m1,m2,m3:s1,s2,s3`` (mean/std in 0..1)."""
+    key = text.strip().lower()
+    if key in PRESETS:
+        return PRESETS[key]
+    parts = text.split(":")
+    if len(parts) != 3:
+        raise ValueError(
+            f"input convention {text!r}: expected one of {sorted(PRESETS)} or ORDER:m1,m2,m3:s1,s2,s3"
+        )
+    try:
+        mean = tuple(float(v) for v in parts[1].split(","))
+        std = tuple(float(v) for v in parts[2].split(","))
+    except ValueError as e:
+        raise ValueError(f"input convention {text!r}: mean/std must be numbers ({e})") from None
+    return InputConvention(parts[0].upper(), mean, std)
+
+
+def to_model_input(
+    images: torch.Tensor, convention: InputConvention = MAGFACE, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """uint8 BGR NCHW (or float 0..255) -> normalised float NCHW in the convention's channel order."""
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+    x = images
+    if convention.order == "RGB":
+        x = x.flip(1)
+    x = x.to(dtype=torch.float32)
+    mean = torch.tensor(convention.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(convention.std, device=x.device).view(1, 3, 1, 1)
+    scale = 1.0 / (255.0 * std)
+    x = x * scale - mean / std
+    return x.to(dtype)
