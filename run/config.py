@@ -1,0 +1,195 @@
+"""Training configuration: one dataclass whose defaults are the published MagFace recipe.
+
+argparse is generated from the dataclass; the seed's flag names (``--batch-size``, ``--l_a``,
+``--arc-scale``...) are the primary spellings so existing launch scripts keep working.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+
+
+@dataclass
+class TrainConfig:
+    # data
+    arch: str = "iresnet100"
+    train_list: str = ""
+    rec: str = ""
+    synthetic: int = 0
+    workers: int = 8
+    skip_bad_images: bool = False
+    max_bad_fraction: float = 0.01
+    # schedule (published: 25 epochs, lr 0.1 x0.1 at 10/18/22, total batch 512)
+    epochs: int = 25
+    start_epoch: int = 0
+    batch_size: int = 512
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_drop_epoch: list[int] = field(default_factory=lambda: [10, 18, 22])
+    lr_drop_ratio: float = 0.1
+    schedule: str = "step"
+    warmup_epochs: float = 0.0
+    max_steps: int = 0
+    grad_clip: float = 0.0
+    # model and head
+    embedding_size: int = 512
+    last_fc_size: int = 85742
+    dropout: float = 0.0
+    input_size: int = 112
+    l_a: float = 10.0
+    u_a: float = 110.0
+    l_margin: float = 0.45
+    u_margin: float = 0.8
+    lambda_g: float = 35.0
+    arc_scale: float = 64.0
+    margin: str = "arc"
+    easy_margin: bool = True
+    # execution
+    device: str = "auto"
+    amp: str = "none"
+    channels_last: str = "auto"
+    compile: str = "auto"
+    seed: int = 0
+    deterministic: bool = False
+    max_nonfinite: int = 20
+    dist_timeout: float = 1800.0
+    # outputs
+    pth_save_fold: str = "work_dirs/magface"
+    pth_save_epoch: int = 1
+    save_every_steps: int = 0
+    print_freq: int = 100
+    tensorboard: bool = True
+    resume: str = ""
+    pretrained: str = ""
+
+    def validate(self) -> None:
+        sources = sum(bool(x) for x in (self.train_list, self.rec, self.synthetic))
+        if sources != 1:
+            raise ValueError("give exactly one data source: --train_list LIST, --rec DIR or --synthetic N")
+        choices = {"schedule": ("step", "cosine"), "amp": ("none", "bf16", "fp16"),
+                   "margin": ("arc", "cos"), "channels_last": ("auto", "on", "off"),
+                   "compile": ("auto", "on", "off")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"--{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        positive = ("epochs", "batch_size", "embedding_size", "last_fc_size", "print_freq")
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise ValueError(f"--{key} must be positive, got {getattr(self, key)}")
+        if not 0 <= self.start_epoch < self.epochs:
+            raise ValueError(f"--start-epoch {self.start_epoch} must lie in [0, epochs={self.epochs})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save_json(self, path: str | Path, **extra) -> None:
+        """The resolved config (plus ``extra`` facts such as the world size), written atomically."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(str(path) + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict() | extra, indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+
+
+# dataclass field -> (flag spellings, help). The first spelling is the seed's where it had one.
+FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
+    "arch": (("--arch", "-a"), "backbone name (iresnet18/34/50/100/200, iresnet18_w16, ...)"),
+    "train_list": (("--train_list", "--train-list"), "training list: 'path 0 id 0' per line"),
+    "rec": (("--rec",), "folder with insightface train.rec/train.idx"),
+    "synthetic": (("--synthetic",), "use N synthetic images (smoke runs, benchmarks)"),
+    "workers": (("--workers", "-j"), "data loading worker processes"),
+    "skip_bad_images": (("--skip-bad-images",), "log and skip unreadable images instead of stopping"),
+    "max_bad_fraction": (("--max-bad-fraction",), "with --skip-bad-images: stop past this fraction"),
+    "epochs": (("--epochs",), "number of epochs"),
+    "start_epoch": (("--start-epoch",), "epoch to start from (the seed's manual restart)"),
+    "batch_size": (("--batch-size", "-b"), "TOTAL batch size over all GPUs/processes"),
+    "lr": (("--lr", "--learning-rate"), "initial learning rate"),
+    "momentum": (("--momentum",), "SGD momentum"),
+    "weight_decay": (("--weight-decay", "--wd"), "weight decay"),
+    "lr_drop_epoch": (("--lr-drop-epoch",), "epochs where the step schedule multiplies lr"),
+    "lr_drop_ratio": (("--lr-drop-ratio",), "factor applied at each drop epoch"),
+    "schedule": (("--schedule",), "step (published) or cosine"),
+    "warmup_epochs": (("--warmup-epochs",), "linear warm-up length in epochs (0 = none, published)"),
+    "max_steps": (("--max-steps",), "stop after N steps (smoke runs); still writes checkpoints"),
+    "grad_clip": (("--grad-clip",), "clip the global gradient norm (0 = off)"),
+    "embedding_size": (("--embedding-size",), "embedding dimension"),
+    "last_fc_size": (("--last-fc-size",), "number of identities (classifier rows)"),
+    "dropout": (("--dropout",), "dropout before the embedding layer"),
+    "input_size": (("--input-size",), "input side in pixels (112 for the released models)"),
+    "l_a": (("--l_a",), "lower magnitude bound l_a"),
+    "u_a": (("--u_a",), "upper magnitude bound u_a"),
+    "l_margin": (("--l_margin",), "margin at l_a"),
+    "u_margin": (("--u_margin",), "margin at u_a"),
+    "lambda_g": (("--lambda_g",), "weight of the magnitude regulariser g(a)"),
+    "arc_scale": (("--arc-scale",), "logit scale s"),
+    "margin": (("--margin",), "arc (Mag-ArcFace) or cos (Mag-CosFace)"),
+    "easy_margin": (("--easy-margin",), "apply the margin only where cos > 0 (the seed's default)"),
+    "device": (("--device",), "auto, cpu, cuda or cuda:N"),
+    "amp": (("--amp",), "mixed precision: none, bf16 or fp16 (head and loss always fp32)"),
+    "channels_last": (("--channels-last",), "auto (on for GPU), on, off"),
+    "compile": (("--compile",), "torch.compile the backbone: auto (on for GPU), on, off"),
+    "seed": (("--seed",), "random seed (data order, flips, init)"),
+    "deterministic": (("--deterministic",), "deterministic kernels (slower; for exact resume checks)"),
+    "max_nonfinite": (("--max-nonfinite",), "abort after this many consecutive non-finite losses"),
+    "dist_timeout": (("--dist-timeout",), "seconds before a hung collective is reported"),
+    "pth_save_fold": (("--pth-save-fold",), "output folder for checkpoints and logs"),
+    "pth_save_epoch": (("--pth-save-epoch",), "write {epoch:05d}.pth every N epochs"),
+    "save_every_steps": (("--save-every-steps",), "also write last.pth every N steps (0 = off)"),
+    "print_freq": (("--print-freq",), "log every N steps"),
+    "tensorboard": (("--tensorboard",), "write TensorBoard scalars and histograms"),
+    "resume": (("--resume",), "resume from a last.pth, or 'auto' for PTH_SAVE_FOLD/last.pth if present"),
+    "pretrained": (("--pretrained",), "initialise the backbone from any supported checkpoint"),
+}
+
+
+def _str2bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (1/0, true/false), got {text!r}")
+
+
+def get_args_parser(description: str = "Train MagFace") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in fields(TrainConfig):
+        names, help_text = FLAGS[f.name]
+        default = f.default if f.default is not MISSING else f.default_factory()
+        kwargs: dict = {"dest": f.name, "default": default, "help": help_text}
+        if f.type in ("bool", bool):
+            kwargs.update(type=_str2bool, nargs="?", const=True, metavar="0|1")
+        elif f.name == "lr_drop_epoch":
+            kwargs.update(type=int, nargs="+")
+        else:
+            kwargs["type"] = {"int": int, "float": float, "str": str}[str(f.type)]
+        parser.add_argument(*names, **kwargs)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    cfg.validate()
+    return cfg
+
+
+# Keys whose change between a run and its resumption does not alter the optimisation.
+BENIGN_KEYS = {"world_size", "resume", "workers", "print_freq", "tensorboard", "pth_save_fold", "max_steps",
+               "start_epoch", "dist_timeout", "save_every_steps", "pth_save_epoch", "compile",
+               "device", "pretrained", "channels_last", "epochs"}
+
+
+def config_differences(saved: dict, current: TrainConfig) -> list[str]:
+    """Human-readable differences in hyper-parameters between a checkpoint's run and this one."""
+    now = current.to_dict()
+    diffs = []
+    for key in sorted(set(saved) | set(now)):
+        if key in BENIGN_KEYS:
+            continue
+        if saved.get(key, "<absent>") != now.get(key, "<absent>"):
+            old, new = saved.get(key, "<absent>"), now.get(key, "<absent>")
+            diffs.append(f"{key}: checkpoint {old!r} -> now {new!r}")
+    return diffs

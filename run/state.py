@@ -1,0 +1,146 @@
+"""Resumable training state (``last.pth``) on top of the released checkpoint layout.
+
+``last.pth`` is a released-layout file (``state_dict`` with ``module.features.*`` and the full
+``module.fc.weight``), so every tool reads it, plus what resuming needs: both optimizers (the head's
+momentum gathered whole, so a run can resume at another world size), the GradScaler, the position in
+the epoch and the RNG states. The head is always stored whole and re-sliced on load.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+from torch import nn
+
+from utils.checkpoint import (
+    FORMAT_VERSION,
+    atomic_save,
+    backbone_state,
+    head_weight,
+    load_backbone_state,
+    read_checkpoint,
+    released_state_dict,
+)
+from utils.convention import MAGFACE
+from utils.dist import shard_range
+
+KIND = "magface-resume"
+
+
+@dataclass
+class Position:
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+
+
+def gather_rows(local: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Concatenate per-rank row slices (shard_range layout) into the full tensor on every rank."""
+    if not (tdist.is_available() and tdist.is_initialized()) or tdist.get_world_size() == 1:
+        return local.detach().clone()
+    world = tdist.get_world_size()
+    sizes = [shard_range(num_classes, world, r) for r in range(world)]
+    rows = max(e - s for s, e in sizes)
+    padded = local.new_zeros((rows,) + tuple(local.shape[1:]))
+    padded[: local.shape[0]] = local.detach()
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    tdist.all_gather(parts, padded)
+    return torch.cat([p[: e - s] for p, (s, e) in zip(parts, sizes, strict=True)])
+
+
+def local_rows(full: torch.Tensor, num_classes: int) -> torch.Tensor:
+    if not (tdist.is_available() and tdist.is_initialized()):
+        return full
+    s, e = shard_range(num_classes, tdist.get_world_size(), tdist.get_rank())
+    return full[s:e]
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    random.setstate(state["python"])
+
+
+def _head_momentum(opt_head: torch.optim.Optimizer, head: nn.Module) -> torch.Tensor | None:
+    return opt_head.state.get(head.weight, {}).get("momentum_buffer")
+
+
+def save_training_state(path: str | Path, backbone: nn.Module, head: nn.Module, opt_backbone: torch.optim.Optimizer,
+                        opt_head: torch.optim.Optimizer, scaler: torch.amp.GradScaler, pos: Position,
+                        arch: str, config: dict, is_main: bool) -> None:
+    """Collective when distributed (every rank calls it); rank 0 writes the file atomically."""
+    num_classes = head.num_classes
+    full_w = gather_rows(head.weight.detach().float(), num_classes)
+    mom = _head_momentum(opt_head, head)
+    full_mom = None if mom is None else gather_rows(mom.float(), num_classes)
+    if not is_main:
+        return
+    head_groups = [{k: v for k, v in g.items() if k != "params"} for g in opt_head.state_dict()["param_groups"]]
+    obj = {
+        "epoch": pos.epoch,
+        "arch": arch,
+        "state_dict": released_state_dict(backbone, full_w),
+        "optimizer": opt_backbone.state_dict(),
+        "head_optimizer": {"param_groups": head_groups, "momentum": None if full_mom is None else full_mom.cpu()},
+        "scaler": scaler.state_dict(),
+        "position": {"epoch": pos.epoch, "step_in_epoch": pos.step_in_epoch, "global_step": pos.global_step},
+        "rng": rng_state(),
+        "config": dict(config),
+        "input_convention": MAGFACE.to_dict(),
+        "kind": KIND,
+        "format_version": FORMAT_VERSION,
+    }
+    atomic_save(obj, path)
+
+
+def load_training_state(path: str | Path, backbone: nn.Module, head: nn.Module, opt_backbone: torch.optim.Optimizer,
+                        opt_head: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                        restore_rng: bool = True) -> tuple[Position, dict]:
+    """Restore everything ``save_training_state`` wrote; returns the position and the saved config."""
+    obj = read_checkpoint(path)
+    if obj.get("kind") != KIND:
+        raise ValueError(
+            f"{path} is not a resumable training state (no 'kind': '{KIND}'); to start from its weights "
+            "use --pretrained instead of --resume"
+        )
+    for key in ("position", "optimizer", "head_optimizer", "scaler", "config"):
+        if key not in obj:
+            raise ValueError(f"resume file {path} lacks the key '{key}'")
+    load_backbone_state(backbone, backbone_state(obj, path), str(path))
+    full_w = head_weight(obj)
+    if full_w is None or full_w.shape != (head.num_classes, head.embedding_size):
+        got = None if full_w is None else tuple(full_w.shape)
+        raise ValueError(f"resume file {path}: head weight {got} does not fit "
+                         f"[{head.num_classes}, {head.embedding_size}] (--last-fc-size / --embedding-size)")
+    with torch.no_grad():
+        head.weight.copy_(local_rows(full_w, head.num_classes).to(head.weight))
+    opt_backbone.load_state_dict(obj["optimizer"])
+    head_opt = obj["head_optimizer"]
+    groups = [dict(g, params=[i]) for i, g in enumerate(head_opt["param_groups"])]
+    state = {}
+    if head_opt["momentum"] is not None:
+        state[0] = {"momentum_buffer": local_rows(head_opt["momentum"], head.num_classes).to(head.weight)}
+    opt_head.load_state_dict({"state": state, "param_groups": groups})
+    if scaler.is_enabled() and obj["scaler"]:
+        scaler.load_state_dict(obj["scaler"])
+    if restore_rng:
+        set_rng_state(obj["rng"])
+    p = obj["position"]
+    return Position(int(p["epoch"]), int(p["step_in_epoch"]), int(p["global_step"])), dict(obj["config"])

@@ -1,0 +1,26 @@
+"""Single-process MagFace training: CPU, one GPU, or DataParallel over the visible GPUs.
+
+    python -m run.train --arch iresnet100 --train_list /data/ms1mv2/train.list --batch-size 512
+    python run/train.py --arch iresnet18_w16 --train_list demo/train.list --device cpu --max-steps 50
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from run.config import config_from_args, get_args_parser  # noqa: E402
+from run.trainer import train  # noqa: E402
+from utils.dist import DistInfo  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = get_args_parser("Train MagFace in one process (CPU, GPU or DataParallel)").parse_args(argv)
+    cfg = config_from_args(args)
+    return train(cfg, DistInfo(rank=0, world_size=1, local_rank=0))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""Set-up shared by train.py and train_dist.py: data, model, head, optimizers, resume, epochs, saves.
+
+The only difference between the entry points is ``dist`` (a DistInfo with world_size 1 for the
+single-process trainer) and hence how the backbone is wrapped (DataParallel or DDP) and which head
+is built (dense MagFaceHead or the class-sharded one).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dataloader import BadSampleCounter, EpochShuffleSampler, build_train_dataset, build_train_loader
+from models import MagFaceHead, build_backbone
+from models.sharded import ShardedMagFaceHead
+from run.config import TrainConfig, config_differences
+from run.engine import LoopState, NonFiniteError, NonFiniteGuard, lr_at, train_one_epoch
+from run.state import Position, gather_rows, load_training_state, save_training_state
+from utils.checkpoint import backbone_state, load_backbone_state, read_checkpoint, save_released
+from utils.dist import DistInfo, shard_range
+from utils.logger import TensorBoard, get_logger, setup_logger
+
+INIT_BLOCK = 65536
+
+
+def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {spec}: CUDA is not available on this machine; use --device cpu")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def init_head_rows(weight: torch.Tensor, start: int, seed: int) -> None:
+    """Initialise rows [start, start+len) as the dense head would: blocks seeded by their index,
+    so the initial classifier is the same whatever the world size."""
+    end = start + weight.shape[0]
+    with torch.no_grad():
+        for block in range(start // INIT_BLOCK, (end - 1) // INIT_BLOCK + 1):
+            g = torch.Generator().manual_seed(seed * 7919 + block)
+            b0 = block * INIT_BLOCK
+            rows = torch.randn(INIT_BLOCK, weight.shape[1], generator=g) * 0.01
+            lo, hi = max(start, b0), min(end, b0 + INIT_BLOCK)
+            weight[lo - start:hi - start] = rows[lo - b0:hi - b0].to(weight)
+
+
+def build_head(cfg: TrainConfig, dist: DistInfo, device: torch.device) -> nn.Module:
+    kw = dict(l_a=cfg.l_a, u_a=cfg.u_a, l_margin=cfg.l_margin, u_margin=cfg.u_margin, lambda_g=cfg.lambda_g,
+              scale=cfg.arc_scale, margin=cfg.margin, easy_margin=cfg.easy_margin)
+    if dist.distributed:
+        head = ShardedMagFaceHead(cfg.embedding_size, cfg.last_fc_size, dist.rank, dist.world_size, **kw)
+        start = shard_range(cfg.last_fc_size, dist.world_size, dist.rank)[0]
+    else:
+        head = MagFaceHead(cfg.embedding_size, cfg.last_fc_size, **kw)
+        start = 0
+    init_head_rows(head.weight.data, start, cfg.seed)
+    return head.to(device)
+
+
+@dataclass
+class Run:
+    cfg: TrainConfig
+    dist: DistInfo
+    device: torch.device
+    backbone: nn.Module
+    model: nn.Module
+    head: nn.Module
+    opt_backbone: torch.optim.Optimizer
+    opt_head: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    out_dir: Path
+    channels_last: bool
+
+    def save_state(self, pos: Position) -> None:
+        save_training_state(self.out_dir / "last.pth", self.backbone, self.head, self.opt_backbone, self.opt_head,
+                            self.scaler, pos, self.cfg.arch, self.cfg.to_dict(), self.dist.is_main)
+
+    def save_epoch(self, epoch_done: int) -> Path:
+        full = gather_rows(self.head.weight.detach().float(), self.cfg.last_fc_size)
+        path = self.out_dir / f"{epoch_done:05d}.pth"
+        if self.dist.is_main:
+            save_released(path, self.backbone, full, epoch_done, self.cfg.arch, self.opt_backbone.state_dict(),
+                          self.cfg.to_dict())
+        return path
+
+
+def _wrap(backbone: nn.Module, cfg: TrainConfig, dist: DistInfo, device: torch.device) -> nn.Module:
+    model = backbone
+    if dist.distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        with warnings.catch_warnings():
+            # BN statistics stay per rank, as in the seed; newer torch renames the flag.
+            warnings.simplefilter("ignore", FutureWarning)
+            model = nn.parallel.DistributedDataParallel(backbone, device_ids=ids, broadcast_buffers=False)
+    elif device.type == "cuda" and torch.cuda.device_count() > 1:
+        model = nn.DataParallel(backbone)
+    use_compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
+    if use_compile:
+        model = torch.compile(model)
+    return model
+
+
+def build_run(cfg: TrainConfig, dist: DistInfo) -> Run:
+    device = resolve_device(cfg.device, dist.local_rank)
+    torch.manual_seed(cfg.seed)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    backbone = build_backbone(cfg.arch, cfg.embedding_size, cfg.dropout, cfg.input_size).to(device)
+    if cfg.pretrained:
+        load_backbone_state(backbone, backbone_state(read_checkpoint(cfg.pretrained), cfg.pretrained),
+                            cfg.pretrained)
+        get_logger().info(f"backbone initialised from {cfg.pretrained}")
+    channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
+    if channels_last:
+        backbone = backbone.to(memory_format=torch.channels_last)
+    head = build_head(cfg, dist, device)
+    sgd = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt_backbone = torch.optim.SGD(backbone.parameters(), **sgd)
+    opt_head = torch.optim.SGD(head.parameters(), **sgd)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    model = _wrap(backbone, cfg, dist, device)
+    return Run(cfg, dist, device, backbone, model, head, opt_backbone, opt_head, scaler, Path(cfg.pth_save_fold),
+               channels_last)
+
+
+def resume_path(cfg: TrainConfig) -> Path | None:
+    if not cfg.resume:
+        return None
+    if cfg.resume == "auto":
+        candidate = Path(cfg.pth_save_fold) / "last.pth"
+        return candidate if candidate.is_file() else None
+    return Path(cfg.resume)
+
+
+def maybe_resume(run: Run) -> Position:
+    path = resume_path(run.cfg)
+    log = get_logger()
+    if path is None:
+        if run.cfg.resume == "auto":
+            log.info("--resume auto: no last.pth yet, starting a new run")
+        return Position(epoch=run.cfg.start_epoch)
+    pos, saved_cfg = load_training_state(path, run.backbone, run.head, run.opt_backbone, run.opt_head, run.scaler)
+    for diff in config_differences(saved_cfg, run.cfg):
+        log.warning(f"resume from {path}: hyper-parameter changed: {diff}")
+    saved_world = saved_cfg.get("world_size")
+    log.info(f"resumed from {path} at epoch {pos.epoch} step {pos.step_in_epoch} (global step {pos.global_step})"
+             + (f"; world size {saved_world} -> {run.dist.world_size}" if saved_world else ""))
+    return pos
+
+
+def train(cfg: TrainConfig, dist: DistInfo) -> dict:
+    """Train to the end (or --max-steps); returns a summary with the paths written."""
+    out_dir = Path(cfg.pth_save_fold)
+    log = setup_logger(out_dir / "train.log", dist.rank)
+    if cfg.batch_size % dist.world_size:
+        raise ValueError(f"--batch-size {cfg.batch_size} (total) is not divisible by the world size {dist.world_size}")
+    per_rank = cfg.batch_size // dist.world_size
+    dataset = build_train_dataset(train_list=cfg.train_list or None, rec=cfg.rec or None,
+                                  synthetic=cfg.synthetic or None, num_classes=cfg.last_fc_size,
+                                  skip_bad=cfg.skip_bad_images, flip=False)
+    sampler = EpochShuffleSampler(len(dataset), dist.world_size, dist.rank, shuffle=True, seed=cfg.seed)
+    steps_per_epoch = sampler.per_rank // per_rank
+    if steps_per_epoch == 0:
+        raise ValueError(f"the data has {len(dataset)} images, fewer than one batch of {cfg.batch_size}")
+    run = build_run(cfg, dist)
+    loader = build_train_loader(dataset, per_rank, cfg.workers, sampler, pin_memory=run.device.type == "cuda")
+    pos = maybe_resume(run)
+    if dist.is_main:
+        cfg.save_json(out_dir / "config.json", world_size=dist.world_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    state = LoopState(
+        device=run.device, steps_per_epoch=steps_per_epoch, total_steps=total_steps, batch_size=per_rank,
+        lr_fn=lambda s: lr_at(s, steps_per_epoch, cfg.lr, cfg.epochs, cfg.schedule, cfg.lr_drop_epoch,
+                              cfg.lr_drop_ratio, cfg.warmup_epochs),
+        amp_dtype={"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp],
+        channels_last=run.channels_last,
+        grad_clip=cfg.grad_clip, seed=cfg.seed, print_freq=cfg.print_freq,
+        global_step=pos.global_step or pos.epoch * steps_per_epoch,
+        guard=NonFiniteGuard(cfg.max_nonfinite),
+    )
+    log.info(f"training {cfg.arch} on {len(dataset)} images, {cfg.last_fc_size} classes, world size "
+             f"{dist.world_size}, {per_rank}/rank x {steps_per_epoch} steps/epoch, device {run.device}, amp {cfg.amp}")
+    tb = TensorBoard(out_dir / "tb", enabled=cfg.tensorboard and dist.is_main)
+    bad = BadSampleCounter(cfg.max_bad_fraction) if cfg.skip_bad_images else None
+    written: list[str] = []
+    try:
+        written = _epochs(run, loader, sampler, state, pos, tb, bad, per_rank)
+    finally:
+        tb.close()
+    return {"checkpoints": written, "global_step": state.global_step, "out_dir": str(out_dir)}
+
+
+def _epochs(run: Run, loader, sampler, state: LoopState, pos: Position, tb: TensorBoard, bad,
+            per_rank: int) -> list[str]:
+    cfg, log, written = run.cfg, get_logger(), []
+    for epoch in range(pos.epoch, cfg.epochs):
+        first = pos.step_in_epoch if epoch == pos.epoch else 0
+        sampler.set_epoch(epoch)
+        sampler.set_start(first * per_rank)
+        stopped = False
+
+        def on_step_end(step: int, epoch: int = epoch) -> bool:
+            nonlocal stopped
+            if cfg.save_every_steps and state.global_step % cfg.save_every_steps == 0 and step < state.steps_per_epoch:
+                run.save_state(Position(epoch, step, state.global_step))
+            stopped = bool(cfg.max_steps) and state.global_step >= cfg.max_steps
+            return stopped
+
+        try:
+            metrics = train_one_epoch(run.model, run.head, [run.opt_backbone, run.opt_head], run.scaler, loader,
+                                      epoch, first, state, tb, on_step_end, bad)
+        except NonFiniteError:
+            step = state.global_step - epoch * state.steps_per_epoch
+            run.save_state(Position(epoch, step, state.global_step))
+            log.error(f"state before the divergence saved to {run.out_dir / 'last.pth'}")
+            raise
+        step_reached = state.global_step - epoch * state.steps_per_epoch
+        done = step_reached >= state.steps_per_epoch
+        log.info(f"epoch {epoch} {'done' if done else f'stopped at step {step_reached}'}: "
+                 + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        if done and ((epoch + 1) % cfg.pth_save_epoch == 0 or epoch + 1 == cfg.epochs) or stopped:
+            path = run.save_epoch(epoch + 1)
+            written.append(str(path))
+            log.info(f"wrote {path}")
+        if done:
+            run.save_state(Position(epoch + 1, 0, state.global_step))
+        else:
+            run.save_state(Position(epoch, step_reached, state.global_step))
+        if stopped:
+            log.info(f"--max-steps {cfg.max_steps} reached; resumable state in {run.out_dir / 'last.pth'}")
+            break
+    return written

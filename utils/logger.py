@@ -1,0 +1,109 @@
+"""Logging for training runs: a rank-aware logger, running meters, throughput/ETA and TensorBoard.
+
+Named logger.py, not logging.py, so that running a script from utils/ cannot shadow the stdlib module.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+LOGGER_NAME = "magface"
+
+
+def setup_logger(log_file: str | Path | None = None, rank: int = 0, level: int = logging.INFO) -> logging.Logger:
+    """Console (rank 0 only, others at WARNING) plus an optional file; idempotent."""
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.setLevel(level)
+    logger.propagate = False
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    fmt = logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    console = logging.StreamHandler(sys.stdout)
+    console.setLevel(level if rank == 0 else logging.WARNING)
+    console.setFormatter(fmt)
+    logger.addHandler(console)
+    if log_file is not None and rank == 0:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(log_file)
+        fh.setFormatter(fmt)
+        logger.addHandler(fh)
+    return logger
+
+
+def get_logger() -> logging.Logger:
+    return logging.getLogger(LOGGER_NAME)
+
+
+class AverageMeter:
+    """Mean of the values seen since the last reset (a window between log lines)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.total = 0.0
+        self.count = 0
+
+    def update(self, value: float, n: int = 1) -> None:
+        self.total += float(value) * n
+        self.count += n
+
+    @property
+    def avg(self) -> float:
+        return self.total / max(self.count, 1)
+
+
+class Throughput:
+    """Images/s over the last window and the ETA for the remaining steps."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.images = 0
+
+    def update(self, n: int) -> None:
+        self.images += n
+
+    def rate(self) -> float:
+        return self.images / max(time.perf_counter() - self.t0, 1e-9)
+
+    def reset(self) -> None:
+        self.t0 = time.perf_counter()
+        self.images = 0
+
+
+def format_eta(seconds: float) -> str:
+    seconds = max(int(seconds), 0)
+    d, rem = divmod(seconds, 86400)
+    h, rem = divmod(rem, 3600)
+    m, s = divmod(rem, 60)
+    return (f"{d}d " if d else "") + f"{h:02d}:{m:02d}:{s:02d}"
+
+
+class TensorBoard:
+    """A SummaryWriter on rank 0; every call is a no-op elsewhere or when tensorboard is absent."""
+
+    def __init__(self, log_dir: str | Path | None, enabled: bool = True) -> None:
+        self.writer = None
+        if enabled and log_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                get_logger().warning("tensorboard is not installed: no TensorBoard logs")
+                return
+            self.writer = SummaryWriter(str(log_dir))
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(k, v, step)
+
+    def histogram(self, tag: str, values, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_histogram(tag, values, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
