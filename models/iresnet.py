@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 BN_EPS = 2e-5
@@ -45,8 +46,20 @@ class IBasicBlock(nn.Module):
         return out + shortcut
 
 
+def _stage_side(side: int) -> int:
+    """Spatial side after the four stride-2 stages (112 -> 7, 56 -> 4)."""
+    for _ in range(4):
+        side = (side - 1) // 2 + 1
+    return side
+
+
 class IResNet(nn.Module):
-    """iResNet on (B, 3, S, S) inputs, S divisible by 16 (112 for the released models)."""
+    """iResNet on (B, 3, S, S) inputs (S = 112 for the released models).
+
+    A model built for a smaller ``input_size`` (a cheap working resolution, e.g. 56 for CPU demos)
+    still takes 112x112 faces: it downsamples them itself (2x2 averaging for exactly half, antialiased
+    bilinear otherwise), so every tool feeds it the same aligned faces.
+    """
 
     def __init__(
         self,
@@ -60,8 +73,8 @@ class IResNet(nn.Module):
         super().__init__()
         if len(layers) != 4 or len(widths) != 4:
             raise ValueError(f"iResNet needs 4 stages, got layers={list(layers)} widths={list(widths)}")
-        if input_size % 16:
-            raise ValueError(f"iResNet input_size must be divisible by 16, got {input_size}")
+        if not 32 <= input_size <= 1024:
+            raise ValueError(f"iResNet input_size must lie in [32, 1024], got {input_size}")
         self.embedding_size = embedding_size
         self.input_size = input_size
         stem = widths[0]
@@ -74,7 +87,7 @@ class IResNet(nn.Module):
             stage += [IBasicBlock(planes, planes) for _ in range(blocks - 1)]
             self.add_module(f"layer{i}", nn.Sequential(*stage))
             inplanes = planes
-        spatial = input_size // 16
+        spatial = _stage_side(input_size)
         self.bn2 = nn.BatchNorm2d(inplanes, eps=BN_EPS)
         self.dropout = nn.Dropout(p=dropout)
         self.fc = nn.Linear(inplanes * spatial * spatial, embedding_size)
@@ -96,7 +109,16 @@ class IResNet(nn.Module):
                 if isinstance(m, IBasicBlock):
                     nn.init.zeros_(m.bn3.weight)
 
+    def resize_input(self, x: torch.Tensor) -> torch.Tensor:
+        side = self.input_size
+        if x.shape[-2:] == (side, side):
+            return x
+        if x.shape[-2:] == (2 * side, 2 * side):
+            return F.avg_pool2d(x, 2)
+        return F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.resize_input(x)
         x = self.prelu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = self.dropout(self.bn2(x))

@@ -28,7 +28,7 @@ FORMAT_VERSION = 1
 # Prefixes of backbone keys in the layouts we read, most specific first.
 BACKBONE_PREFIXES = ("module.features.", "features.module.", "module.backbone.", "backbone.",
                      "features.", "module.")
-HEAD_KEYS = ("module.fc.weight", "parallel_fc.weight", "fc.weight")
+HEAD_KEYS = ("module.fc.weight", "parallel_fc.weight")
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -92,27 +92,22 @@ def _state_dict_of(obj: Mapping, path: Path) -> Mapping[str, torch.Tensor]:
 
 
 def backbone_state(obj: Mapping, path: str | os.PathLike = "<memory>") -> dict[str, torch.Tensor]:
-    """The backbone's parameters and buffers, with any wrapper prefix removed."""
+    """The backbone's parameters and buffers, with the wrapper prefix (found via ``conv1.weight``) removed."""
     path = Path(path)
     state = _state_dict_of(obj, path)
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key in HEAD_KEYS:
-            continue
-        for prefix in BACKBONE_PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-                break
-        out[key] = value
-    if not out:
-        raise ValueError(f"checkpoint {path} contains no backbone parameters")
-    return out
+    prefix = next((p for p in BACKBONE_PREFIXES + ("",) if f"{p}conv1.weight" in state), None)
+    if prefix is None:
+        raise ValueError(
+            f"checkpoint {path} contains no iResNet backbone (no '<prefix>conv1.weight' key among "
+            f"{len(state)} keys, e.g. {sorted(state)[:5]})"
+        )
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and k not in HEAD_KEYS}
 
 
 def head_weight(obj: Mapping) -> torch.Tensor | None:
     """The classifier as [num_classes, embedding_size], or None when the file has none."""
     state = obj.get("state_dict", {})
-    for key in HEAD_KEYS[:2]:
+    for key in HEAD_KEYS:
         if key in state:
             w = state[key]
             return w.t().contiguous() if key == "module.fc.weight" else w
@@ -140,20 +135,24 @@ def embedding_size_of(state: Mapping[str, torch.Tensor]) -> int | None:
     return int(w.shape[0]) if w is not None else None
 
 
-def input_size_of(state: Mapping[str, torch.Tensor]) -> int:
-    """Inverse of the flatten size of ``fc``: 112 for released models."""
-    w, bn = state.get("fc.weight"), state.get("bn2.weight")
-    if w is None or bn is None:
-        return 112
-    side = int(round((w.shape[1] / bn.shape[0]) ** 0.5))
-    return side * 16
+def input_size_of(obj: Mapping, state: Mapping[str, torch.Tensor]) -> int:
+    """The working resolution: from the file's config, else 112 (every released model)."""
+    config = obj.get("config")
+    if isinstance(config, Mapping) and isinstance(config.get("input_size"), int):
+        return int(config["input_size"])
+    return 112
+
+
+def _natural(key: str) -> list[tuple[int, int | str]]:
+    """Sort key under which layer3.6 comes before layer3.10."""
+    return [(0, int(t)) if t.isdigit() else (1, t) for t in key.split(".")]
 
 
 def load_backbone_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: str = "<memory>") -> None:
     """Strict load; a mismatch names the missing, unexpected and mis-shaped keys (and a likely arch)."""
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
+    missing = sorted(set(own) - set(state), key=_natural)
+    unexpected = sorted(set(state) - set(own), key=_natural)
     shaped = sorted(
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
         for k in set(own) & set(state)
@@ -194,7 +193,7 @@ def load_backbone(
         raise ValueError(f"checkpoint {path}: cannot tell its architecture; pass --arch")
     name = canonical_arch(name)
     emb = embedding_size_of(state) or 512
-    model = build_backbone(name, embedding_size=emb, input_size=input_size_of(state))
+    model = build_backbone(name, embedding_size=emb, input_size=input_size_of(obj, state))
     load_backbone_state(model, state, str(path))
     stored = file_convention(obj)
     if convention is None and stored is None and "state_dict" not in obj:
