@@ -1,0 +1,285 @@
+"""The MagFace head with its class weights split over the ranks of a process group ("split FC").
+
+Rank r holds the rows [start, end) = ``shard_range(C, W, r)`` of the [C, D] class-weight matrix. One
+forward, on every rank:
+
+1. all-gather the local embeddings (autograd-aware) and labels: the global batch f, y (B = W * b);
+2. a = clamp(||f||, l_a, u_a), m(a), g(a) from the gathered f, in fp32 (``models.magface`` functions);
+3. cos = normalize(f) @ normalize(W_r)^T for the local classes only; the margin (Mag-ArcFace
+   cos(theta + m(a)) or Mag-CosFace cos(theta) - m(a)) only on the rank that owns the target class;
+4. cross-entropy of s * logits across shards: max (MAX), sum of exp (SUM) and target logit (SUM) are
+   all-reduced, so L_id = mean_i [log sum_c exp(z_ic) - z_iy] over the *global* batch;
+5. L = L_id + lambda_g * mean_i g(a_i), the same value on every rank.
+
+Gradient contract (what the trainer relies on). Let L be the dense loss, i.e. ``MagFaceHead`` on the
+concatenated global batch with the full weight. After ``out["loss"].backward()`` on every rank:
+
+- ``weight.grad`` on rank r is exactly dL/dW[start:end] (the head is NOT wrapped in DDP);
+- the gradient that reaches rank r's local embeddings is ``world_size * dL/df_r`` when
+  ``compensate_ddp_average=True`` (the default), and exactly dL/df_r when it is False.
+
+The default is for a backbone wrapped in DistributedDataParallel: each rank backpropagates its own
+samples, the dense backbone gradient is the SUM of those per-rank contributions, and DDP AVERAGES
+them; the factor world_size cancels that average, so the backbone ends with exactly dL/dtheta.
+Do not multiply or divide the loss by world_size anywhere (GradScaler's scaling is fine). With
+``compensate_ddp_average=False`` the gradients equal the dense ones slice for slice (for a backbone
+whose gradients are summed over ranks, or for checks).
+Every rank must pass the same local batch size (use drop_last=True in the sampler/loader).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from models.magface import MagMargin, magnitude_terms, target_cosine
+from utils.dist import all_gather_no_grad, all_gather_with_grad, gather_row_shards, shard_range
+
+_INIT_BLOCK = 65536
+
+
+def _all_reduce(tensor: torch.Tensor, op: Any, distributed: bool) -> torch.Tensor:
+    if distributed:
+        dist.all_reduce(tensor, op=op)
+    return tensor
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; multiplies the incoming gradient by ``scale`` (undoes DDP's average)."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.scale, None
+
+
+class _ShardedCrossEntropy(torch.autograd.Function):
+    """Mean softmax cross-entropy over the global batch, the classes split over ranks.
+
+    ``local_target`` holds the target's column in this shard, -1 where another rank owns it.
+    Backward gives (softmax - onehot) / B for the local columns: the exact partial derivative of the
+    global loss, so each rank's weight slice and gathered embeddings get their share, no more.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, logits: torch.Tensor, local_target: torch.Tensor, distributed: bool
+    ) -> torch.Tensor:
+        batch = logits.shape[0]
+        if logits.shape[1] > 0:
+            row_max = logits.amax(dim=1)
+        else:
+            row_max = logits.new_full((batch,), float("-inf"))
+        row_max = _all_reduce(row_max, dist.ReduceOp.MAX, distributed)
+        probs = torch.exp(logits - row_max.unsqueeze(1))
+        sum_exp = _all_reduce(probs.sum(dim=1), dist.ReduceOp.SUM, distributed)
+        owned = local_target >= 0
+        target_logit = torch.zeros_like(row_max)
+        if logits.shape[1] > 0:
+            picked = logits.gather(1, local_target.clamp_min(0).unsqueeze(1)).squeeze(1)
+            target_logit = torch.where(owned, picked, target_logit)
+        target_logit = _all_reduce(target_logit, dist.ReduceOp.SUM, distributed)
+        loss = (sum_exp.log() + row_max - target_logit).mean()
+        probs.div_(sum_exp.unsqueeze(1))
+        ctx.save_for_backward(probs, local_target)
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        probs, local_target = ctx.saved_tensors
+        grad_logits = probs.clone()
+        rows = torch.nonzero(local_target >= 0).squeeze(1)
+        grad_logits[rows, local_target[rows]] -= 1.0
+        return grad_logits * (grad / probs.shape[0]), None, None
+
+
+def _init_rows(start: int, end: int, dim: int, seed: int) -> torch.Tensor:
+    """N(0, 0.01) rows [start, end) of a [C, D] matrix whose values do not depend on the sharding.
+
+    Rows are drawn in fixed blocks, each from its own seeded generator, so ranks never share an
+    initialisation and a head resharded at another world size starts from the same matrix.
+    """
+    out = torch.empty(end - start, dim)
+    for block in range(start // _INIT_BLOCK, (end + _INIT_BLOCK - 1) // _INIT_BLOCK):
+        gen = torch.Generator().manual_seed(seed * 7919 + block)
+        rows = torch.randn(_INIT_BLOCK, dim, generator=gen) * 0.01
+        lo, hi = max(start, block * _INIT_BLOCK), min(end, (block + 1) * _INIT_BLOCK)
+        out[lo - start : hi - start] = rows[lo - block * _INIT_BLOCK : hi - block * _INIT_BLOCK]
+    return out
+
+
+def full_weight_from_shards(shards: Sequence[torch.Tensor], num_classes: int) -> torch.Tensor:
+    """Concatenate per-rank weight slices (rank order) into the [C, D] matrix, checking their sizes."""
+    world_size = len(shards)
+    if world_size == 0:
+        raise ValueError("full_weight_from_shards needs at least one shard")
+    dims = {tuple(s.shape[1:]) for s in shards}
+    if len(dims) != 1 or any(s.dim() != 2 for s in shards):
+        shapes = [tuple(s.shape) for s in shards]
+        raise ValueError(f"shards must be 2-D with one embedding size, got {shapes}")
+    for rank, shard in enumerate(shards):
+        start, end = shard_range(num_classes, world_size, rank)
+        if shard.shape[0] != end - start:
+            raise ValueError(
+                f"shard {rank} of {world_size} has {shard.shape[0]} rows, expected {end - start} "
+                f"for {num_classes} classes"
+            )
+    return torch.cat(list(shards), dim=0)
+
+
+class ShardedMagFaceHead(nn.Module):
+    """This rank's slice of the MagFace class weights; the loss is computed across all ranks.
+
+    ``forward(local_embeddings, local_labels)`` returns the keys of ``MagFaceHead``: ``loss``,
+    ``loss_id``, ``loss_g`` (identical on every rank), and ``x_norm``, ``margin`` for the global
+    batch (rank 0's samples first) and ``accuracy`` over the global batch. See the module docstring
+    for the gradient contract with DDP. The initial rows depend on ``init_seed`` only, not on the
+    sharding (``_init_rows``).
+    """
+
+    def __init__(
+        self,
+        embedding_size: int,
+        num_classes: int,
+        rank: int,
+        world_size: int,
+        l_a: float = 10.0,
+        u_a: float = 110.0,
+        l_margin: float = 0.45,
+        u_margin: float = 0.8,
+        lambda_g: float = 35.0,
+        scale: float = 64.0,
+        margin: str = "arc",
+        easy_margin: bool = True,
+        compensate_ddp_average: bool = True,
+        init_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1 or embedding_size < 1:
+            raise ValueError(
+                f"need num_classes >= 1 and embedding_size >= 1, got {num_classes}, {embedding_size}"
+            )
+        self.cfg = MagMargin(l_a, u_a, l_margin, u_margin, lambda_g, scale, margin, easy_margin)
+        self.cfg.check_feasible()
+        self.embedding_size = embedding_size
+        self.num_classes = num_classes
+        self.rank = rank
+        self.world_size = world_size
+        self.start, self.end = shard_range(num_classes, world_size, rank)
+        self.compensate_ddp_average = compensate_ddp_average
+        self.weight = nn.Parameter(_init_rows(self.start, self.end, embedding_size, init_seed))
+
+    def extra_repr(self) -> str:
+        return (
+            f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, "
+            f"classes=[{self.start}, {self.end}), rank={self.rank}/{self.world_size}, {self.cfg}"
+        )
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def _check_group(self) -> None:
+        """The collectives use the default process group: it must match the head's rank and world."""
+        if not (dist.is_available() and dist.is_initialized()):
+            if self.distributed:
+                raise ValueError(f"a ShardedMagFaceHead of world_size={self.world_size} needs a process group")
+            return
+        if dist.get_world_size() != self.world_size or dist.get_rank() != self.rank:
+            raise ValueError(
+                f"head built for rank {self.rank} of {self.world_size}, process group says rank "
+                f"{dist.get_rank()} of {dist.get_world_size()}"
+            )
+
+    def forward(
+        self, local_embeddings: torch.Tensor, local_labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        if local_embeddings.dim() != 2 or local_embeddings.shape[1] != self.embedding_size:
+            raise ValueError(
+                f"embeddings must be (b, {self.embedding_size}), got {tuple(local_embeddings.shape)}"
+            )
+        self._check_group()
+        with torch.autocast(device_type=local_embeddings.device.type, enabled=False):
+            return self._forward_fp32(local_embeddings.float(), local_labels)
+
+    def _forward_fp32(self, f_local: torch.Tensor, labels_local: torch.Tensor) -> dict[str, torch.Tensor]:
+        cfg, local_batch = self.cfg, f_local.shape[0]
+        if self.compensate_ddp_average and self.distributed:
+            f_local = _ScaleGrad.apply(f_local, float(self.world_size))
+        f = all_gather_with_grad(f_local)
+        labels = all_gather_no_grad(labels_local.to(f.device, torch.long).view(-1))
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= self.num_classes:
+            raise ValueError(f"labels must lie in [0, {self.num_classes}), got values in [{low}, {high}]")
+        terms = magnitude_terms(f, cfg)
+        cos = F.linear(F.normalize(f, dim=1), F.normalize(self.weight.float(), dim=1)).clamp(-1.0, 1.0)
+        owned = (labels >= self.start) & (labels < self.end)
+        local_target = torch.where(owned, labels - self.start, torch.full_like(labels, -1))
+        logits = self._with_margin(cos, local_target, terms["margin"])
+        loss_id = _ShardedCrossEntropy.apply(cfg.scale * logits, local_target, self.distributed)
+        loss_g = self._regulariser(terms["g"], local_batch)
+        return {
+            "loss": loss_id + cfg.lambda_g * loss_g,
+            "loss_id": loss_id,
+            "loss_g": loss_g,
+            "x_norm": terms["x_norm"],
+            "margin": terms["margin"],
+            "accuracy": self._accuracy(cos.detach(), labels),
+        }
+
+    def _with_margin(
+        self, cos: torch.Tensor, local_target: torch.Tensor, margin: torch.Tensor
+    ) -> torch.Tensor:
+        """Replace the target cosine by its margin-penalised value on the rows this shard owns."""
+        if cos.shape[1] == 0:
+            return cos
+        index = local_target.clamp_min(0).unsqueeze(1)
+        cos_y = cos.gather(1, index).squeeze(1)
+        penalised = torch.where(local_target >= 0, target_cosine(cos_y, margin, self.cfg), cos_y)
+        return cos.scatter(1, index, penalised.unsqueeze(1))
+
+    def _regulariser(self, g: torch.Tensor, local_batch: int) -> torch.Tensor:
+        """mean g(a) over the global batch; its gradient flows only through this rank's own rows.
+
+        Every rank holds all of g; letting each backpropagate all of it would count the regulariser
+        world_size times once the all-gather sums the gradients. Value: exactly the global mean.
+        """
+        if not self.distributed:
+            return g.mean()
+        own = g[self.rank * local_batch : (self.rank + 1) * local_batch].sum() / g.shape[0]
+        return g.mean().detach() + (own - own.detach())
+
+    def _accuracy(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Top-1 of the margin-free cosines over all shards (first index on ties, like argmax)."""
+        if cos.shape[1] > 0:
+            best, arg = cos.max(dim=1)
+            arg = arg + self.start
+        else:
+            best = cos.new_full((cos.shape[0],), float("-inf"))
+            arg = torch.full_like(labels, self.num_classes)
+        top = _all_reduce(best.clone(), dist.ReduceOp.MAX, self.distributed)
+        pred = torch.where(best == top, arg, torch.full_like(arg, self.num_classes))
+        pred = _all_reduce(pred, dist.ReduceOp.MIN, self.distributed)
+        return (pred == labels).float().mean()
+
+    @torch.no_grad()
+    def gather_full_weight(self, dst: int | None = 0) -> torch.Tensor | None:
+        """The whole [C, D] weight on rank ``dst`` (None elsewhere), or on every rank if dst is None."""
+        self._check_group()
+        return gather_row_shards(self.weight, self.num_classes, dst)
+
+    @torch.no_grad()
+    def load_full_weight(self, full_weight: torch.Tensor) -> None:
+        """Take this rank's rows of a whole [C, D] weight (e.g. from a checkpoint of any world size)."""
+        expected = (self.num_classes, self.embedding_size)
+        if tuple(full_weight.shape) != expected:
+            raise ValueError(f"full head weight must have shape {expected}, got {tuple(full_weight.shape)}")
+        self.weight.copy_(full_weight[self.start : self.end])
