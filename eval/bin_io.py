@@ -1,0 +1,115 @@
+"""insightface verification sets (``lfw.bin``, ``cfp_fp.bin``, ``agedb_30.bin``, ...).
+
+A ``.bin`` is a pickle of ``(bins, issame_list)``: 2N encoded images (JPEG/PNG bytes), pair i being
+``bins[2i]`` and ``bins[2i+1]``, and N booleans. Files written by Python 2 need ``encoding='bytes'``.
+Images are decoded with cv2, so they come out BGR like every other image in this project. The pickle
+is read with an allow-list of globals (numpy arrays only), so a crafted file cannot run code.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+# Globals a .bin may legitimately reference (numpy arrays of labels or bytes); anything else is refused,
+# so a crafted file cannot run code through pickle.
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("builtins", "bytearray"), ("__builtin__", "bytearray"),
+    ("_codecs", "encode"),
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _as_buffer(item, path: Path, index: int) -> np.ndarray:
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return np.frombuffer(item, dtype=np.uint8)
+    if isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.ndim == 1:
+        return item
+    raise ValueError(f"{path}: bin {index} is a {type(item).__name__}, expected encoded image bytes")
+
+
+def read_bin_raw(path: str | os.PathLike) -> tuple[list, np.ndarray]:
+    """The undecoded ``(bins, issame)`` of a ``.bin``, with the counts checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"verification set not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            obj = _RestrictedUnpickler(f, encoding="bytes").load()
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable verification .bin pickle ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, (tuple, list)) or len(obj) != 2:
+        raise ValueError(f"{path}: expected a pickled (bins, issame_list) pair, got {type(obj).__name__}")
+    bins, issame = list(obj[0]), np.asarray(obj[1])
+    if len(bins) % 2:
+        raise ValueError(f"{path}: odd number of images ({len(bins)}); pairs need an even count")
+    if issame.ndim != 1 or len(issame) != len(bins) // 2:
+        raise ValueError(f"{path}: {len(issame)} labels for {len(bins)} images (expected {len(bins) // 2})")
+    if len(bins) == 0:
+        raise ValueError(f"{path}: the set holds no pairs")
+    return bins, issame.astype(bool)
+
+
+def decode_image(buf: np.ndarray, path: Path, index: int, image_size: tuple[int, int] | None) -> np.ndarray:
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"{path}: bin {index} does not decode as an image ({len(buf)} bytes)")
+    if image_size is not None and img.shape[:2] != tuple(image_size):
+        raise ValueError(f"{path}: bin {index} is {img.shape[0]}x{img.shape[1]}, "
+                         f"expected {image_size[0]}x{image_size[1]}")
+    return img
+
+
+def read_bin(
+    path: str | os.PathLike, image_size: tuple[int, int] | None = (112, 112)
+) -> tuple[np.ndarray, np.ndarray]:
+    """-> (uint8 (2N, H, W, 3) BGR images, bool (N,) issame)."""
+    path = Path(path)
+    bins, issame = read_bin_raw(path)
+    first = decode_image(_as_buffer(bins[0], path, 0), path, 0, image_size)
+    images = np.empty((len(bins),) + first.shape, dtype=np.uint8)
+    images[0] = first
+    for i in range(1, len(bins)):
+        img = decode_image(_as_buffer(bins[i], path, i), path, i, image_size)
+        if img.shape != first.shape:
+            raise ValueError(f"{path}: bin {i} has shape {img.shape}, bin 0 has {first.shape}")
+        images[i] = img
+    return images, issame
+
+
+def encode_jpeg(image_bgr: np.ndarray, quality: int = 95) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError(f"cv2 could not encode an image of shape {image_bgr.shape}")
+    return buf.tobytes()
+
+
+def write_bin(path: str | os.PathLike, bins: Sequence[bytes], issame: Sequence[bool], protocol: int = 4) -> None:
+    """Write ``(bins, issame_list)`` as insightface does (encoded bytes, list of bools), atomically."""
+    path = Path(path)
+    if len(bins) != 2 * len(issame):
+        raise ValueError(f"{len(bins)} images for {len(issame)} pairs: need exactly two per pair")
+    obj = ([bytes(b) for b in bins], [bool(s) for s in issame])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(obj, f, protocol=protocol)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

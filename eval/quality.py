@@ -1,0 +1,204 @@
+"""Error-versus-reject curves (ERC): how FNMR at a fixed FMR falls as low-quality pairs are dropped.
+
+The seed's rule (``eval_quality.py``), reproduced exactly: pair quality = min of its two images'
+qualities; for r in ``np.arange(0, 0.98, 0.05)`` the first ``int(r * N)`` pairs of numpy's default
+argsort of the pair qualities are dropped; on the rest d = arccos(clip(cos, -1, 1)) / pi (no mean
+subtraction), impostor distances sorted ascending, threshold = impostor distance at index
+``(N_imp - 1) // 10**k`` for FMR = 10^-k (the seed's repeated floor division by 10), FNMR = fraction
+of genuine pairs with d >= threshold.
+
+Generalised: for an FMR that is not a power of ten the index is ``floor((N_imp - 1) * FMR)``. The seed
+walks the decades from FMR = 1 and stops as soon as the index reaches 0, printing nothing for the
+FMRs below; we report NaN where it would stop, i.e. when ``(N_imp - 1) * 10 * FMR < 1``, or when no
+genuine pair is left. The area under each curve is the trapezoid over the reject ratios (0..0.95).
+
+Quality scores: ``magnitude`` (feature norm), ``random`` (seeded uniform, the no-information
+baseline) and ``sharpness`` (variance of the Laplacian of the grayscale image).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from eval.feature_io import FeatureFile, load_feature_file
+from eval.metrics import angular_distance, format_table, read_pair_list, write_json_atomic
+
+REJECT_RATIOS = np.arange(0, 0.98, 0.05)
+SCORES = ("magnitude", "random", "sharpness")
+
+
+def fmr_index(n_impostor: int, fmr: float) -> int | None:
+    """Index of the threshold in the ascending impostor distances; None where the seed reports nothing."""
+    if not 0 < fmr < 1:
+        raise ValueError(f"FMR must lie in (0, 1), got {fmr}")
+    if n_impostor < 1:
+        return None
+    inv = 1.0 / fmr
+    if abs(inv - round(inv)) < 1e-9 * inv:
+        step = round(inv)
+        index, walk = (n_impostor - 1) // step, (n_impostor - 1) * 10 // step
+    else:
+        index, walk = math.floor((n_impostor - 1) * fmr), math.floor((n_impostor - 1) * 10 * fmr)
+    return index if walk >= 1 else None
+
+
+def fnmr_at_fmr(dist: np.ndarray, issame: np.ndarray, fmr: float) -> float:
+    """FNMR at the seed's FMR threshold (same when d < threshold)."""
+    issame = np.asarray(issame, dtype=bool)
+    genuine, impostor = dist[issame], np.sort(dist[~issame])
+    index = fmr_index(len(impostor), fmr)
+    if index is None or len(genuine) == 0:
+        return float("nan")
+    threshold = impostor[index]
+    return float(np.count_nonzero(genuine >= threshold) / len(genuine))
+
+
+def error_versus_reject(
+    dist: np.ndarray, issame: np.ndarray, pair_quality: np.ndarray, fmr: float = 1e-3,
+    reject_ratios: np.ndarray = REJECT_RATIOS,
+) -> np.ndarray:
+    """FNMR after dropping the lowest-quality ``int(r * N)`` pairs, for each reject ratio r."""
+    order = np.argsort(pair_quality)
+    n = len(order)
+    return np.array([fnmr_at_fmr(dist[order[int(r * n):]], issame[order[int(r * n):]], fmr)
+                     for r in reject_ratios])
+
+
+def curve_area(fnmr: np.ndarray, reject_ratios: np.ndarray = REJECT_RATIOS) -> float:
+    """Trapezoid area under the ERC, reject ratio as a fraction (lower is better)."""
+    return float(np.trapezoid(fnmr, reject_ratios))
+
+
+def laplacian_sharpness(image_bgr: np.ndarray) -> float:
+    """Variance of the Laplacian of the grayscale image: low for blurred faces."""
+    gray = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
+    return float(cv2.Laplacian(gray, cv2.CV_64F).var())
+
+
+def sharpness_scores(paths: list[str], rows: np.ndarray, image_root: Path) -> np.ndarray:
+    """Sharpness of the images at ``rows`` (others NaN); relative paths resolve against ``image_root``."""
+    out = np.full(len(paths), np.nan)
+    for r in rows:
+        p = Path(paths[r])
+        p = p if p.is_absolute() else image_root / p
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if img is None:
+            raise FileNotFoundError(f"image of feature row {r} not found or unreadable: {p} (set "
+                                    "--image-root, or leave sharpness out of --scores)")
+        out[r] = laplacian_sharpness(img)
+    return out
+
+
+def image_qualities(
+    name: str, ff: FeatureFile, rows: np.ndarray, image_root: Path, seed: int = 0
+) -> np.ndarray:
+    """Per-image quality of one named score (higher = better)."""
+    if name == "magnitude":
+        return np.asarray(ff.magnitudes, dtype=np.float64)
+    if name == "random":
+        return np.random.default_rng(seed).random(len(ff.paths))
+    if name == "sharpness":
+        if not ff.has_paths:
+            raise ValueError("sharpness needs image paths; this feature file (.npy) has none")
+        return sharpness_scores(ff.paths, rows, image_root)
+    raise ValueError(f"unknown quality score {name!r}; choose from {SCORES}")
+
+
+def plot_erc(path: str | Path, reject_ratios: np.ndarray, curves: dict[str, np.ndarray], fmr: float) -> None:
+    """One PNG with every score's curve; Agg backend, nothing shown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name, fnmr in curves.items():
+        ax.plot(100 * reject_ratios, fnmr, marker="o", markersize=3, label=name)
+    ax.set_xlabel("Ratio of unconsidered pairs [%]")
+    ax.set_ylabel("FNMR")
+    ax.set_title(f"FNMR at FMR = {fmr:g}")
+    ax.grid(linestyle="--", linewidth=0.5)
+    ax.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def evaluate_quality(
+    ff: FeatureFile, i0: np.ndarray, i1: np.ndarray, issame: np.ndarray, scores: list[str], fmr: float,
+    image_root: Path, seed: int = 0,
+) -> dict:
+    """The ERC report of every requested quality score on one pair list."""
+    feats = np.asarray(ff.features, dtype=np.float64)
+    dist = angular_distance(feats[i0], feats[i1])
+    rows = np.unique(np.concatenate([i0, i1]))
+    curves, areas = {}, {}
+    for name in scores:
+        q = image_qualities(name, ff, rows, image_root, seed)
+        curves[name] = error_versus_reject(dist, issame, np.minimum(q[i0], q[i1]), fmr)
+        areas[name] = curve_area(curves[name])
+    return {
+        "reject_ratio": [round(float(r), 10) for r in REJECT_RATIOS],
+        "fnmr": {k: v.tolist() for k, v in curves.items()},
+        "auc": areas, "fmr": fmr, "num_pairs": int(len(issame)),
+        "variant": "predefined pairs, min pair quality, FNMR at FMR from the remaining impostors, "
+                   "AUC = trapezoid over reject ratio 0..0.95",
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Error-versus-reject curves of quality scores.")
+    p.add_argument("--feat-list", required=True, help="feature file (text, .npz or .npy)")
+    p.add_argument("--pair-list", required=True, help="pairs 'i j label' (0-based feature rows)")
+    p.add_argument("--fmr", type=float, default=1e-3)
+    p.add_argument("--scores", default="magnitude,random,sharpness", help=f"comma-separated, from {SCORES}")
+    p.add_argument("--image-root", default=None, help="base of relative image paths (default: feature file's folder)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random score")
+    p.add_argument("--plot", default=None, help="PNG of the curves")
+    p.add_argument("--json", default=None, help="write the curves here (atomically)")
+    return p
+
+
+def run(args: argparse.Namespace) -> dict:
+    scores = [s.strip() for s in args.scores.split(",") if s.strip()]
+    unknown = [s for s in scores if s not in SCORES]
+    if unknown or not scores:
+        raise ValueError(f"--scores: unknown {unknown} (choose from {SCORES})")
+    ff = load_feature_file(args.feat_list, dtype=np.float64)
+    i0, i1, issame = read_pair_list(args.pair_list, len(ff.features))
+    root = Path(args.image_root) if args.image_root else Path(args.feat_list).resolve().parent
+    return evaluate_quality(ff, i0, i1, issame, scores, args.fmr, root, args.seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        report = run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    header = ["reject"] + list(report["fnmr"])
+    rows = [[f"{100 * r:.0f}%"] + [f"{report['fnmr'][k][i]:.4f}" for k in report["fnmr"]]
+            for i, r in enumerate(report["reject_ratio"])]
+    rows.append(["AUC"] + [f"{report['auc'][k]:.5f}" for k in report["fnmr"]])
+    print(f"FNMR at FMR = {report['fmr']:g} ({report['num_pairs']} pairs)")
+    print(format_table(header, rows))
+    if args.plot:
+        plot_erc(args.plot, REJECT_RATIOS, {k: np.array(v, dtype=float) for k, v in report["fnmr"].items()},
+                 report["fmr"])
+    if args.json:
+        write_json_atomic(args.json, report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,218 @@
+"""1:1 verification accuracy (LFW, CFP-FP, AgeDB-30, ...) under two named protocols.
+
+- ``magface`` (the seed's ``eval_1v1.py``): 10 contiguous folds of the pair list; per fold the mean
+  embedding of the nine training folds (both sides of every pair) is subtracted, d =
+  arccos(clip(cos, -1, 1)) / pi, the first of the thresholds 0, 0.01, ... 3.99 with the best training
+  accuracy (a pair is "same" when d < t) is applied to the held-out fold; mean and std (ddof 0).
+- ``insightface``: d = squared L2 distance of the L2-normalised embeddings, otherwise the same folds,
+  thresholds and rule. Flip fusion belongs upstream (``embed_array(flip=True)``).
+
+Also reported over all pairs, from raw cosine similarity: ROC AUC and TAR at FAR 1e-3 / 1e-4, the
+latter as the highest TPR among ROC points with FPR <= FAR (never interpolated).
+
+CLI: ``--feat-list F --pair-list P`` (pairs ``i j label``, 0-based rows of F) or ``--bin X.bin
+--resume CKPT`` (the model embeds the decoded images). Text features are parsed as float64, as the seed does.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+from sklearn.preprocessing import normalize
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from eval.bin_io import read_bin
+from eval.feature_io import load_feature_file
+from eval.metrics import (
+    angular_distance,
+    cosine_rows,
+    format_table,
+    read_pair_list,
+    tar_at_far_bounded,
+    write_json_atomic,
+)
+
+PROTOCOLS = ("magface", "insightface")
+THRESHOLDS = np.arange(0, 4, 0.01)
+FARS = (1e-3, 1e-4)
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    accuracies: np.ndarray
+    thresholds: np.ndarray
+
+
+def kfold_splits(n: int, n_folds: int = 10) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Contiguous folds in order, the first ``n % n_folds`` one longer (sklearn's unshuffled KFold)."""
+    if n < n_folds:
+        raise ValueError(f"{n} pairs cannot be split into {n_folds} folds")
+    idx = np.arange(n)
+    tests = np.array_split(idx, n_folds)
+    return [(np.setdiff1d(idx, t, assume_unique=True), t) for t in tests]
+
+
+def accuracy_per_threshold(dist: np.ndarray, issame: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Accuracy of the rule ``same iff d < t`` for every t, by counting on sorted distances."""
+    issame = np.asarray(issame, dtype=bool)
+    gen, imp = np.sort(dist[issame]), np.sort(dist[~issame])
+    tp = np.searchsorted(gen, thresholds, side="left")
+    tn = len(imp) - np.searchsorted(imp, thresholds, side="left")
+    return (tp + tn) / float(len(dist))
+
+
+def magface_distances(emb0: np.ndarray, emb1: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """Angular distance of all pairs after subtracting the training folds' mean embedding."""
+    mean = np.mean(np.concatenate([emb0[train], emb1[train]]), axis=0)
+    return angular_distance(emb0 - mean, emb1 - mean)
+
+
+def insightface_distances(emb0: np.ndarray, emb1: np.ndarray) -> np.ndarray:
+    """Squared L2 distance of the L2-normalised embeddings (0..4)."""
+    return np.sum(np.square(normalize(emb0) - normalize(emb1)), axis=1)
+
+
+def kfold_accuracy(
+    emb0: np.ndarray,
+    emb1: np.ndarray,
+    issame: np.ndarray,
+    protocol: str = "magface",
+    n_folds: int = 10,
+    thresholds: np.ndarray = THRESHOLDS,
+) -> FoldResult:
+    """Per-fold held-out accuracy and the threshold chosen on the other folds."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
+    if emb0.shape != emb1.shape or emb0.ndim != 2 or len(issame) != len(emb0):
+        raise ValueError(f"embeddings {emb0.shape} / {emb1.shape} and {len(issame)} labels do not match")
+    issame = np.asarray(issame, dtype=bool)
+    fixed = insightface_distances(emb0, emb1) if protocol == "insightface" else None
+    accs, chosen = [], []
+    for train, test in kfold_splits(len(issame), n_folds):
+        dist = fixed if fixed is not None else magface_distances(emb0, emb1, train)
+        best = int(np.argmax(accuracy_per_threshold(dist[train], issame[train], thresholds)))
+        t = thresholds[best]
+        accs.append(accuracy_per_threshold(dist[test], issame[test], np.array([t]))[0])
+        chosen.append(t)
+    return FoldResult(np.array(accs), np.array(chosen))
+
+
+def evaluate_pairs(
+    emb0: np.ndarray, emb1: np.ndarray, issame: np.ndarray, protocol: str = "magface", n_folds: int = 10
+) -> dict:
+    """The report of one verification set: fold accuracy, threshold, AUC and TAR at FAR."""
+    emb0, emb1 = np.asarray(emb0, dtype=np.float64), np.asarray(emb1, dtype=np.float64)
+    issame = np.asarray(issame, dtype=bool)
+    folds = kfold_accuracy(emb0, emb1, issame, protocol, n_folds)
+    cos = cosine_rows(emb0, emb1)
+    auc = float(roc_auc_score(issame, cos)) if 0 < issame.sum() < len(issame) else float("nan")
+    return {
+        "protocol": protocol,
+        "accuracy_mean": float(np.mean(folds.accuracies)),
+        "accuracy_std": float(np.std(folds.accuracies)),
+        "threshold": float(np.mean(folds.thresholds)),
+        "fold_accuracies": folds.accuracies.tolist(),
+        "fold_thresholds": folds.thresholds.tolist(),
+        "auc": auc,
+        "tar_at_far": tar_at_far_bounded(issame, cos, FARS),
+        "tar_rule": "highest TPR with FPR <= FAR, cosine scores over all pairs",
+        "num_pairs": int(len(issame)),
+    }
+
+
+def embed_bin(
+    bin_path: str, resume: str, arch: str | None, batch_size: int, device: str, flip: bool,
+    convention: str | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decode a ``.bin``, embed it with the checkpoint -> (emb0, emb1, issame)."""
+    from inference.extract import embed_array
+    from utils.checkpoint import load_backbone
+    from utils.convention import parse_convention
+
+    images, issame = read_bin(bin_path)
+    conv = parse_convention(convention) if convention else None
+    model, conv, _ = load_backbone(resume, arch=arch, map_location=device, convention=conv)
+    feats = embed_array(model, images, batch_size=batch_size, device=device, convention=conv, flip=flip)
+    return feats[0::2], feats[1::2], issame
+
+
+def features_pairs(
+    feat_list: str, pair_list: str, embedding_size: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Feature file + pair list -> (emb0, emb1, issame), float64 as the seed parses them."""
+    ff = load_feature_file(feat_list, dtype=np.float64)
+    dim = ff.features.shape[1]
+    if embedding_size is not None and dim != embedding_size:
+        raise ValueError(f"{feat_list}: features have {dim} dimensions, expected {embedding_size}")
+    i0, i1, issame = read_pair_list(pair_list, len(ff.features))
+    return ff.features[i0], ff.features[i1], issame
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="1:1 verification accuracy (k-fold) of features or a .bin set.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--feat-list", help="feature file (text, .npz or .npy)")
+    src.add_argument("--bin", help="insightface verification set (.bin); needs --resume")
+    p.add_argument("--pair-list", help="pairs 'i j label' (0-based feature rows), with --feat-list")
+    p.add_argument("--resume", help="checkpoint to embed the --bin images with")
+    p.add_argument("--arch", default=None, help="backbone name when the checkpoint does not say")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--flip", action="store_true", help="add the embedding of the mirrored image")
+    p.add_argument("--input-convention", default=None, help="override the checkpoint's convention")
+    p.add_argument("--embedding-size", type=int, default=None, help="expected feature dimension")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="magface")
+    p.add_argument("--folds", type=int, default=10)
+    p.add_argument("--json", default=None, help="write the metrics here (atomically)")
+    return p
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.bin:
+        if not args.resume:
+            raise ValueError("--bin needs --resume CKPT")
+        emb0, emb1, issame = embed_bin(args.bin, args.resume, args.arch, args.batch_size, args.device,
+                                       args.flip, args.input_convention)
+        name = Path(args.bin).stem
+    else:
+        if not args.pair_list:
+            raise ValueError("--feat-list needs --pair-list")
+        emb0, emb1, issame = features_pairs(args.feat_list, args.pair_list, args.embedding_size)
+        name = Path(args.feat_list).name
+    if args.embedding_size is not None and emb0.shape[1] != args.embedding_size:
+        raise ValueError(f"embeddings have {emb0.shape[1]} dimensions, expected {args.embedding_size}")
+    report = evaluate_pairs(emb0, emb1, issame, args.protocol, args.folds)
+    report["set"] = name
+    return report
+
+
+def print_report(report: dict) -> None:
+    tars = report["tar_at_far"]
+    header = ["set", "protocol", "pairs", "accuracy", "threshold", "AUC"] + [f"TAR@{k}" for k in tars]
+    row = [report["set"], report["protocol"], report["num_pairs"],
+           f"{report['accuracy_mean']:.5f}+-{report['accuracy_std']:.5f}", f"{report['threshold']:.4f}",
+           f"{report['auc']:.5f}"] + [f"{v:.5f}" for v in tars.values()]
+    print(format_table(header, [row]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        report = run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print_report(report)
+    if args.json:
+        write_json_atomic(args.json, report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
