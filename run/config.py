@@ -79,6 +79,13 @@ class TrainConfig:
         for key in positive:
             if getattr(self, key) <= 0:
                 raise ValueError(f"--{key} must be positive, got {getattr(self, key)}")
+        at_least = {"workers": 0, "max_steps": 0, "save_every_steps": 0, "grad_clip": 0.0, "warmup_epochs": 0.0,
+                    "dropout": 0.0, "max_nonfinite": 1, "pth_save_epoch": 1}
+        for key, low in at_least.items():
+            if getattr(self, key) < low:
+                raise ValueError(f"--{key.replace('_', '-')} must be >= {low}, got {getattr(self, key)}")
+        if self.lr <= 0 or self.dist_timeout <= 0:
+            raise ValueError(f"--lr and --dist-timeout must be positive, got {self.lr} and {self.dist_timeout}")
         if not 0 <= self.start_epoch < self.epochs:
             raise ValueError(f"--start-epoch {self.start_epoch} must lie in [0, epochs={self.epochs})")
 
@@ -179,7 +186,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 # Keys whose change between a run and its resumption does not alter the optimisation.
 BENIGN_KEYS = {"world_size", "resume", "workers", "print_freq", "tensorboard", "pth_save_fold", "max_steps",
                "start_epoch", "dist_timeout", "save_every_steps", "pth_save_epoch", "compile",
-               "device", "pretrained", "channels_last", "epochs"}
+               "device", "pretrained", "channels_last", "epochs", "max_nonfinite", "deterministic",
+               "skip_bad_images", "max_bad_fraction"}
 
 
 def config_differences(saved: dict, current: TrainConfig) -> list[str]:

@@ -117,14 +117,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     erc_json, erc_png = out / "erc.json", out / "erc.png"
     _run(quality.main, ["--feat-list", str(feats), "--pair-list", str(data / "lfw" / "pair.list"),
-                        "--image-root", str(data / "lfw"), "--plot", str(erc_png), "--json", str(erc_json)])
+                        "--image-root", str(data / "lfw"), "--fmr", "1e-2", "--plot", str(erc_png),
+                        "--json", str(erc_json)])
     grid = face_grid(feats, data, out)
     erc = json.loads(erc_json.read_text())
     summary = {
         "trained_accuracy": after["accuracy_mean"], "trained_accuracy_std": after["accuracy_std"],
         "untrained_accuracy": before["accuracy_mean"], "untrained_accuracy_std": before["accuracy_std"],
         "protocol": after.get("protocol", "magface"), "num_pairs": after.get("num_pairs"),
-        "erc_auc": erc.get("auc"), "train_wall_s": round(train_s, 1),
+        "erc_fmr": erc.get("fmr"), "erc_auc": erc.get("auc"), "train_wall_s": round(train_s, 1),
         "wall_s": round(time.perf_counter() - t0, 1), "device": device, "arch": args.arch,
         "input_size": args.input_size, "epochs": args.epochs, "checkpoint": str(ckpt),
         "features": str(feats), "erc_plot": str(erc_png), "face_grid": str(grid),
@@ -139,7 +140,8 @@ def print_summary(s: dict, out: Path) -> None:
     print(f"verification on {s['num_pairs']} held-out LFW pairs ({s['protocol']} protocol, 10 folds):")
     print(f"  untrained {s['arch']}: {100 * s['untrained_accuracy']:.2f}% +- {100 * s['untrained_accuracy_std']:.2f}")
     print(f"  trained   {s['arch']}: {100 * s['trained_accuracy']:.2f}% +- {100 * s['trained_accuracy_std']:.2f}")
-    print(f"error-versus-reject AUC: {s['erc_auc']}")
+    aucs = ", ".join(f"{k} {v:.4f}" for k, v in (s["erc_auc"] or {}).items() if v is not None)
+    print(f"error-versus-reject area (FNMR at FMR {s['erc_fmr']}, lower is better): {aucs}")
     print(f"training {s['train_wall_s']}s, total {s['wall_s']}s on {s['device']}")
     print(f"pictures: {s['erc_plot']}\n          {s['face_grid']}")
     print(f"summary:  {out / 'demo_summary.json'}")

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
+from run.config import TrainConfig, config_differences
 from utils.checkpoint import (
     FORMAT_VERSION,
     atomic_save,
@@ -26,7 +27,8 @@ from utils.checkpoint import (
     released_state_dict,
 )
 from utils.convention import MAGFACE
-from utils.dist import shard_range
+from utils.dist import DistInfo, broadcast_object, shard_range
+from utils.logger import get_logger
 
 KIND = "magface-resume"
 
@@ -144,3 +146,59 @@ def load_training_state(path: str | Path, backbone: nn.Module, head: nn.Module, 
         set_rng_state(obj["rng"])
     p = obj["position"]
     return Position(int(p["epoch"]), int(p["step_in_epoch"]), int(p["global_step"])), dict(obj["config"])
+
+
+def remove_stale_temporaries(out_dir: str | Path) -> list[Path]:
+    """Delete the temporary files of checkpoint writes that a crash interrupted (``.NAME.pth.*.tmp``).
+
+    ``atomic_save`` renames a finished write into place, so such a file never holds a usable state;
+    left alone, each kill during a save would leave one the size of a checkpoint behind.
+    """
+    folder = Path(out_dir)
+    stale = sorted(folder.glob(".*.pth.*.tmp")) if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def _resume_file(resume: str, out_dir: Path) -> Path | None:
+    if not resume:
+        return None
+    if resume == "auto":
+        candidate = out_dir / "last.pth"
+        return candidate if candidate.is_file() else None
+    return Path(resume)
+
+
+def resume_training(cfg: TrainConfig, dist: DistInfo, backbone: nn.Module, head: nn.Module,
+                    opt_backbone: torch.optim.Optimizer, opt_head: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler, steps_per_epoch: int) -> Position | None:
+    """Apply ``--resume`` (collective): None when there is nothing to resume, else the position.
+
+    Rank 0 decides (``auto`` finds PTH_SAVE_FOLD/last.pth) and every rank loads the same file, so ranks
+    cannot disagree about whether a job restarted by torchrun resumes. The global step is recounted from
+    (epoch, step) with this run's steps per epoch, which differ when the world size changed.
+    """
+    log = get_logger()
+    path = broadcast_object(_resume_file(cfg.resume, Path(cfg.pth_save_fold)) if dist.is_main else None)
+    if path is None:
+        if cfg.resume == "auto":
+            log.info("--resume auto: no last.pth yet, starting a new run")
+        return None
+    if dist.rank != 0 and not Path(path).is_file():
+        raise FileNotFoundError(f"rank {dist.rank}: resume file {path} exists on rank 0 but not here; "
+                                "--pth-save-fold must be on a filesystem that every node shares")
+    pos, saved_cfg = load_training_state(path, backbone, head, opt_backbone, opt_head, scaler)
+    for diff in config_differences(saved_cfg, cfg):
+        log.warning(f"resume from {path}: hyper-parameter changed: {diff}")
+    epoch, step = pos.epoch, pos.step_in_epoch
+    if step >= steps_per_epoch:
+        epoch, step = epoch + 1, 0
+    resumed = Position(epoch, step, epoch * steps_per_epoch + step)
+    if resumed.global_step != pos.global_step:
+        log.warning(f"resume from {path}: global step {pos.global_step} recounted as {resumed.global_step} "
+                    f"({steps_per_epoch} steps per epoch now); the learning-rate schedule follows the epochs")
+    saved_world = saved_cfg.get("world_size")
+    log.info(f"resumed from {path} at epoch {resumed.epoch} step {resumed.step_in_epoch} (global step "
+             f"{resumed.global_step})" + (f"; world size {saved_world} -> {dist.world_size}" if saved_world else ""))
+    return resumed

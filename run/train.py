@@ -2,6 +2,9 @@
 
     python -m run.train --arch iresnet100 --train_list /data/ms1mv2/train.list --batch-size 512
     python run/train.py --arch iresnet18_w16 --train_list demo/train.list --device cpu --max-steps 50
+
+Exit status: 0 done, 2 bad arguments, data or checkpoint (the message names the file and line),
+3 diverged (``--max-nonfinite`` non-finite losses in a row; last.pth holds the weights from before).
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from run.config import config_from_args, get_args_parser  # noqa: E402
-from run.trainer import train  # noqa: E402
+from run.trainer import run_cli, train  # noqa: E402
 from utils.dist import DistInfo  # noqa: E402
 
 
@@ -23,4 +26,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, None, "train.py"))

@@ -5,19 +5,31 @@
         -m run.train_dist --rec /data/faces_emore
     torchrun --nproc_per_node 2 -m run.train_dist --device cpu ...   # gloo, for tests and CPU boxes
 
-``--batch-size`` is the total over all ranks, as for run/train.py.
+``--batch-size`` is the total over all ranks, as for run/train.py. With ``torchrun --max-restarts N``
+and ``--resume auto`` a job whose rank died restarts from PTH_SAVE_FOLD/last.pth by itself.
+
+Exit status: as run/train.py, plus 4 when a collective failed: another rank died, or did not reach
+the collective within ``--dist-timeout`` seconds (hung).
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
+import torch.distributed as tdist  # noqa: E402
+
 from run.config import config_from_args, get_args_parser  # noqa: E402
-from run.trainer import resolve_device, train  # noqa: E402
+from run.trainer import DistFailure, resolve_device, run_cli, train  # noqa: E402
 from utils.dist import cleanup, init_distributed  # noqa: E402
+
+# substrings that mark an error as coming from gloo / NCCL / the c10d store, and those that mean "too slow"
+_DIST_MARKS = ("gloo", "nccl", "c10d", "processgroup", "connection closed by peer", "connection reset")
+_TIMEOUT_MARKS = ("timed out", "timeout", "watchdog")
 
 
 def get_parser():
@@ -29,6 +41,23 @@ def get_parser():
     return parser
 
 
+def explain_dist_error(error: BaseException, rank: int, timeout_s: float, joined: bool = True) -> DistFailure | None:
+    """A one-line account of a failed collective, or None when ``error`` is something else."""
+    text = str(error)
+    first = next((line for line in text.splitlines() if line.strip()), type(error).__name__)
+    lowered = text.lower()
+    if not (isinstance(error, tdist.DistError) or any(mark in lowered for mark in _DIST_MARKS)):
+        return None
+    if not joined:
+        return DistFailure(f"rank {rank}: could not join the process group within --dist-timeout {timeout_s:g} s "
+                           f"(is MASTER_ADDR:MASTER_PORT reachable, did every node start?). Cause: {first}")
+    if any(mark in lowered for mark in _TIMEOUT_MARKS):
+        return DistFailure(f"rank {rank}: a collective operation did not complete within --dist-timeout "
+                           f"{timeout_s:g} s: another rank is hung or far slower (see its log). Cause: {first}")
+    return DistFailure(f"rank {rank}: lost the connection to another rank, which probably died (see its "
+                       f"log above). Cause: {first}")
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = get_parser().parse_args(argv)
     if args.fp16 is not None:
@@ -36,21 +65,22 @@ def main(argv: list[str] | None = None) -> dict:
     if args.arc is not None:
         args.margin = "arc" if args.arc else "cos"
     cfg = config_from_args(args)
-    device_type = "cpu" if cfg.device == "cpu" or not _cuda() else "cuda"
-    info = init_distributed(timeout_s=cfg.dist_timeout, device_type=device_type)
+    device_type = "cpu" if cfg.device == "cpu" or not torch.cuda.is_available() else "cuda"
+    info = None
     try:
+        info = init_distributed(timeout_s=cfg.dist_timeout, device_type=device_type)
         if device_type == "cuda":
             resolve_device(cfg.device, info.local_rank)
         return train(cfg, info)
+    except RuntimeError as error:
+        rank = info.rank if info is not None else int(os.environ.get("RANK", "0"))
+        failure = explain_dist_error(error, rank, cfg.dist_timeout, joined=info is not None)
+        if failure is None:
+            raise
+        raise failure from error
     finally:
         cleanup()
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, None, "train_dist.py"))

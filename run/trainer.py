@@ -7,6 +7,7 @@ is built (dense MagFaceHead or the class-sharded one).
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,10 @@ from torch import nn
 from dataloader import BadSampleCounter, EpochShuffleSampler, build_train_dataset, build_train_loader
 from models import MagFaceHead, build_backbone
 from models.sharded import ShardedMagFaceHead
-from run.config import TrainConfig, config_differences
-from run.engine import LoopState, NonFiniteError, NonFiniteGuard, lr_at, train_one_epoch
-from run.state import Position, gather_rows, load_training_state, save_training_state
+from run.config import TrainConfig
+from run.engine import LoopState, NonFiniteError, NonFiniteGuard, lr_at, sharded_grad_norm, train_one_epoch
+from run.faults import Faults
+from run.state import Position, gather_rows, remove_stale_temporaries, resume_training, save_training_state
 from utils.checkpoint import backbone_state, load_backbone_state, read_checkpoint, save_released
 from utils.dist import DistInfo, shard_range
 from utils.logger import TensorBoard, get_logger, setup_logger
@@ -62,7 +64,8 @@ def build_head(cfg: TrainConfig, dist: DistInfo, device: torch.device) -> nn.Mod
     else:
         head = MagFaceHead(cfg.embedding_size, cfg.last_fc_size, **kw)
         start = 0
-    init_head_rows(head.weight.data, start, cfg.seed)
+    if head.weight.shape[0]:
+        init_head_rows(head.weight.data, start, cfg.seed)
     return head.to(device)
 
 
@@ -80,16 +83,23 @@ class Run:
     out_dir: Path
     channels_last: bool
 
+    @property
+    def config(self) -> dict:
+        """The resolved config as stored in checkpoints, with the world size it ran at."""
+        return self.cfg.to_dict() | {"world_size": self.dist.world_size}
+
     def save_state(self, pos: Position) -> None:
+        """Collective: every rank calls it; rank 0 writes last.pth."""
         save_training_state(self.out_dir / "last.pth", self.backbone, self.head, self.opt_backbone, self.opt_head,
-                            self.scaler, pos, self.cfg.arch, self.cfg.to_dict(), self.dist.is_main)
+                            self.scaler, pos, self.cfg.arch, self.config, self.dist.is_main)
 
     def save_epoch(self, epoch_done: int) -> Path:
+        """Collective: the released layout with the whole [D, C] head, written by rank 0."""
         full = gather_rows(self.head.weight.detach().float(), self.cfg.last_fc_size)
         path = self.out_dir / f"{epoch_done:05d}.pth"
         if self.dist.is_main:
             save_released(path, self.backbone, full, epoch_done, self.cfg.arch, self.opt_backbone.state_dict(),
-                          self.cfg.to_dict())
+                          self.config)
         return path
 
 
@@ -133,29 +143,29 @@ def build_run(cfg: TrainConfig, dist: DistInfo) -> Run:
                channels_last)
 
 
-def resume_path(cfg: TrainConfig) -> Path | None:
-    if not cfg.resume:
-        return None
-    if cfg.resume == "auto":
-        candidate = Path(cfg.pth_save_fold) / "last.pth"
-        return candidate if candidate.is_file() else None
-    return Path(cfg.resume)
+def maybe_resume(run: Run, steps_per_epoch: int) -> Position:
+    """Restore last.pth when --resume asks for it (collective); else the start position."""
+    pos = resume_training(run.cfg, run.dist, run.backbone, run.head, run.opt_backbone, run.opt_head, run.scaler,
+                          steps_per_epoch)
+    return pos if pos is not None else Position(run.cfg.start_epoch, 0, run.cfg.start_epoch * steps_per_epoch)
 
 
-def maybe_resume(run: Run) -> Position:
-    path = resume_path(run.cfg)
-    log = get_logger()
-    if path is None:
-        if run.cfg.resume == "auto":
-            log.info("--resume auto: no last.pth yet, starting a new run")
-        return Position(epoch=run.cfg.start_epoch)
-    pos, saved_cfg = load_training_state(path, run.backbone, run.head, run.opt_backbone, run.opt_head, run.scaler)
-    for diff in config_differences(saved_cfg, run.cfg):
-        log.warning(f"resume from {path}: hyper-parameter changed: {diff}")
-    saved_world = saved_cfg.get("world_size")
-    log.info(f"resumed from {path} at epoch {pos.epoch} step {pos.step_in_epoch} (global step {pos.global_step})"
-             + (f"; world size {saved_world} -> {run.dist.world_size}" if saved_world else ""))
-    return pos
+def _loop_state(cfg: TrainConfig, run: Run, steps_per_epoch: int, per_rank: int, pos: Position) -> LoopState:
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    distributed = run.dist.distributed
+    grad_norm = sharded_grad_norm(list(run.backbone.parameters()), list(run.head.parameters()), True) \
+        if distributed else None
+    return LoopState(
+        device=run.device, steps_per_epoch=steps_per_epoch, total_steps=total_steps, batch_size=per_rank,
+        lr_fn=lambda s: lr_at(s, steps_per_epoch, cfg.lr, cfg.epochs, cfg.schedule, cfg.lr_drop_epoch,
+                              cfg.lr_drop_ratio, cfg.warmup_epochs),
+        amp_dtype={"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp],
+        channels_last=run.channels_last, grad_clip=cfg.grad_clip, seed=cfg.seed, print_freq=cfg.print_freq,
+        global_step=pos.global_step, guard=NonFiniteGuard(cfg.max_nonfinite), grad_norm_fn=grad_norm,
+        rank=run.dist.rank, world_size=run.dist.world_size, sync_overflow=distributed, faults=Faults.from_env(),
+    )
 
 
 def train(cfg: TrainConfig, dist: DistInfo) -> dict:
@@ -172,31 +182,29 @@ def train(cfg: TrainConfig, dist: DistInfo) -> dict:
     steps_per_epoch = sampler.per_rank // per_rank
     if steps_per_epoch == 0:
         raise ValueError(f"the data has {len(dataset)} images, fewer than one batch of {cfg.batch_size}")
+    if dist.is_main:
+        for stale in remove_stale_temporaries(out_dir):
+            log.warning(f"removed {stale}: a partial checkpoint left by an interrupted write")
     run = build_run(cfg, dist)
     loader = build_train_loader(dataset, per_rank, cfg.workers, sampler, pin_memory=run.device.type == "cuda")
-    pos = maybe_resume(run)
+    pos = maybe_resume(run, steps_per_epoch)
     if dist.is_main:
         cfg.save_json(out_dir / "config.json", world_size=dist.world_size)
-    total_steps = cfg.epochs * steps_per_epoch
-    if cfg.max_steps:
-        total_steps = min(total_steps, cfg.max_steps)
-    state = LoopState(
-        device=run.device, steps_per_epoch=steps_per_epoch, total_steps=total_steps, batch_size=per_rank,
-        lr_fn=lambda s: lr_at(s, steps_per_epoch, cfg.lr, cfg.epochs, cfg.schedule, cfg.lr_drop_epoch,
-                              cfg.lr_drop_ratio, cfg.warmup_epochs),
-        amp_dtype={"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp],
-        channels_last=run.channels_last,
-        grad_clip=cfg.grad_clip, seed=cfg.seed, print_freq=cfg.print_freq,
-        global_step=pos.global_step or pos.epoch * steps_per_epoch,
-        guard=NonFiniteGuard(cfg.max_nonfinite),
-    )
+    state = _loop_state(cfg, run, steps_per_epoch, per_rank, pos)
     log.info(f"training {cfg.arch} on {len(dataset)} images, {cfg.last_fc_size} classes, world size "
              f"{dist.world_size}, {per_rank}/rank x {steps_per_epoch} steps/epoch, device {run.device}, amp {cfg.amp}")
+    if state.faults is not None:
+        log.warning(f"fault injection active (test hooks): {state.faults}")
     tb = TensorBoard(out_dir / "tb", enabled=cfg.tensorboard and dist.is_main)
     bad = BadSampleCounter(cfg.max_bad_fraction) if cfg.skip_bad_images else None
     written: list[str] = []
     try:
-        written = _epochs(run, loader, sampler, state, pos, tb, bad, per_rank)
+        if cfg.max_steps and state.global_step >= cfg.max_steps:
+            log.info(f"--max-steps {cfg.max_steps} already reached (global step {state.global_step}); nothing to do")
+        elif pos.epoch >= cfg.epochs:
+            log.info(f"all {cfg.epochs} epochs already done; nothing to do")
+        else:
+            written = _epochs(run, loader, sampler, state, pos, tb, bad, per_rank)
     finally:
         tb.close()
     return {"checkpoints": written, "global_step": state.global_step, "out_dir": str(out_dir)}
@@ -204,7 +212,7 @@ def train(cfg: TrainConfig, dist: DistInfo) -> dict:
 
 def _epochs(run: Run, loader, sampler, state: LoopState, pos: Position, tb: TensorBoard, bad,
             per_rank: int) -> list[str]:
-    cfg, log, written = run.cfg, get_logger(), []
+    cfg, log, written, spe = run.cfg, get_logger(), [], state.steps_per_epoch
     for epoch in range(pos.epoch, cfg.epochs):
         first = pos.step_in_epoch if epoch == pos.epoch else 0
         sampler.set_epoch(epoch)
@@ -213,7 +221,7 @@ def _epochs(run: Run, loader, sampler, state: LoopState, pos: Position, tb: Tens
 
         def on_step_end(step: int, epoch: int = epoch) -> bool:
             nonlocal stopped
-            if cfg.save_every_steps and state.global_step % cfg.save_every_steps == 0 and step < state.steps_per_epoch:
+            if cfg.save_every_steps and state.global_step % cfg.save_every_steps == 0 and step < spe:
                 run.save_state(Position(epoch, step, state.global_step))
             stopped = bool(cfg.max_steps) and state.global_step >= cfg.max_steps
             return stopped
@@ -222,23 +230,57 @@ def _epochs(run: Run, loader, sampler, state: LoopState, pos: Position, tb: Tens
             metrics = train_one_epoch(run.model, run.head, [run.opt_backbone, run.opt_head], run.scaler, loader,
                                       epoch, first, state, tb, on_step_end, bad)
         except NonFiniteError:
-            step = state.global_step - epoch * state.steps_per_epoch
-            run.save_state(Position(epoch, step, state.global_step))
-            log.error(f"state before the divergence saved to {run.out_dir / 'last.pth'}")
+            # Weights are those from before the first step of the non-finite run: resume replays from there.
+            g0 = state.global_step - state.guard.consecutive + 1
+            run.save_state(Position(g0 // spe, g0 % spe, g0))
+            log.error(f"state from before the divergence (after global step {g0}) saved to {run.out_dir / 'last.pth'}")
             raise
-        step_reached = state.global_step - epoch * state.steps_per_epoch
-        done = step_reached >= state.steps_per_epoch
+        step_reached = state.global_step - epoch * spe
+        done = step_reached >= spe
         log.info(f"epoch {epoch} {'done' if done else f'stopped at step {step_reached}'}: "
                  + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         if done and ((epoch + 1) % cfg.pth_save_epoch == 0 or epoch + 1 == cfg.epochs) or stopped:
             path = run.save_epoch(epoch + 1)
             written.append(str(path))
             log.info(f"wrote {path}")
-        if done:
-            run.save_state(Position(epoch + 1, 0, state.global_step))
-        else:
-            run.save_state(Position(epoch, step_reached, state.global_step))
+        run.save_state(Position(epoch + 1, 0, state.global_step) if done else Position(epoch, step_reached,
+                                                                                      state.global_step))
         if stopped:
             log.info(f"--max-steps {cfg.max_steps} reached; resumable state in {run.out_dir / 'last.pth'}")
             break
     return written
+
+
+class DistFailure(RuntimeError):
+    """A collective failed or timed out: another rank hung, died or lost its connection."""
+
+
+# exit status of the command-line entry points for the failures they explain in one line
+EXIT_CODES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int], ...] = (
+    ((ValueError, FileNotFoundError), 2), (NonFiniteError, 3), (DistFailure, 4),
+)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error)
+    if "Original Traceback" in text:  # re-raised from a DataLoader worker: keep the worker's own message
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if last.startswith(type(error).__name__ + ":") else last
+    return text
+
+
+def run_cli(main, argv: list[str] | None, prog: str) -> int:
+    """Run ``main(argv)``; expected failures end with one clear line and a distinct exit status."""
+    try:
+        main(argv)
+    except BaseException as error:
+        code = next((c for kinds, c in EXIT_CODES if isinstance(error, kinds)), None)
+        if code is None:
+            raise
+        log = get_logger()
+        if log.handlers:
+            log.error(f"{prog}: error: {_one_line(error)}")
+        else:
+            print(f"{prog}: error: {_one_line(error)}", file=sys.stderr, flush=True)
+        return code
+    return 0

@@ -13,7 +13,6 @@ import os
 import pickle
 import tempfile
 import warnings
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,29 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         os.close(dir_fd)
 
 
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since 1.6
+_PICKLE_PROTO = 0x80  # first byte of a pickle of protocol >= 2 (the legacy torch.save format, plain pickles)
+
+
+def _sniff(path: Path) -> None:
+    """Reject at once what cannot be a checkpoint (text, images...): torch's own errors mislead there."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head.startswith(_ZIP_MAGIC) and head[:1] != bytes([_PICKLE_PROTO]):
+        raise ValueError(
+            f"checkpoint {path} is not a PyTorch checkpoint (it starts with {head!r}, neither a zip archive "
+            f"nor a pickle): a text file, an image, or the wrong path?"
+        )
+
+
+def _unsupported(message: str) -> str:
+    """The 'Unsupported global ...' / 'Unsupported operand ...' line of a weights_only refusal, or ''."""
+    for line in message.splitlines():
+        if "Unsupported" in line:
+            return line.strip().removeprefix("WeightsUnpickler error:").strip()
+    return ""
+
+
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint safely; truncated, foreign or code-carrying files get a clear ValueError."""
     path = Path(path)
@@ -60,19 +82,27 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
         raise ValueError(f"checkpoint {path} is empty (0 bytes): an interrupted write?")
+    _sniff(path)
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pickle protocol.*")
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        detail = _unsupported(str(e))
+        if detail.startswith("Unsupported global"):
             raise ValueError(
                 f"checkpoint {path} holds Python objects other than tensors, numbers, strings and "
                 f"containers; refusing to unpickle them because that could run code. Re-save it as a "
-                f"plain state dict. Details: {str(e).splitlines()[0]}"
+                f"plain state dict. Details: {detail}"
             ) from None
-        raise ValueError(f"checkpoint {path} is not a readable PyTorch file: {e}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
         raise ValueError(
-            f"checkpoint {path} could not be read (truncated, corrupt or not a PyTorch file): {e}"
+            f"checkpoint {path} could not be read (truncated, corrupt, or a plain pickle rather than a "
+            f"torch.save file): {detail or str(e).splitlines()[0][:200]}"
+        ) from None
+    except Exception as e:  # torch.load raises anything on foreign bytes (KeyError, IndexError, ...)
+        raise ValueError(
+            f"checkpoint {path} could not be read (truncated, corrupt or not a PyTorch file): "
+            f"{type(e).__name__}: {str(e).splitlines()[0].split('. ')[0][:300] if str(e) else ''}"
         ) from None
     if not isinstance(obj, Mapping):
         raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
