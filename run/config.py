@@ -10,6 +10,8 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
+from utils.convention import parse_convention
+
 
 @dataclass
 class TrainConfig:
@@ -39,6 +41,7 @@ class TrainConfig:
     last_fc_size: int = 85742
     dropout: float = 0.0
     input_size: int = 112
+    input_convention: str = "magface"
     l_a: float = 10.0
     u_a: float = 110.0
     l_margin: float = 0.45
@@ -66,6 +69,7 @@ class TrainConfig:
     pretrained: str = ""
 
     def validate(self) -> None:
+        parse_convention(self.input_convention)
         sources = sum(bool(x) for x in (self.train_list, self.rec, self.synthetic))
         if sources != 1:
             raise ValueError("give exactly one data source: --train_list LIST, --rec DIR or --synthetic N")
@@ -124,6 +128,8 @@ FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "embedding_size": (("--embedding-size",), "embedding dimension"),
     "last_fc_size": (("--last-fc-size",), "number of identities (classifier rows)"),
     "dropout": (("--dropout",), "dropout before the embedding layer"),
+    "input_convention": (("--input-convention",), "pixel convention the backbone expects: magface (BGR, /255), "
+                         "insightface (RGB, (x-127.5)/127.5, to fine-tune their models) or ORDER:m,m,m:s,s,s"),
     "input_size": (("--input-size",), "input side in pixels (112 for the released models)"),
     "l_a": (("--l_a",), "lower magnitude bound l_a"),
     "u_a": (("--u_a",), "upper magnitude bound u_a"),

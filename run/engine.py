@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 
 from run.faults import Faults
-from utils.convention import MAGFACE, to_model_input
+from utils.convention import MAGFACE, InputConvention, to_model_input
 from utils.logger import TensorBoard, Throughput, format_eta, get_logger
 
 METRICS = ("loss", "loss_id", "loss_g_weighted", "accuracy", "mag_mean", "mag_min", "mag_max", "margin")
@@ -97,6 +97,7 @@ class LoopState:
     # Ranks hold different parameters (sharded head): fp16 overflow verdicts must be all-reduced.
     sync_overflow: bool = False
     faults: Faults | None = None
+    convention: InputConvention = MAGFACE
 
 
 def flip_mask(seed: int, step: int, n: int) -> torch.Tensor:
@@ -122,7 +123,7 @@ def prepare_batch(images: torch.Tensor, labels: torch.Tensor, state: LoopState) 
     images = torch.where(mask.view(-1, 1, 1, 1), images.flip(3), images)
     images = images.to(state.device, non_blocking=True)
     labels = labels.to(state.device, non_blocking=True)
-    x = to_model_input(images, MAGFACE)
+    x = to_model_input(images, state.convention)
     if state.faults is not None:
         x = state.faults.corrupt(x, state.global_step, state.rank)
     if state.channels_last:

@@ -26,7 +26,7 @@ from utils.checkpoint import (
     read_checkpoint,
     released_state_dict,
 )
-from utils.convention import MAGFACE
+from utils.convention import parse_convention
 from utils.dist import DistInfo, broadcast_object, shard_range
 from utils.logger import get_logger
 
@@ -105,7 +105,7 @@ def save_training_state(path: str | Path, backbone: nn.Module, head: nn.Module, 
         "position": {"epoch": pos.epoch, "step_in_epoch": pos.step_in_epoch, "global_step": pos.global_step},
         "rng": rng_state(),
         "config": dict(config),
-        "input_convention": MAGFACE.to_dict(),
+        "input_convention": parse_convention(config.get("input_convention", "magface")).to_dict(),
         "kind": KIND,
         "format_version": FORMAT_VERSION,
     }

@@ -23,6 +23,7 @@ from run.engine import LoopState, NonFiniteError, NonFiniteGuard, lr_at, sharded
 from run.faults import Faults
 from run.state import Position, gather_rows, remove_stale_temporaries, resume_training, save_training_state
 from utils.checkpoint import backbone_state, load_backbone_state, read_checkpoint, save_released
+from utils.convention import parse_convention
 from utils.dist import DistInfo, shard_range
 from utils.logger import TensorBoard, get_logger, setup_logger
 
@@ -99,7 +100,7 @@ class Run:
         path = self.out_dir / f"{epoch_done:05d}.pth"
         if self.dist.is_main:
             save_released(path, self.backbone, full, epoch_done, self.cfg.arch, self.opt_backbone.state_dict(),
-                          self.config)
+                          self.config, parse_convention(self.cfg.input_convention))
         return path
 
 
@@ -158,6 +159,7 @@ def _loop_state(cfg: TrainConfig, run: Run, steps_per_epoch: int, per_rank: int,
     grad_norm = sharded_grad_norm(list(run.backbone.parameters()), list(run.head.parameters()), True) \
         if distributed else None
     return LoopState(
+        convention=parse_convention(cfg.input_convention),
         device=run.device, steps_per_epoch=steps_per_epoch, total_steps=total_steps, batch_size=per_rank,
         lr_fn=lambda s: lr_at(s, steps_per_epoch, cfg.lr, cfg.epochs, cfg.schedule, cfg.lr_drop_epoch,
                               cfg.lr_drop_ratio, cfg.warmup_epochs),

@@ -1,0 +1,30 @@
+"""The input convention chosen for training reaches the batches and travels with every checkpoint."""
+from __future__ import annotations
+
+import torch
+
+from run import train
+from run.engine import LoopState, prepare_batch
+from utils.checkpoint import load_backbone
+from utils.convention import INSIGHTFACE, MAGFACE
+
+
+def test_prepare_batch_applies_convention():
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.tensor([0, 1])
+    base = dict(device=torch.device("cpu"), steps_per_epoch=1, total_steps=1, batch_size=2, lr_fn=lambda s: 0.1)
+    x_mag, _ = prepare_batch(images, labels, LoopState(**base, convention=MAGFACE))
+    x_ins, _ = prepare_batch(images, labels, LoopState(**base, convention=INSIGHTFACE))
+    # same flips (same seed and step): insightface = RGB order, 2 * (x/255) - 1
+    torch.testing.assert_close(x_ins, 2 * x_mag.flip(1) - 1)
+
+
+def test_trained_checkpoints_record_convention(tmp_path):
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    result = train.main(["--arch", "iresnet18_w16", "--embedding-size", "32", "--synthetic", "64",
+                         "--last-fc-size", "8", "--batch-size", "16", "--max-steps", "2", "--device", "cpu",
+                         "--workers", "0", "--pth-save-fold", str(out), "--input-convention", "insightface",
+                         "--tensorboard", "0", "--epochs", "1"])
+    for path in (result["checkpoints"][-1], out / "last.pth"):
+        assert load_backbone(path)[1] == INSIGHTFACE
