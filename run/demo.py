@@ -34,7 +34,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default="iresnet18_w32", help="backbone (a narrow iResNet trains on a CPU)")
     p.add_argument("--input-size", type=int, default=56, help="working resolution (faces are 112x112)")
     p.add_argument("--embedding-size", type=int, default=128)
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--warmup-epochs", type=float, default=1.0)
