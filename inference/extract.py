@@ -1,4 +1,9 @@
-"""Embedding extraction shared by gen_feat, verification, the demo and the toy example."""
+"""Embedding extraction shared by gen_feat, verification, the demo and the toy example.
+
+``prepare_model`` turns a loaded backbone into the fastest equivalent for inference: BatchNorm
+folded into the convs (``inference.fuse``), channels-last memory and, optionally, torch.compile.
+``embed_batch`` then runs one uint8 batch under ``torch.inference_mode`` and autocast.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -7,6 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from inference.fuse import fuse_iresnet
+from models.iresnet import IResNet
 from utils.convention import MAGFACE, InputConvention, to_model_input
 
 
@@ -15,6 +22,43 @@ def autocast_for(device: torch.device, dtype: torch.dtype) -> contextlib.Abstrac
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def prepare_model(
+    model: nn.Module,
+    device: str | torch.device = "cpu",
+    *,
+    dtype: torch.dtype = torch.float32,
+    fuse: bool = True,
+    channels_last: bool = True,
+    compile_model: bool = False,
+) -> nn.Module:
+    """``model`` made fast for inference on ``device``: BN folded (iResNets), channels-last.
+
+    Use the returned module: ``model`` itself may have been moved or converted in place.
+
+    Folding removes 3 of the 4 BatchNorms per block (fp32 features change by float rounding only,
+    ~1e-6 relative); channels-last is the layout the oneDNN (CPU) and cuDNN (GPU) convs prefer.
+    For a bf16/fp16 ``dtype`` the conv and PReLU weights are stored in it once, instead of autocast
+    casting them again on every batch (the same values: autocast rounds them identically); BatchNorm
+    and the folded embedding layer (``Fp32Linear``) keep fp32 parameters.
+    """
+    device = torch.device(device)
+    model = model.eval()
+    if fuse and isinstance(model, IResNet):
+        # torch.compile handles the in-place border correction of the folded input BN badly (20% slower
+        # on CPU), so a compiled model keeps that BN and leaves the dtype to autocast.
+        model = fuse_iresnet(model, fold_input_bn=not compile_model)
+    model = model.to(device)
+    if dtype != torch.float32 and not compile_model:
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.PReLU)):
+                module.to(dtype)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile_model:
+        model = torch.compile(model, dynamic=False)
+    return model
 
 
 @torch.inference_mode()

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# One prepared GPU check (H100/H200, ~16 cores): training-step throughput of the real trainer and
+# gen_feat end to end. Expected runtime 4-6 minutes; every command has its own time limit, so the
+# whole script stays under ~8.5 minutes even when one of them hangs. Run from the repository root:
+#     bash bench/gpu_check.sh            # results (JSON + log) under $OUT if set, else ./gpu_check_out
+set -uo pipefail
+
+PY=${PY:-.venv/bin/python}
+[ -x "$PY" ] || PY=python
+DEST=${OUT:-gpu_check_out}
+mkdir -p "$DEST"
+LOG="$DEST/gpu_check.log"
+: > "$LOG"
+
+if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; then
+    echo "gpu_check.sh: CUDA is not available to $PY (no GPU, driver or CUDA build of torch); nothing run." | tee -a "$LOG" >&2
+    exit 2
+fi
+
+status=0
+step() {  # step NAME LIMIT_S CMD...: run with a time limit, log everything, remember failures
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name (limit ${limit}s): $*" | tee -a "$LOG"
+    local t0=$SECONDS
+    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG"
+    local rc=${PIPESTATUS[0]}
+    echo "=== $name: exit $rc after $((SECONDS - t0))s" | tee -a "$LOG"
+    [ "$rc" -eq 0 ] || status=1
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | tee -a "$LOG"
+nproc | sed 's/^/cores: /' | tee -a "$LOG"
+
+COMMON=(--batch-size 256 --classes 85742 --steps 30 --warmup 5 --workers 12 --channels-last on)
+# r50 compiled: the in-memory and the RecordIO loader (the second compile hits inductor's cache).
+step train_r50_compiled 200 "$PY" -m bench.bench_train --archs iresnet50 --amp bf16 --compile on \
+    --data tensor,rec "${COMMON[@]}" --json "$DEST/bench_train_r50_compile.json"
+step train_r100_compiled 220 "$PY" -m bench.bench_train --archs iresnet100 --amp bf16 --compile on \
+    --data tensor,rec "${COMMON[@]}" --json "$DEST/bench_train_r100_compile.json"
+# eager rows: bf16 (what compile buys) and fp16 (insightface arcface_torch's setting).
+step train_r50_eager 90 "$PY" -m bench.bench_train --archs iresnet50 --amp bf16,fp16 --compile off \
+    --data tensor "${COMMON[@]}" --json "$DEST/bench_train_r50_eager.json"
+step gen_feat 90 "$PY" -m bench.bench_gen_feat --arch iresnet50 --limit 3000 --dtypes fp32,bf16 \
+    --batch-size 256 --baseline-batch 256 --json "$DEST/bench_gen_feat_gpu.json"
+
+echo "=== done in ${SECONDS}s; results in $DEST" | tee -a "$LOG"
+exit $status

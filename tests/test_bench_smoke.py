@@ -1,0 +1,75 @@
+"""Each benchmark runs at tiny settings on CPU and writes its JSON (the numbers themselves are not judged)."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bench import bench_gen_feat, bench_sharded_head, bench_train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load(path: Path) -> dict:
+    data = json.loads(path.read_text())
+    assert data["machine"]["usable_cores"] >= 1 and data["machine"]["torch"]
+    return data
+
+
+def test_bench_train_tiny(tmp_path):
+    out = tmp_path / "train.json"
+    bench_train.main(["--archs", "iresnet18_w16", "--amp", "none", "--channels-last", "on", "--compile", "off",
+                      "--data", "rec,tensor", "--batch-size", "8", "--classes", "50", "--embedding-size", "64",
+                      "--steps", "2", "--warmup", "1", "--workers", "1", "--rec-images", "32",
+                      "--cache-dir", str(tmp_path / "cache"), "--json", str(out)])
+    rows = _load(out)["results"]
+    assert [r["data"] for r in rows] == ["rec", "tensor"]
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert r["img_s"] > 0 and r["peak_rss_mb"] > 0 and 0 <= r["data_wait_pct"] <= 100
+    assert (tmp_path / "cache" / "faces_32_50" / "complete").is_file()
+
+
+def test_bench_train_reports_a_failing_configuration(tmp_path):
+    out = tmp_path / "train.json"
+    bench_train.main(["--archs", "no_such_arch,iresnet18_w16", "--amp", "none", "--data", "tensor",
+                      "--batch-size", "4", "--classes", "20", "--embedding-size", "32", "--steps", "1",
+                      "--warmup", "1", "--rec-images", "8", "--cache-dir", str(tmp_path / "cache"),
+                      "--json", str(out)])
+    rows = _load(out)["results"]
+    assert rows[0]["status"].startswith("FAILED ValueError") and "no_such_arch" in rows[0]["status"]
+    assert rows[1]["status"] == "ok"
+
+
+def test_bench_gen_feat_tiny(tmp_path):
+    out = tmp_path / "gen_feat.json"
+    bench_gen_feat.main(["--arch", "iresnet18_w16", "--limit", "12", "--dtypes", "fp32,bf16", "--batch-size", "8",
+                         "--baseline-batch", "8", "--json", str(out)])
+    base, fp32, bf16 = _load(out)["results"]
+    assert base["method"].startswith("seed") and base["images"] == 12
+    assert (fp32["dtype"], bf16["dtype"]) == ("fp32", "bf16")
+    assert fp32["rel_diff"] < 1e-4 and fp32["speedup"] > 0
+    assert bf16["min_cos_vs_fp32"] >= 0.999
+
+
+def test_bench_sharded_head_tiny(tmp_path):
+    out = tmp_path / "sharded.json"
+    bench_sharded_head.main(["--classes", "1000", "--world-sizes", "1,2", "--dim", "16", "--global-batch", "8",
+                             "--steps", "1", "--warmup", "0", "--json", str(out)])
+    rows = _load(out)["results"]
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert rows[0]["shard_mb"] == pytest.approx(2 * rows[1]["shard_mb"])
+    assert rows[0]["loss"] == pytest.approx(rows[1]["loss"], rel=1e-5)
+
+
+def test_gpu_check_fails_fast_without_cuda(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the script would run the real GPU check")
+    res = subprocess.run(["bash", "bench/gpu_check.sh"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={"OUT": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 2
+    assert "CUDA is not available" in res.stderr
