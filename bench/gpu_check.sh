@@ -6,7 +6,7 @@
 set -uo pipefail
 
 PY=${PY:-.venv/bin/python}
-[ -x "$PY" ] || PY=python
+[ -x "$PY" ] || PY=python3
 DEST=${OUT:-gpu_check_out}
 mkdir -p "$DEST"
 LOG="$DEST/gpu_check.log"
