@@ -25,7 +25,7 @@ import torch.distributed as tdist  # noqa: E402
 
 from run.config import config_from_args, get_args_parser  # noqa: E402
 from run.trainer import DistFailure, resolve_device, run_cli, train  # noqa: E402
-from utils.dist import cleanup, init_distributed  # noqa: E402
+from utils.dist import barrier, cleanup, init_distributed  # noqa: E402
 
 # substrings that mark an error as coming from gloo / NCCL / the c10d store, and those that mean "too slow"
 _DIST_MARKS = ("gloo", "nccl", "c10d", "processgroup", "connection closed by peer", "connection reset")
@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> dict:
         info = init_distributed(timeout_s=cfg.dist_timeout, device_type=device_type)
         if device_type == "cuda":
             resolve_device(cfg.device, info.local_rank)
-        return train(cfg, info)
+        result = train(cfg, info)
+        barrier()  # leave together: a rank tearing gloo down while a peer still talks to it can abort
+        return result
     except RuntimeError as error:
         rank = info.rank if info is not None else int(os.environ.get("RANK", "0"))
         failure = explain_dist_error(error, rank, cfg.dist_timeout, joined=info is not None)

@@ -28,7 +28,7 @@ from tests.test_train_support import (
     train_args,
     write_list,
 )
-from utils.dist import DistInfo, cleanup, init_distributed, shard_range
+from utils.dist import DistInfo, barrier, cleanup, init_distributed, shard_range
 
 CLASSES = 5
 EXTRA = ("--dropout", "0.2", "--lr", "0.05")  # dropout draws from the global RNG: resume must replay it
@@ -136,6 +136,7 @@ def _two_ranks(rank: int, port: int, args: list[str], check_resume: str) -> None
     try:
         _check_resliced(args, info, Path(check_resume))
         train(config_from_args(get_args_parser().parse_args([*args, "--resume", check_resume])), info)
+        barrier()
     finally:
         cleanup()
 
