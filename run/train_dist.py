@@ -13,6 +13,7 @@ the collective within ``--dist-timeout`` seconds (hung).
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -84,5 +85,15 @@ def main(argv: list[str] | None = None) -> dict:
         cleanup()
 
 
+def _exit_now(code: int) -> None:
+    """Leave without C++ static destructors: after a finished run, gloo's threads torn down at interpreter
+    exit sometimes abort the process ("terminate called without an active exception", SIGABRT), which
+    torchrun reports as a failed job. Everything is written (atomic, fsynced) and flushed by now."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main, None, "train_dist.py"))
+    _exit_now(run_cli(main, None, "train_dist.py"))
