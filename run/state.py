@@ -27,7 +27,7 @@ from utils.checkpoint import (
     released_state_dict,
 )
 from utils.convention import parse_convention
-from utils.dist import DistInfo, broadcast_object, shard_range
+from utils.dist import DistInfo, broadcast_object, gather_row_shards, shard_range
 from utils.logger import get_logger
 
 KIND = "magface-resume"
@@ -42,16 +42,7 @@ class Position:
 
 def gather_rows(local: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Concatenate per-rank row slices (shard_range layout) into the full tensor on every rank."""
-    if not (tdist.is_available() and tdist.is_initialized()) or tdist.get_world_size() == 1:
-        return local.detach().clone()
-    world = tdist.get_world_size()
-    sizes = [shard_range(num_classes, world, r) for r in range(world)]
-    rows = max(e - s for s, e in sizes)
-    padded = local.new_zeros((rows,) + tuple(local.shape[1:]))
-    padded[: local.shape[0]] = local.detach()
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    tdist.all_gather(parts, padded)
-    return torch.cat([p[: e - s] for p, (s, e) in zip(parts, sizes, strict=True)])
+    return gather_row_shards(local, num_classes, dst=None)
 
 
 def local_rows(full: torch.Tensor, num_classes: int) -> torch.Tensor:
