@@ -119,10 +119,12 @@ def prepare_batch(images: torch.Tensor, labels: torch.Tensor, state: LoopState) 
     if images.shape[0] < state.batch_size:
         idx = torch.arange(state.batch_size) % images.shape[0]
         images, labels = images[idx], labels[idx]
-    mask = flip_mask(state.seed, state.global_step, images.shape[0])
-    images = torch.where(mask.view(-1, 1, 1, 1), images.flip(3), images)
+    # The loader's pinned batch goes to the device as it is and is mirrored there: mirroring 10 MB of
+    # uint8 on the host made an unpinned copy (a blocking transfer) and kept the GPU waiting each step.
+    mask = flip_mask(state.seed, state.global_step, images.shape[0]).to(state.device, non_blocking=True)
     images = images.to(state.device, non_blocking=True)
     labels = labels.to(state.device, non_blocking=True)
+    images = torch.where(mask.view(-1, 1, 1, 1), images.flip(3), images)
     x = to_model_input(images, state.convention)
     if state.faults is not None:
         x = state.faults.corrupt(x, state.global_step, state.rank)
@@ -207,24 +209,37 @@ def optimizer_step(optimizers: list[torch.optim.Optimizer], scaler: torch.amp.Gr
 
 
 class _Meters:
-    """Sums of the step metrics over the log window and over the epoch."""
+    """Sums of the step metrics over the log window and over the epoch.
+
+    The sums stay on the metrics' device and reach the host only when a window is logged or the epoch
+    ends: a per-step ``.cpu()`` would make the host wait for the GPU after every step, and the next
+    batch's transfer could no longer overlap the current step's compute.
+    """
 
     def __init__(self) -> None:
-        self.window, self.epoch = torch.zeros(len(METRICS)), torch.zeros(len(METRICS))
+        self.window = self.epoch = None
         self.window_n = self.epoch_n = 0
 
     def add(self, metrics: torch.Tensor) -> None:
+        if self.epoch is None:
+            self.epoch = torch.zeros_like(metrics)
+        if self.window is None:
+            self.window = torch.zeros_like(metrics)
         self.window += metrics
         self.epoch += metrics
         self.window_n += 1
         self.epoch_n += 1
 
     def take_window(self) -> torch.Tensor:
-        mean = self.window / max(self.window_n, 1)
-        self.window, self.window_n = torch.zeros(len(METRICS)), 0
+        if self.window is None:
+            return torch.zeros(len(METRICS))
+        mean = (self.window / max(self.window_n, 1)).cpu()
+        self.window, self.window_n = None, 0
         return mean
 
     def epoch_means(self) -> dict[str, float]:
+        if self.epoch is None:
+            return dict.fromkeys(METRICS, 0.0)
         return dict(zip(METRICS, (self.epoch / max(self.epoch_n, 1)).tolist(), strict=True))
 
 
@@ -283,7 +298,7 @@ def train_one_epoch(
         if state.guard.update(finite, loss_value, epoch, step + 1, state.global_step + 1):
             scaler.scale(out["loss"]).backward()
             optimizer_step(optimizers, scaler, params, state)
-            meters.add(_step_metrics(out, head.cfg.lambda_g).cpu())
+            meters.add(_step_metrics(out, head.cfg.lambda_g))
         speed.update(state.batch_size * state.world_size)
         step += 1
         state.global_step += 1

@@ -9,6 +9,7 @@ to float happens there.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -76,8 +77,15 @@ def to_model_input(
     if convention.order == "RGB":
         x = x.flip(1)
     x = x.to(dtype=torch.float32)
-    mean = torch.tensor(convention.mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(convention.std, device=x.device).view(1, 3, 1, 1)
-    scale = 1.0 / (255.0 * std)
-    x = x * scale - mean / std
+    scale, shift = _affine(convention.mean, convention.std, x.device)
+    x = x * scale - shift
     return x.to(dtype)
+
+
+@functools.lru_cache(maxsize=32)
+def _affine(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1 / (255 std), mean / std) as (1, 3, 1, 1) fp32 tensors, built once per device: creating them
+    from Python lists on every call meant two blocking host-to-device copies per training step."""
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (1.0 / (255.0 * std_t)).to(device), (mean_t / std_t).to(device)
