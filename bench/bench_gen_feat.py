@@ -42,7 +42,11 @@ from inference import gen_feat  # noqa: E402
 from models.iresnet import build_backbone  # noqa: E402
 from utils.checkpoint import load_backbone, save_released  # noqa: E402
 
-DEFAULT_LIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw112" / "img.list"
+_ROOT = Path(__file__).resolve().parents[1]
+# LFW from ../shared/data (13,233 faces) where it exists, else the 4,800 LFW faces shipped in raw/.
+DEFAULT_LIST = next((p for p in (_ROOT.parent / "shared" / "data" / "lfw112" / "img.list",
+                                 _ROOT / "raw" / "demo_data" / "lfw" / "img.list") if p.is_file()),
+                    _ROOT.parent / "shared" / "data" / "lfw112" / "img.list")
 COLUMNS = ("method", "dtype", "batch", "images", "loop_img_s", "total_img_s", "speedup", "max_abs_diff", "rel_diff",
            "min_cos_vs_baseline", "min_cos_vs_fp32", "load_1min", "foreign_cores")
 

@@ -49,7 +49,10 @@ from run.trainer import build_run  # noqa: E402
 from utils.dist import DistInfo  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-FACE_LISTS = (SHARED / "celeba112" / "train.list", SHARED / "lfw112" / "img.list")
+RAW = Path(__file__).resolve().parents[1] / "raw" / "demo_data"
+# Real faces: ../shared/data where it exists, else the demo faces shipped in raw/ (e.g. on a GPU machine).
+FACE_LISTS = (SHARED / "celeba112" / "train.list", SHARED / "lfw112" / "img.list", RAW / "celeba" / "train.list",
+              RAW / "lfw" / "img.list")
 COLUMNS = ("arch", "data", "amp", "cl", "compile", "batch", "img_s", "step_ms", "data_wait_pct", "first_step_s",
            "warmup_s", "peak_gpu_alloc_mb", "peak_rss_mb", "status")
 
@@ -208,12 +211,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append(row)
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                            if k != "traceback"), flush=True)
+            if args.json:  # after every row: a run cut short by a time limit keeps what it measured
+                write_json(args.json, {"machine": info, "args": vars(args), "rec_dir": str(rec_dir),
+                                       "results": rows, "complete": False})
     print(f"\ntraining step, {args.classes} classes, batch {args.batch_size}, {args.steps} timed steps after "
           f"{args.warmup} warm-up; rec workers {args.workers}, tensor workers {tensor_workers}; data: {rec_dir}")
     print(format_machine(info))
     print(format_table(rows, COLUMNS), flush=True)
     if args.json:
-        write_json(args.json, {"machine": info, "args": vars(args), "rec_dir": str(rec_dir), "results": rows})
+        write_json(args.json, {"machine": info, "args": vars(args), "rec_dir": str(rec_dir), "results": rows,
+                               "complete": True})
     return rows
 
 
