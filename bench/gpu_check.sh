@@ -5,32 +5,9 @@
 #     bash bench/gpu_check.sh            # results (JSON + log) under $OUT if set, else ./gpu_check_out
 set -uo pipefail
 
-PY=${PY:-.venv/bin/python}
-[ -x "$PY" ] || PY=python3
-DEST=${OUT:-gpu_check_out}
-mkdir -p "$DEST"
-LOG="$DEST/gpu_check.log"
-: > "$LOG"
-
-if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; then
-    echo "gpu_check.sh: CUDA is not available to $PY (no GPU, driver or CUDA build of torch); nothing run." | tee -a "$LOG" >&2
-    exit 2
-fi
-
-status=0
-step() {  # step NAME LIMIT_S CMD...: run with a time limit, log everything, remember failures
-    local name=$1 limit=$2
-    shift 2
-    echo "=== $name (limit ${limit}s): $*" | tee -a "$LOG"
-    local t0=$SECONDS
-    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG"
-    local rc=${PIPESTATUS[0]}
-    echo "=== $name: exit $rc after $((SECONDS - t0))s" | tee -a "$LOG"
-    [ "$rc" -eq 0 ] || status=1
-}
-
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | tee -a "$LOG"
-nproc | sed 's/^/cores: /' | tee -a "$LOG"
+NAME=gpu_check
+# shellcheck source=bench/steps.sh
+source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
 
 COMMON=(--batch-size 256 --classes 85742 --steps 30 --warmup 5 --workers 12 --channels-last on)
 # Most important first, so a run cut short keeps the headline rows.
