@@ -46,9 +46,11 @@ def test_bench_train_reports_a_failing_configuration(tmp_path):
 def test_bench_gen_feat_tiny(tmp_path):
     out = tmp_path / "gen_feat.json"
     bench_gen_feat.main(["--arch", "iresnet18_w16", "--limit", "12", "--dtypes", "fp32,bf16", "--batch-size", "8",
-                         "--baseline-batch", "8", "--json", str(out)])
-    base, fp32, bf16 = _load(out)["results"]
+                         "--baseline-batch", "8", "--seed-workers", "1", "--json", str(out)])
+    base, seed, fp32, bf16 = _load(out)["results"]
     assert base["method"].startswith("seed") and base["images"] == 12
+    assert seed["method"].startswith("seed gen_feat procedure") and seed["rel_diff"] < 1e-5
+    assert fp32["vs_seed_procedure"] > 0
     assert (fp32["dtype"], bf16["dtype"]) == ("fp32", "bf16")
     assert fp32["rel_diff"] < 1e-4 and fp32["speedup"] > 0
     assert bf16["min_cos_vs_fp32"] >= 0.999
