@@ -3,7 +3,8 @@
 # found in a folder: one JSON per set, then a summary table.
 #
 # usage: eval/eval.sh CKPT [ARCH] [--data-dir DIR] [--out DIR] [--protocol magface|insightface]
-#                     [--flip] [--device DEV] [--batch-size N] [--input-convention NAME]
+#                     [--flip] [--device DEV] [--dtype fp32|bf16|fp16] [--batch-size N]
+#                     [--input-convention NAME]
 #   --data-dir  folder searched for *.bin (default: eval/data of this repository)
 #   --out       folder of the JSON reports (default: eval_<checkpoint name> beside the checkpoint)
 #   PYTHON      interpreter to use (default: the repository's .venv, else python3)
@@ -14,7 +15,7 @@ if [ -z "${PYTHON:-}" ]; then
   if [ -x "$REPO/.venv/bin/python" ]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON=python3; fi
 fi
 
-usage() { sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 CKPT="" ARCH="" DATA_DIR="$REPO/eval/data" OUT="" EXTRA=()
 while [[ $# -gt 0 ]]; do
@@ -22,7 +23,7 @@ while [[ $# -gt 0 ]]; do
     -h|--help) usage; exit 0 ;;
     --data-dir) DATA_DIR="${2:?--data-dir needs a folder}"; shift 2 ;;
     --out) OUT="${2:?--out needs a folder}"; shift 2 ;;
-    --protocol|--device|--batch-size|--input-convention) EXTRA+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
+    --protocol|--device|--dtype|--batch-size|--input-convention) EXTRA+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
     --flip) EXTRA+=("$1"); shift ;;
     -*) echo "eval.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
     *)

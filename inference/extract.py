@@ -7,6 +7,8 @@ folded into the convs (``inference.fuse``), channels-last memory and, optionally
 from __future__ import annotations
 
 import contextlib
+import sys
+import time
 
 import numpy as np
 import torch
@@ -90,16 +92,32 @@ def embed_array(
     convention: InputConvention = MAGFACE,
     dtype: torch.dtype = torch.float32,
     flip: bool = False,
+    prepare: bool = True,
+    progress: str | None = None,
+    progress_every_s: float = 30.0,
 ) -> np.ndarray:
-    """uint8 (N, H, W, 3) BGR images -> float32 (N, D) raw embeddings."""
+    """uint8 (N, H, W, 3) BGR images -> float32 (N, D) raw embeddings.
+
+    ``prepare`` runs ``prepare_model`` first (BN folded, channels-last, weights in ``dtype``): the same
+    features as the plain model to float rounding, 1.2-2x faster on CPU. ``progress`` names the set in
+    a line on stderr every ``progress_every_s`` seconds (images done, img/s, time left).
+    """
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"expected uint8 images of shape (N, H, W, 3), got {images.dtype} {images.shape}")
     device = torch.device(device)
-    model = model.to(device).eval()
-    out = []
+    embedding_size = getattr(model, "embedding_size", 512)
+    model = prepare_model(model, device, dtype=dtype) if prepare else model.to(device).eval()
+    out, started, last_report = [], time.perf_counter(), time.perf_counter()
     for start in range(0, len(images), batch_size):
         chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size].transpose(0, 3, 1, 2)))
-        out.append(embed_batch(model, chunk.to(device), convention, dtype, flip).cpu().numpy())
+        out.append(embed_batch(model, chunk.to(device), convention, dtype, flip, channels_last=prepare).cpu().numpy())
+        now = time.perf_counter()
+        if progress and now - last_report >= progress_every_s:
+            done = start + len(chunk)
+            rate = done / (now - started)
+            print(f"{progress}: {done}/{len(images)} images, {rate:.1f} img/s, "
+                  f"{(len(images) - done) / rate:.0f} s left", file=sys.stderr, flush=True)
+            last_report = now
     if not out:
-        return np.zeros((0, getattr(model, "embedding_size", 512)), dtype=np.float32)
+        return np.zeros((0, embedding_size), dtype=np.float32)
     return np.concatenate(out).astype(np.float32, copy=False)

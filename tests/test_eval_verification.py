@@ -279,3 +279,29 @@ def test_bin_path_equals_feature_path(tmp_path, lfw_dir):
     assert a["fold_accuracies"] == b["fold_accuracies"] and a["accuracy_mean"] == b["accuracy_mean"]
     assert a["fold_thresholds"] == b["fold_thresholds"]
     assert a["auc"] == pytest.approx(b["auc"], abs=1e-9)
+
+
+def test_embed_array_prepared_matches_plain_model_and_reports_progress(lfw_dir, capsys):
+    """The fast path used by --bin (BN folded, channels-last, bf16 weights) = the plain model."""
+    import torch
+
+    from inference.extract import embed_array
+    from models import build_backbone
+
+    torch.manual_seed(0)
+    model = build_backbone("iresnet18_w16", embedding_size=64).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding them is really exercised
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+    lines = (lfw_dir / "img.list").read_text().splitlines()[:10]
+    images = np.stack([cv2.imread(str(lfw_dir / line.split()[0])) for line in lines])
+    plain = embed_array(model, images, batch_size=4, prepare=False)
+    fast = embed_array(model, images, batch_size=4, progress="lfw-10", progress_every_s=0.0)
+    assert np.abs(fast - plain).max() <= 1e-5 * np.abs(plain).max()
+    bf16 = embed_array(model, images, batch_size=4, dtype=torch.bfloat16)
+    cos = np.sum(bf16 * plain, 1) / np.linalg.norm(bf16, axis=1) / np.linalg.norm(plain, axis=1)
+    assert cos.min() >= 0.999
+    err = capsys.readouterr().err
+    assert "lfw-10: 4/10 images" in err and "lfw-10: 10/10 images" in err
