@@ -72,3 +72,28 @@ def test_dist_failures_are_explained_in_one_line():
     # errors that are not about the process group are left alone
     assert explain_dist_error(RuntimeError("DataLoader timed out after 5 seconds"), 0, 8) is None
     assert explain_dist_error(ValueError("bad training image"), 0, 8) is None
+
+
+def test_each_torchrun_attempt_gets_its_own_store_namespace(monkeypatch):
+    """torchrun's static rendezvous keeps one agent store across --max-restarts; keys written by a dead
+    attempt (gloo's peer addresses) must not be visible to the next attempt."""
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    from tests.test_train_support import free_port
+    from utils.dist import attempt_store
+
+    port = free_port()
+    agent = TCPStore("127.0.0.1", port, world_size=1, is_master=True, timeout=timedelta(seconds=10))  # noqa: F841
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")  # workers are clients of the agent's store
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    first = attempt_store(0, 1, timedelta(seconds=10))
+    first.set("rank_1_address", "stale")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    second = attempt_store(0, 1, timedelta(seconds=10))
+    assert not second.check(["rank_1_address"])
+    second.set("rank_1_address", "fresh")
+    assert first.get("rank_1_address") == b"stale" and second.get("rank_1_address") == b"fresh"

@@ -76,14 +76,30 @@ def init_distributed(
     backend = backend or default_backend(device_type)
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
+    timeout = timedelta(seconds=timeout_s)
     dist.init_process_group(
         backend=backend,
-        init_method="env://",
+        store=attempt_store(rank, world_size, timeout),
         rank=rank,
         world_size=world_size,
-        timeout=timedelta(seconds=timeout_s),
+        timeout=timeout,
     )
     return DistInfo(rank, world_size, local_rank, backend)
+
+
+def attempt_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store:
+    """The env:// rendezvous store, its keys prefixed with torchrun's restart count.
+
+    torchrun's static rendezvous (``--master_addr/--master_port``, the multi-node set-up) keeps one
+    TCPStore in the agent for the whole job, and torch does not prefix the workers' keys per attempt.
+    After ``--max-restarts`` restarted the workers, the new ones read the dead workers' gloo addresses
+    left in that store: rank 0 failed with "Connection refused" or waited forever. A prefix per attempt
+    (``TORCHELASTIC_RESTART_COUNT``, the same on every rank of an attempt) gives each attempt a clean
+    namespace; outside torchrun the count is 0.
+    """
+    store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world_size, timeout=timeout))
+    attempt = _env_int("TORCHELASTIC_RESTART_COUNT", default=0)
+    return dist.PrefixStore(f"magface/attempt_{attempt}", store)
 
 
 def current_info() -> DistInfo:
