@@ -1,8 +1,6 @@
 """Feature files: text/npz/npy round trips and the errors that name the file and line at fault."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -103,15 +101,12 @@ def test_writer_refuses_bad_input(tmp_path):
 
 
 @pytest.mark.slow
-def test_text_writer_and_reader_are_fast_at_lfw_size(tmp_path):
+def test_text_round_trip_at_lfw_size(tmp_path):
+    """12,000 x 512 features, as gen_feat writes for LFW, survive the text format bit for bit (speed is
+    bench territory: about 1 s each way on an idle 2-core machine)."""
     feats = _feats(12000, 512)
     paths = [f"images/{i}.jpg" for i in range(len(feats))]
-    t0 = time.perf_counter()
     write_features(tmp_path / "big.list", paths, feats)
-    t_write = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    _, got = load_features(tmp_path / "big.list")
-    t_read = time.perf_counter() - t0
+    got_paths, got = load_features(tmp_path / "big.list")
+    assert list(got_paths) == paths
     assert np.array_equal(got, feats)
-    # ~1 s each on an idle 2-core machine; generous bounds for a shared one
-    assert t_write < 20 and t_read < 20, (t_write, t_read)
