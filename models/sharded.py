@@ -101,7 +101,7 @@ class _ShardedCrossEntropy(torch.autograd.Function):
         return grad_logits * (grad / probs.shape[0]), None, None
 
 
-def _init_rows(start: int, end: int, dim: int, seed: int) -> torch.Tensor:
+def init_rows(start: int, end: int, dim: int, seed: int) -> torch.Tensor:
     """N(0, 0.01) rows [start, end) of a [C, D] matrix whose values do not depend on the sharding.
 
     Rows are drawn in fixed blocks, each from its own seeded generator, so ranks never share an
@@ -142,7 +142,7 @@ class ShardedMagFaceHead(nn.Module):
     ``loss_id``, ``loss_g`` (identical on every rank), and ``x_norm``, ``margin`` for the global
     batch (rank 0's samples first) and ``accuracy`` over the global batch. See the module docstring
     for the gradient contract with DDP. The initial rows depend on ``init_seed`` only, not on the
-    sharding (``_init_rows``).
+    sharding (``init_rows``).
     """
 
     def __init__(
@@ -175,7 +175,7 @@ class ShardedMagFaceHead(nn.Module):
         self.world_size = world_size
         self.start, self.end = shard_range(num_classes, world_size, rank)
         self.compensate_ddp_average = compensate_ddp_average
-        self.weight = nn.Parameter(_init_rows(self.start, self.end, embedding_size, init_seed))
+        self.weight = nn.Parameter(init_rows(self.start, self.end, embedding_size, init_seed))
 
     def extra_repr(self) -> str:
         return (

@@ -17,7 +17,7 @@ from torch import nn
 
 from dataloader import BadSampleCounter, EpochShuffleSampler, build_train_dataset, build_train_loader
 from models import MagFaceHead, build_backbone
-from models.sharded import ShardedMagFaceHead
+from models.sharded import ShardedMagFaceHead, init_rows
 from run.config import TrainConfig
 from run.engine import LoopState, NonFiniteError, NonFiniteGuard, lr_at, sharded_grad_norm, train_one_epoch
 from run.faults import Faults
@@ -26,8 +26,6 @@ from utils.checkpoint import backbone_state, load_backbone_state, read_checkpoin
 from utils.convention import parse_convention
 from utils.dist import DistInfo, shard_range
 from utils.logger import TensorBoard, get_logger, setup_logger
-
-INIT_BLOCK = 65536
 
 
 def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
@@ -44,16 +42,10 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
 
 
 def init_head_rows(weight: torch.Tensor, start: int, seed: int) -> None:
-    """Initialise rows [start, start+len) as the dense head would: blocks seeded by their index,
-    so the initial classifier is the same whatever the world size."""
-    end = start + weight.shape[0]
+    """Initialise rows [start, start+len) as the dense head would (``models.sharded.init_rows``), so the
+    initial classifier is the same whatever the world size."""
     with torch.no_grad():
-        for block in range(start // INIT_BLOCK, (end - 1) // INIT_BLOCK + 1):
-            g = torch.Generator().manual_seed(seed * 7919 + block)
-            b0 = block * INIT_BLOCK
-            rows = torch.randn(INIT_BLOCK, weight.shape[1], generator=g) * 0.01
-            lo, hi = max(start, b0), min(end, b0 + INIT_BLOCK)
-            weight[lo - start:hi - start] = rows[lo - b0:hi - b0].to(weight)
+        weight.copy_(init_rows(start, start + weight.shape[0], weight.shape[1], seed))
 
 
 def build_head(cfg: TrainConfig, dist: DistInfo, device: torch.device) -> nn.Module:
