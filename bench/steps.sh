@@ -1,7 +1,8 @@
 # Sourced by the GPU check scripts after they set NAME (the log's name). Sets PY (.venv's python, else
 # python3), DEST ($OUT when set, else ./gpu_check_out) and LOG, stops with exit 2 when PY has no CUDA,
 # and defines `step NAME LIMIT_S CMD...`: CMD runs under a time limit, its output is appended to
-# $LOG, and a failure sets status=1 without stopping the commands after it.
+# $LOG, and a failure sets status=1 without stopping the commands after it. ONLY="NAME ..." runs just
+# the steps named.
 PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 DEST=${OUT:-gpu_check_out}
@@ -20,6 +21,10 @@ status=0
 step() {
     local name=$1 limit=$2
     shift 2
+    if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then
+        echo "=== $name: skipped (not in ONLY=$ONLY)" | tee -a "$LOG"
+        return 0
+    fi
     echo "=== $name (limit ${limit}s): $*" | tee -a "$LOG"
     local t0=$SECONDS
     timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG"

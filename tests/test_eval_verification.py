@@ -305,3 +305,22 @@ def test_embed_array_prepared_matches_plain_model_and_reports_progress(lfw_dir, 
     assert cos.min() >= 0.999
     err = capsys.readouterr().err
     assert "lfw-10: 4/10 images" in err and "lfw-10: 10/10 images" in err
+
+
+def test_pack_bin_from_lists_round_trips(tmp_path, lfw_dir, capsys):
+    from eval.bin_io import main as pack_main
+
+    lines = (lfw_dir / "img.list").read_text().splitlines()[:8]
+    (tmp_path / "img.list").write_text("".join(str(lfw_dir / line.split()[0]) + "\n" for line in lines))
+    (tmp_path / "pair.list").write_text("0 1 1\n2 5 0\n7 3 1\n")
+    assert pack_main(["--img-list", str(tmp_path / "img.list"), "--pair-list", str(tmp_path / "pair.list"),
+                      "--out", str(tmp_path / "t.bin")]) == 0
+    images, issame = read_bin(tmp_path / "t.bin")
+    assert issame.tolist() == [True, False, True]
+    for k, row in enumerate([0, 1, 2, 5, 7, 3]):
+        assert np.array_equal(images[k], cv2.imread(str(lfw_dir / lines[row].split()[0])))
+    (tmp_path / "pair.list").write_text("0 8 1\n")
+    assert pack_main(["--img-list", str(tmp_path / "img.list"), "--pair-list", str(tmp_path / "pair.list"),
+                      "--out", str(tmp_path / "u.bin")]) == 2
+    assert "pair.list:1: pair index out of range (0 8)" in capsys.readouterr().err
+    assert not (tmp_path / "u.bin").exists()
