@@ -13,7 +13,6 @@ the collective within ``--dist-timeout`` seconds (hung).
 """
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch.distributed as tdist  # noqa: E402
 
 from run.config import config_from_args, get_args_parser  # noqa: E402
 from run.trainer import DistFailure, resolve_device, run_cli, train  # noqa: E402
-from utils.dist import barrier, cleanup, init_distributed  # noqa: E402
+from utils.dist import barrier, cleanup, exit_process, init_distributed  # noqa: E402
 
 # substrings that mark an error as coming from gloo / NCCL / the c10d store, and those that mean "too slow"
 _DIST_MARKS = ("gloo", "nccl", "c10d", "processgroup", "connection closed by peer", "connection reset")
@@ -85,15 +84,5 @@ def main(argv: list[str] | None = None) -> dict:
         cleanup()
 
 
-def _exit_now(code: int) -> None:
-    """Leave without C++ static destructors: after a finished run, gloo's threads torn down at interpreter
-    exit sometimes abort the process ("terminate called without an active exception", SIGABRT), which
-    torchrun reports as a failed job. Everything is written (atomic, fsynced) and flushed by now."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 if __name__ == "__main__":
-    _exit_now(run_cli(main, None, "train_dist.py"))
+    exit_process(run_cli(main, None, "train_dist.py"))

@@ -28,7 +28,7 @@ from tests.test_train_support import (
     train_args,
     write_list,
 )
-from utils.dist import DistInfo, barrier, cleanup, init_distributed, shard_range
+from utils.dist import DistInfo, barrier, cleanup, exit_process, init_distributed, shard_range
 
 CLASSES = 5
 EXTRA = ("--dropout", "0.2", "--lr", "0.05")  # dropout draws from the global RNG: resume must replay it
@@ -131,7 +131,7 @@ def _two_ranks(rank: int, port: int, args: list[str], check_resume: str) -> None
     torch.set_num_threads(1)
     if not check_resume:
         train_dist.main(args)
-        return
+        exit_process(0)  # success: skip the gloo teardown that can abort at interpreter exit
     info = init_distributed(backend="gloo")
     try:
         _check_resliced(args, info, Path(check_resume))
@@ -139,6 +139,7 @@ def _two_ranks(rank: int, port: int, args: list[str], check_resume: str) -> None
         barrier()
     finally:
         cleanup()
+    exit_process(0)
 
 
 @pytest.mark.slow

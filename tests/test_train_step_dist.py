@@ -20,7 +20,7 @@ from models.magface import MagFaceHead
 from models.sharded import ShardedMagFaceHead
 from run.engine import LoopState, optimizer_step, sharded_grad_norm
 from tests.test_train_support import free_port
-from utils.dist import cleanup, init_distributed, shard_range
+from utils.dist import cleanup, exit_process, init_distributed, shard_range
 
 WORLD, LOCAL_BATCH, DIM, CLASSES, IN = 2, 4, 8, 10, 6
 SGD = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
@@ -100,6 +100,7 @@ def _clip_worker(rank: int, port: int) -> None:
         torch.testing.assert_close(head.weight, ref_head.weight[start:end], rtol=1e-5, atol=1e-6)
     finally:
         cleanup()
+    exit_process(0)  # success: skip the gloo teardown that can abort at interpreter exit
 
 
 def _overflow_worker(rank: int, port: int, synchronise: bool) -> None:
@@ -123,6 +124,7 @@ def _overflow_worker(rank: int, port: int, synchronise: bool) -> None:
         assert all(p.grad is None for p in params)
     finally:
         cleanup()
+    exit_process(0)  # success: skip the gloo teardown that can abort at interpreter exit
 
 
 def test_grad_clip_norm_is_global_and_equals_dense():

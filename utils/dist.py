@@ -6,7 +6,9 @@ call them unconditionally. Nothing happens at import: the process group is creat
 """
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -135,6 +137,20 @@ def barrier() -> None:
 def cleanup() -> None:
     if is_initialized():
         dist.destroy_process_group()
+
+
+def exit_process(code: int) -> None:
+    """End a process that has finished its distributed work without running C++ static destructors.
+
+    After a finished gloo run, the teardown at interpreter exit sometimes aborts the process
+    ("terminate called without an active exception", SIGABRT; seen on loaded 2-core machines, cause
+    inside torch/gloo not established), which torchrun or mp.spawn then report as a failed rank. Call this
+    only when everything is written: checkpoints are atomic and fsynced; logs and streams are flushed here.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
