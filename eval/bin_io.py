@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from utils.atomic import atomic_write
 
 # Globals a .bin may legitimately reference (numpy arrays of labels or bytes); anything else is refused,
 # so a crafted file cannot run code through pickle.
@@ -103,16 +104,8 @@ def write_bin(path: str | os.PathLike, bins: Sequence[bytes], issame: Sequence[b
     if len(bins) != 2 * len(issame):
         raise ValueError(f"{len(bins)} images for {len(issame)} pairs: need exactly two per pair")
     obj = ([bytes(b) for b in bins], [bool(s) for s in issame])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(obj, f, protocol=protocol)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "wb") as f:
+        pickle.dump(obj, f, protocol=protocol)
 
 
 def pack_bin(img_list: str | os.PathLike, pair_list: str | os.PathLike, out: str | os.PathLike) -> int:

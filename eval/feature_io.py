@@ -12,7 +12,6 @@ The seed parses text features as float64 for 1:1 verification and quality, and a
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from eval.metrics import line_of_row
+from utils.atomic import atomic_write
 
 TEXT_FORMAT = "%.9g"
 WRITE_BLOCK = 1024
@@ -137,12 +137,6 @@ def load_features(path: str | os.PathLike, dtype=np.float32) -> tuple[list[str],
     return ff.paths, ff.features
 
 
-def _atomic_target(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    return fd, tmp
-
-
 def _validate_for_write(paths: Sequence[str] | None, feats: np.ndarray, need_paths: bool) -> None:
     if feats.ndim != 2:
         raise ValueError(f"features must be (N, D), got shape {feats.shape}")
@@ -163,18 +157,11 @@ def write_text_features(path: str | os.PathLike, paths: Sequence[str], feats: np
     feats = np.asarray(feats)
     _validate_for_write(paths, feats, need_paths=True)
     fmt = " ".join([TEXT_FORMAT] * feats.shape[1])
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "w") as f:
-            for start in range(0, len(feats), WRITE_BLOCK):
-                rows = feats[start:start + WRITE_BLOCK].tolist()
-                names = paths[start:start + WRITE_BLOCK]
-                f.write("".join(f"{p} {fmt % tuple(r)}\n" for p, r in zip(names, rows, strict=True)))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "w") as f:
+        for start in range(0, len(feats), WRITE_BLOCK):
+            rows = feats[start:start + WRITE_BLOCK].tolist()
+            names = paths[start:start + WRITE_BLOCK]
+            f.write("".join(f"{p} {fmt % tuple(r)}\n" for p, r in zip(names, rows, strict=True)))
 
 
 def write_features(
@@ -191,17 +178,10 @@ def write_features(
         return
     feats = np.asarray(feats, dtype=np.float32)
     _validate_for_write(paths, feats, need_paths=suffix == ".npz")
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if suffix == ".npy":
-                np.save(f, feats)
-            else:
-                mags = np.linalg.norm(feats, axis=1) if magnitudes is None else magnitudes
-                np.savez(f, features=feats, magnitudes=np.asarray(mags, dtype=np.float32),
-                         paths=np.asarray([str(p) for p in paths], dtype=str))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "wb") as f:
+        if suffix == ".npy":
+            np.save(f, feats)
+        else:
+            mags = np.linalg.norm(feats, axis=1) if magnitudes is None else magnitudes
+            np.savez(f, features=feats, magnitudes=np.asarray(mags, dtype=np.float32),
+                     paths=np.asarray([str(p) for p in paths], dtype=str))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from models.iresnet import ARCHS, build_backbone, canonical_arch
+from utils.atomic import atomic_write
 from utils.convention import MAGFACE, InputConvention
 
 FORMAT_VERSION = 1
@@ -31,25 +31,9 @@ HEAD_KEYS = ("module.fc.weight", "parallel_fc.weight")
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """torch.save to ``path`` atomically (``utils.atomic.atomic_write``: temporary file, fsync, rename)."""
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
 
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since 1.6
