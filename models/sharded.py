@@ -61,44 +61,66 @@ class _ScaleGrad(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
-class _ShardedCrossEntropy(torch.autograd.Function):
-    """Mean softmax cross-entropy over the global batch, the classes split over ranks.
+class _ShardedMarginCrossEntropy(torch.autograd.Function):
+    """Margin, scale and softmax cross-entropy of the local cosines in one [B, C_local] buffer.
 
-    ``local_target`` holds the target's column in this shard, -1 where another rank owns it.
-    Backward gives (softmax - onehot) / B for the local columns: the exact partial derivative of the
-    global loss, so each rank's weight slice and gathered embeddings get their share, no more.
+    Inputs: ``cos`` (B x C_local, unclamped), ``penalised`` (B, the margin-penalised target cosine of
+    every row, used where this rank owns the target), ``local_target`` (the target's column here, -1
+    where another rank owns it). Forward computes, with max, sum of exp and target logit all-reduced,
+    the mean over the global batch of log sum_c exp(z_ic) - z_iy, z = s * clamp(cos) with the target
+    entry replaced by s * penalised; it also returns each row's best clamped cosine and its column
+    (for the accuracy), which carry no gradient.
+
+    Backward gives (softmax - onehot) * s / B: to ``penalised`` at the target entries, to ``cos``
+    elsewhere (times clamp's mask). The chain clamp -> scatter -> scale -> exp -> softmax used to make
+    about six B x C tensors; here the clamped copy becomes the probabilities in place, the same buffer
+    becomes the gradient, and a boolean mask is the only other B x C tensor kept. The graph can
+    therefore be backpropagated once (a second backward raises).
     """
 
     @staticmethod
     def forward(
-        ctx: Any, logits: torch.Tensor, local_target: torch.Tensor, distributed: bool
-    ) -> torch.Tensor:
-        batch = logits.shape[0]
-        if logits.shape[1] > 0:
-            row_max = logits.amax(dim=1)
+        ctx: Any, cos: torch.Tensor, penalised: torch.Tensor, local_target: torch.Tensor, scale: float,
+        distributed: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch, width = cos.shape
+        rows = torch.nonzero(local_target >= 0).squeeze(1)
+        cols = local_target[rows]
+        keep = (cos >= -1.0) & (cos <= 1.0)  # where clamp passes the gradient (bounds included)
+        z = cos.clamp(-1.0, 1.0)
+        if width > 0:
+            best, arg = z.max(dim=1)
         else:
-            row_max = logits.new_full((batch,), float("-inf"))
+            best, arg = z.new_full((batch,), float("-inf")), torch.zeros_like(local_target)
+        z[rows, cols] = penalised[rows]
+        z.mul_(scale)
+        row_max = z.amax(dim=1) if width > 0 else z.new_full((batch,), float("-inf"))
         row_max = _all_reduce(row_max, dist.ReduceOp.MAX, distributed)
-        probs = torch.exp(logits - row_max.unsqueeze(1))
-        sum_exp = _all_reduce(probs.sum(dim=1), dist.ReduceOp.SUM, distributed)
-        owned = local_target >= 0
         target_logit = torch.zeros_like(row_max)
-        if logits.shape[1] > 0:
-            picked = logits.gather(1, local_target.clamp_min(0).unsqueeze(1)).squeeze(1)
-            target_logit = torch.where(owned, picked, target_logit)
+        target_logit[rows] = z[rows, cols]
         target_logit = _all_reduce(target_logit, dist.ReduceOp.SUM, distributed)
+        probs = z.sub_(row_max.unsqueeze(1)).exp_()
+        sum_exp = _all_reduce(probs.sum(dim=1), dist.ReduceOp.SUM, distributed)
         loss = (sum_exp.log() + row_max - target_logit).mean()
         probs.div_(sum_exp.unsqueeze(1))
-        ctx.save_for_backward(probs, local_target)
-        return loss
+        ctx.save_for_backward(probs, keep, rows, cols)
+        ctx.scale, ctx.used = scale, False
+        ctx.mark_non_differentiable(best, arg)
+        return loss, best, arg
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        probs, local_target = ctx.saved_tensors
-        grad_logits = probs.clone()
-        rows = torch.nonzero(local_target >= 0).squeeze(1)
-        grad_logits[rows, local_target[rows]] -= 1.0
-        return grad_logits * (grad / probs.shape[0]), None, None
+    def backward(ctx: Any, grad: torch.Tensor, _best: Any, _arg: Any) -> tuple:
+        if ctx.used:
+            raise RuntimeError("the sharded MagFace loss reuses its buffers in backward: backpropagate it once")
+        ctx.used = True
+        grad_cos, keep, rows, cols = ctx.saved_tensors
+        grad_cos[rows, cols] -= 1.0
+        grad_cos.mul_(grad * (ctx.scale / grad_cos.shape[0]))
+        grad_penalised = grad_cos.new_zeros(grad_cos.shape[0])
+        grad_penalised[rows] = grad_cos[rows, cols]
+        grad_cos[rows, cols] = 0.0
+        grad_cos.mul_(keep)
+        return grad_cos, grad_penalised, None, None, None
 
 
 def init_rows(start: int, end: int, dim: int, seed: int) -> torch.Tensor:
@@ -220,11 +242,16 @@ class ShardedMagFaceHead(nn.Module):
         if low < 0 or high >= self.num_classes:
             raise ValueError(f"labels must lie in [0, {self.num_classes}), got values in [{low}, {high}]")
         terms = magnitude_terms(f, cfg)
-        cos = F.linear(F.normalize(f, dim=1), F.normalize(self.weight.float(), dim=1)).clamp(-1.0, 1.0)
+        cos = F.linear(F.normalize(f, dim=1), F.normalize(self.weight.float(), dim=1))
         owned = (labels >= self.start) & (labels < self.end)
         local_target = torch.where(owned, labels - self.start, torch.full_like(labels, -1))
-        logits = self._with_margin(cos, local_target, terms["margin"])
-        loss_id = _ShardedCrossEntropy.apply(cfg.scale * logits, local_target, self.distributed)
+        if cos.shape[1] > 0:
+            cos_y = cos.gather(1, local_target.clamp_min(0).unsqueeze(1)).squeeze(1).clamp(-1.0, 1.0)
+        else:
+            cos_y = cos.new_zeros(cos.shape[0])
+        penalised = target_cosine(cos_y, terms["margin"], cfg)
+        loss_id, best, arg = _ShardedMarginCrossEntropy.apply(cos, penalised, local_target, cfg.scale,
+                                                               self.distributed)
         loss_g = self._regulariser(terms["g"], local_batch)
         return {
             "loss": loss_id + cfg.lambda_g * loss_g,
@@ -232,19 +259,8 @@ class ShardedMagFaceHead(nn.Module):
             "loss_g": loss_g,
             "x_norm": terms["x_norm"],
             "margin": terms["margin"],
-            "accuracy": self._accuracy(cos.detach(), labels),
+            "accuracy": self._accuracy(best, arg, labels),
         }
-
-    def _with_margin(
-        self, cos: torch.Tensor, local_target: torch.Tensor, margin: torch.Tensor
-    ) -> torch.Tensor:
-        """Replace the target cosine by its margin-penalised value on the rows this shard owns."""
-        if cos.shape[1] == 0:
-            return cos
-        index = local_target.clamp_min(0).unsqueeze(1)
-        cos_y = cos.gather(1, index).squeeze(1)
-        penalised = torch.where(local_target >= 0, target_cosine(cos_y, margin, self.cfg), cos_y)
-        return cos.scatter(1, index, penalised.unsqueeze(1))
 
     def _regulariser(self, g: torch.Tensor, local_batch: int) -> torch.Tensor:
         """mean g(a) over the global batch; its gradient flows only through this rank's own rows.
@@ -257,13 +273,12 @@ class ShardedMagFaceHead(nn.Module):
         own = g[self.rank * local_batch : (self.rank + 1) * local_batch].sum() / g.shape[0]
         return g.mean().detach() + (own - own.detach())
 
-    def _accuracy(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Top-1 of the margin-free cosines over all shards (first index on ties, like argmax)."""
-        if cos.shape[1] > 0:
-            best, arg = cos.max(dim=1)
+    def _accuracy(self, best: torch.Tensor, arg: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Top-1 of the margin-free cosines over all shards (first index on ties, like argmax), from
+        each rank's per-row best cosine and its local column."""
+        if self.end > self.start:
             arg = arg + self.start
         else:
-            best = cos.new_full((cos.shape[0],), float("-inf"))
             arg = torch.full_like(labels, self.num_classes)
         top = _all_reduce(best.clone(), dist.ReduceOp.MAX, self.distributed)
         pred = torch.where(best == top, arg, torch.full_like(arg, self.num_classes))

@@ -298,6 +298,26 @@ def test_single_process_head_equals_dense() -> None:
     assert_close(x.grad, dense_x_grad, **TOL)
     assert_close(head.weight.grad, dense_w_grad, **TOL)
     assert torch.equal(head.gather_full_weight(), weight)
+    assert_close(out["accuracy"], dense["accuracy"], **TOL)
+
+
+def test_cosines_beyond_one_and_a_second_backward() -> None:
+    """An embedding parallel to its class row (cos = 1 up to rounding, where clamp may cut the gradient)
+    matches the dense head; the fused loss reuses its buffers, so a second backward is refused."""
+    weight, emb, labels = _global_case(10, 6, seed=2)
+    emb[0] = weight[labels[0]] * 3.0
+    for name, kwargs in MARGINS.items():
+        dense, dense_x_grad, dense_w_grad = _dense(weight, emb, labels, kwargs)
+        head = ShardedMagFaceHead(DIM, 10, 0, 1, **kwargs)
+        head.load_full_weight(weight)
+        x = emb.clone().requires_grad_(True)
+        out = head(x, labels)
+        out["loss"].backward(retain_graph=True)
+        assert_close(out["loss"], dense["loss"], **TOL, msg=name)
+        assert_close(x.grad, dense_x_grad, **TOL, msg=name)
+        assert_close(head.weight.grad, dense_w_grad, **TOL, msg=name)
+        with pytest.raises(RuntimeError, match="backpropagate it once"):
+            out["loss"].backward()
 
 
 def test_input_errors() -> None:
