@@ -18,7 +18,14 @@ from run import train as train_entry
 from run.config import config_from_args, get_args_parser
 from run.state import Position, remove_stale_temporaries
 from run.trainer import build_run, maybe_resume, run_cli
-from tests.test_train_support import REPO, assert_same_weights, child_env, train_args, write_list
+from tests.test_train_support import (  # noqa: F401 (one_thread_and_restore: a fixture)
+    REPO,
+    assert_same_weights,
+    child_env,
+    one_thread_and_restore,
+    train_args,
+    write_list,
+)
 from utils.checkpoint import atomic_save, read_checkpoint
 from utils.dist import DistInfo
 from utils.logger import LOGGER_NAME
@@ -40,14 +47,7 @@ class ForeignObject:
     """A class a checkpoint must not smuggle in (unpickling it could run code)."""
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_and_restore():
-    """One intra-op thread (two spin against each other on a busy 2-core box); undo --deterministic."""
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
+pytestmark = pytest.mark.usefixtures("one_thread_and_restore")
 
 
 def _kill_writer_once(path) -> tuple[int, bool]:

@@ -19,10 +19,11 @@ from run import train as train_entry
 from run import train_dist
 from run.config import config_from_args, get_args_parser
 from run.trainer import build_run, maybe_resume, train
-from tests.test_train_support import (
+from tests.test_train_support import (  # noqa: F401 (one_thread_and_restore: a fixture)
     assert_same_weights,
     child_env,
     free_port,
+    one_thread_and_restore,
     run_python,
     state_dict_of,
     train_args,
@@ -34,14 +35,7 @@ CLASSES = 5
 EXTRA = ("--dropout", "0.2", "--lr", "0.05")  # dropout draws from the global RNG: resume must replay it
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_and_restore():
-    """One intra-op thread, as the subprocess runs use: results are then bit-comparable across them."""
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
+pytestmark = pytest.mark.usefixtures("one_thread_and_restore")
 
 
 @pytest.fixture(scope="module")

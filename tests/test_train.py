@@ -13,20 +13,20 @@ import torch
 from models import build_backbone
 from run import train as train_entry
 from run.trainer import run_cli
-from tests.test_train_support import ARCH, child_env, run_python, train_args, write_list
+from tests.test_train_support import (  # noqa: F401 (one_thread_and_restore: a fixture)
+    ARCH,
+    child_env,
+    one_thread_and_restore,
+    run_python,
+    train_args,
+    write_list,
+)
 from utils.checkpoint import load_backbone
 
 LOSS_LINE = re.compile(r"global step (\d+) lr \S+ loss (\S+)")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_and_restore():
-    """One intra-op thread (two spin against each other on a busy 2-core box); undo --deterministic."""
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
+pytestmark = pytest.mark.usefixtures("one_thread_and_restore")
 
 
 def step_losses(log: Path) -> dict[int, float]:

@@ -1,10 +1,12 @@
 """The input convention chosen for training reaches the batches and travels with every checkpoint."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from run import train
 from run.engine import LoopState, prepare_batch
+from tests.test_train_support import one_thread_and_restore  # noqa: F401 (a fixture)
 from utils.checkpoint import load_backbone
 from utils.convention import INSIGHTFACE, MAGFACE
 
@@ -19,8 +21,8 @@ def test_prepare_batch_applies_convention():
     torch.testing.assert_close(x_ins, 2 * x_mag.flip(1) - 1)
 
 
+@pytest.mark.usefixtures("one_thread_and_restore")
 def test_trained_checkpoints_record_convention(tmp_path):
-    torch.set_num_threads(1)
     out = tmp_path / "run"
     result = train.main(["--arch", "iresnet18_w16", "--embedding-size", "32", "--synthetic", "64",
                          "--last-fc-size", "8", "--batch-size", "16", "--max-steps", "2", "--device", "cpu",

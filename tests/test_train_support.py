@@ -13,11 +13,25 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 ARCH = "iresnet18_w16"
 INPUT_SIZE = 56
+
+
+@pytest.fixture
+def one_thread_and_restore():
+    """One intra-op thread (as the subprocess runs use: two spin against each other on a busy 2-core box,
+    and results stay bit-comparable across processes); afterwards the thread count and the
+    deterministic-algorithms switch (--deterministic sets it) are put back. Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread_and_restore")`` after importing it."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
 
 
 def write_list(celeba_dir: Path, out: Path, identities: int, per_identity: int) -> Path:
