@@ -8,14 +8,8 @@
 # Environment (defaults): OUT (work_dirs/mag_arcface) output folder; PYTHON (.venv/bin/python if present,
 # else python3); CUDA_VISIBLE_DEVICES chooses the GPUs. Extra flags come last and override the recipe.
 set -euo pipefail
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-usage() { awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "${BASH_SOURCE[0]}"; exit 2; }
-if [ $# -ge 1 ] && [ "${1#-}" = "$1" ]; then DATA=$1; shift; fi
-case "${1:-}" in -h|--help) usage ;; esac
-[ -n "${DATA:-}" ] || { echo "run.sh: no training data given" >&2; usage; }
-[ -e "$DATA" ] || { echo "run.sh: training data $DATA does not exist" >&2; exit 2; }
-if [ -d "$DATA" ]; then SOURCE=(--rec "$DATA"); else SOURCE=(--train_list "$DATA"); fi
-[ -x "$REPO/.venv/bin/python" ] && PYTHON=${PYTHON:-$REPO/.venv/bin/python} || PYTHON=${PYTHON:-python3}
+# shellcheck source=run/launch_args.sh
+source "$(dirname "${BASH_SOURCE[0]}")/launch_args.sh"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 
 exec "$PYTHON" -m run.train "${SOURCE[@]}" --pth-save-fold "${OUT:-work_dirs/mag_arcface}" \

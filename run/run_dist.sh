@@ -10,14 +10,8 @@
 # dies, each resuming from OUT/last.pth; OUT (work_dirs/mag_arcface, shared by all nodes); PYTHON
 # (.venv/bin/python if present, else python3). --batch-size is the total over all ranks (512).
 set -euo pipefail
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-usage() { awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "${BASH_SOURCE[0]}"; exit 2; }
-if [ $# -ge 1 ] && [ "${1#-}" = "$1" ]; then DATA=$1; shift; fi
-case "${1:-}" in -h|--help) usage ;; esac
-[ -n "${DATA:-}" ] || { echo "run_dist.sh: no training data given" >&2; usage; }
-[ -e "$DATA" ] || { echo "run_dist.sh: training data $DATA does not exist" >&2; exit 2; }
-if [ -d "$DATA" ]; then SOURCE=(--rec "$DATA"); else SOURCE=(--train_list "$DATA"); fi
-[ -x "$REPO/.venv/bin/python" ] && PYTHON=${PYTHON:-$REPO/.venv/bin/python} || PYTHON=${PYTHON:-python3}
+# shellcheck source=run/launch_args.sh
+source "$(dirname "${BASH_SOURCE[0]}")/launch_args.sh"
 if [ -x "$REPO/.venv/bin/torchrun" ] && [ "$PYTHON" = "$REPO/.venv/bin/python" ]; then LAUNCH=("$REPO/.venv/bin/torchrun")
 elif command -v torchrun >/dev/null 2>&1; then LAUNCH=(torchrun)
 else LAUNCH=("$PYTHON" -m torch.distributed.run); fi
