@@ -1,23 +1,27 @@
 """utils.atomic.atomic_write: the old file or the complete new one, with open()'s permissions."""
 from __future__ import annotations
 
+import importlib
 import os
 import stat
 
 import pytest
 
+from utils import atomic
 from utils.atomic import atomic_write
 
 
 def test_new_file_gets_the_permissions_open_would_give(tmp_path):
     old = os.umask(0o022)
     try:
-        with atomic_write(tmp_path / "a.json", "w") as f:
+        importlib.reload(atomic)  # the umask is read once, at import
+        with atomic.atomic_write(tmp_path / "a.json", "w") as f:
             f.write("{}\n")
         with open(tmp_path / "b.json", "w") as f:
             f.write("{}\n")
     finally:
         os.umask(old)
+        importlib.reload(atomic)
     mode = stat.S_IMODE((tmp_path / "a.json").stat().st_mode)
     assert mode == stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o644
     assert (tmp_path / "a.json").read_text() == "{}\n"

@@ -17,11 +17,17 @@ from pathlib import Path
 from typing import IO
 
 
-def _default_mode() -> int:
-    """0o666 minus the process umask: what ``open(path, 'w')`` would have created."""
-    mask = os.umask(0)
+def _read_umask() -> int:
+    """The process umask. os.umask can only be read by setting it, so this runs once, at import (before
+    any writer thread exists), rather than on every write, where another thread creating a file in
+    between would get a world-writable one."""
+    mask = os.umask(0o077)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+# what open(path, "w") would create: 0o666 minus the umask
+_FILE_MODE = 0o666 & ~_read_umask()
 
 
 @contextlib.contextmanager
@@ -37,7 +43,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, _default_mode())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
