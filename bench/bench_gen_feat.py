@@ -44,6 +44,7 @@ from bench.common import (  # noqa: E402
 from inference import gen_feat  # noqa: E402
 from models.iresnet import build_backbone  # noqa: E402
 from utils.checkpoint import load_backbone, save_released  # noqa: E402
+from utils.dist import resolve_device  # noqa: E402
 
 _ROOT = Path(__file__).resolve().parents[1]
 # LFW from ../shared/data (13,233 faces) where it exists, else the 4,800 LFW faces shipped in raw/.
@@ -220,7 +221,7 @@ def _keep_best(best: dict, row: dict, feats: np.ndarray, key: str) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = get_args_parser().parse_args(argv)
-    device = gen_feat.resolve_device(argparse.Namespace(cpu_mode=False, device=args.device))
+    device = resolve_device(args.device)
     info = machine_info()
     print(format_machine(info), flush=True)
     best: dict[str, tuple[dict, np.ndarray]] = {}

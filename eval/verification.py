@@ -135,13 +135,14 @@ def embed_bin(
     ``device`` "auto" takes the GPU when there is one; ``dtype`` fp32 (default), bf16 or fp16.
     """
     from inference.extract import embed_array
-    from inference.gen_feat import DTYPES, resolve_device
+    from inference.gen_feat import DTYPES
     from utils.checkpoint import load_backbone
     from utils.convention import parse_convention
+    from utils.dist import resolve_device
 
     images, issame = read_bin(bin_path)
     conv = parse_convention(convention) if convention else None
-    dev = resolve_device(argparse.Namespace(cpu_mode=False, device=device))
+    dev = resolve_device(device)
     model, conv, _ = load_backbone(resume, arch=arch, map_location=dev, convention=conv)
     print(f"{Path(bin_path).name}: embedding {len(images)} images on {dev} ({dtype}"
           f"{', with mirrors' if flip else ''})", file=sys.stderr, flush=True)

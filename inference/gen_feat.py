@@ -33,6 +33,7 @@ from eval.feature_io import write_features  # noqa: E402
 from inference.extract import embed_batch, prepare_model  # noqa: E402
 from utils.checkpoint import load_backbone  # noqa: E402
 from utils.convention import InputConvention, parse_convention  # noqa: E402
+from utils.dist import resolve_device  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 GPU_FLUSH_BATCHES = 64  # features copied back to the host every N batches (one sync each time)
@@ -118,14 +119,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_device(args: argparse.Namespace) -> torch.device:
-    if args.cpu_mode or args.device == "cpu":
-        return torch.device("cpu")
-    if args.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: CUDA is not available; use --device cpu")
-    return torch.device(args.device)
 
 
 def usable_cores() -> int:
@@ -176,7 +169,7 @@ def run_model(model: torch.nn.Module, loader: DataLoader, num_images: int, emb: 
 
 def extract(args: argparse.Namespace) -> dict:
     t_start = time.perf_counter()
-    device = resolve_device(args)
+    device = resolve_device("cpu" if args.cpu_mode else args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads or usable_cores())
     conv = parse_convention(args.input_convention) if args.input_convention else None

@@ -24,8 +24,8 @@ import torch  # noqa: E402
 import torch.distributed as tdist  # noqa: E402
 
 from run.config import config_from_args, get_args_parser  # noqa: E402
-from run.trainer import DistFailure, resolve_device, run_cli, train  # noqa: E402
-from utils.dist import barrier, cleanup, exit_process, init_distributed  # noqa: E402
+from run.trainer import DistFailure, run_cli, train  # noqa: E402
+from utils.dist import barrier, cleanup, exit_process, init_distributed, resolve_device  # noqa: E402
 
 # substrings that mark an error as coming from gloo / NCCL / the c10d store, and those that mean "too slow"
 _DIST_MARKS = ("gloo", "nccl", "c10d", "processgroup", "connection closed by peer", "connection reset")

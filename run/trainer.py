@@ -24,21 +24,8 @@ from run.faults import Faults
 from run.state import Position, gather_rows, remove_stale_temporaries, resume_training, save_training_state
 from utils.checkpoint import backbone_state, load_backbone_state, read_checkpoint, save_released
 from utils.convention import parse_convention
-from utils.dist import DistInfo, shard_range
+from utils.dist import DistInfo, resolve_device, shard_range
 from utils.logger import TensorBoard, get_logger, setup_logger
-
-
-def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(spec)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {spec}: CUDA is not available on this machine; use --device cpu")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    return device
 
 
 def init_head_rows(weight: torch.Tensor, start: int, seed: int) -> None:

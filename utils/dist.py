@@ -49,6 +49,21 @@ def _env_int(name: str, default: int | None = None) -> int:
         raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
 
 
+def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
+    """--device value -> torch.device: "auto" is the GPU when there is one; a bare "cuda" is this
+    process's GPU (``local_rank``), made the current device. Names the flag when CUDA is missing."""
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {spec}: CUDA is not available on this machine; use --device cpu")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
 def default_backend(device_type: str | None = None) -> str:
     """nccl for CUDA devices when CUDA is available, gloo otherwise."""
     device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
