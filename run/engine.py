@@ -216,30 +216,23 @@ class _Meters:
     batch's transfer could no longer overlap the current step's compute.
     """
 
-    def __init__(self) -> None:
-        self.window = self.epoch = None
+    def __init__(self, device: torch.device) -> None:
+        self.window, self.epoch = torch.zeros(len(METRICS), device=device), torch.zeros(len(METRICS), device=device)
         self.window_n = self.epoch_n = 0
 
     def add(self, metrics: torch.Tensor) -> None:
-        if self.epoch is None:
-            self.epoch = torch.zeros_like(metrics)
-        if self.window is None:
-            self.window = torch.zeros_like(metrics)
         self.window += metrics
         self.epoch += metrics
         self.window_n += 1
         self.epoch_n += 1
 
     def take_window(self) -> torch.Tensor:
-        if self.window is None:
-            return torch.zeros(len(METRICS))
         mean = (self.window / max(self.window_n, 1)).cpu()
-        self.window, self.window_n = None, 0
+        self.window.zero_()
+        self.window_n = 0
         return mean
 
     def epoch_means(self) -> dict[str, float]:
-        if self.epoch is None:
-            return dict.fromkeys(METRICS, 0.0)
         return dict(zip(METRICS, (self.epoch / max(self.epoch_n, 1)).tolist(), strict=True))
 
 
@@ -282,7 +275,7 @@ def train_one_epoch(
     params = [p for opt in optimizers for g in opt.param_groups for p in g["params"]]
     buffers = list(backbone.buffers())
     saved_buffers = [b.detach().clone() for b in buffers]
-    meters, speed, step = _Meters(), Throughput(), first_step
+    meters, speed, step = _Meters(state.device), Throughput(), first_step
     for images, labels, n_bad in batches:
         if bad_counter is not None:
             bad_counter.update(int(images.shape[0]), int(n_bad))
