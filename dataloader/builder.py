@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -104,7 +105,8 @@ def build_train_dataset(train_list: str | None = None, rec: str | None = None, s
 
 def build_train_loader(dataset: Dataset, batch_size: int, workers: int, sampler: Sampler | None,
                        pin_memory: bool, drop_last: bool = True, persistent_workers: bool | None = None,
-                       prefetch_factor: int | None = None) -> DataLoader:
+                       prefetch_factor: int | None = None, worker_init_fn: Callable[[int], None] | None = None
+                       ) -> DataLoader:
     """A DataLoader yielding ``(images, labels, n_bad)``; workers fork on Linux (no dataset pickling)."""
     extra: dict = {}
     if workers > 0:
@@ -121,6 +123,7 @@ def build_train_loader(dataset: Dataset, batch_size: int, workers: int, sampler:
         collate_fn=collate_faces,
         pin_memory=pin_memory,
         drop_last=drop_last,
+        worker_init_fn=worker_init_fn,
         **extra,
     )
 

@@ -10,6 +10,8 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
+from run.preempt import parse_signals
+from utils.atomic import atomic_write
 from utils.convention import parse_convention
 
 
@@ -59,6 +61,9 @@ class TrainConfig:
     deterministic: bool = False
     max_nonfinite: int = 20
     dist_timeout: float = 1800.0
+    preempt_signals: str = "SIGTERM,SIGUSR1"
+    slurm_requeue: bool = False
+    on_save_error: str = "stop"
     # outputs
     pth_save_fold: str = "work_dirs/magface"
     pth_save_epoch: int = 1
@@ -70,12 +75,13 @@ class TrainConfig:
 
     def validate(self) -> None:
         parse_convention(self.input_convention)
+        parse_signals(self.preempt_signals)
         sources = sum(bool(x) for x in (self.train_list, self.rec, self.synthetic))
         if sources != 1:
             raise ValueError("give exactly one data source: --train_list LIST, --rec DIR or --synthetic N")
         choices = {"schedule": ("step", "cosine"), "amp": ("none", "bf16", "fp16"),
                    "margin": ("arc", "cos"), "channels_last": ("auto", "on", "off"),
-                   "compile": ("auto", "on", "off")}
+                   "compile": ("auto", "on", "off"), "on_save_error": ("stop", "continue")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"--{key} must be one of {allowed}, got {getattr(self, key)!r}")
@@ -98,10 +104,8 @@ class TrainConfig:
 
     def save_json(self, path: str | Path, **extra) -> None:
         """The resolved config (plus ``extra`` facts such as the world size), written atomically."""
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(str(path) + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict() | extra, indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
+        with atomic_write(path, "w") as f:
+            f.write(json.dumps(self.to_dict() | extra, indent=2, sort_keys=True) + "\n")
 
 
 # dataclass field -> (flag spellings, help). The first spelling is the seed's where it had one.
@@ -147,6 +151,11 @@ FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "deterministic": (("--deterministic",), "deterministic kernels (slower; for exact resume checks)"),
     "max_nonfinite": (("--max-nonfinite",), "abort after this many consecutive non-finite losses"),
     "dist_timeout": (("--dist-timeout",), "seconds before a hung collective is reported"),
+    "preempt_signals": (("--preempt-signals",), "signals that stop the run after the current step with last.pth "
+                        "saved and exit status 75 ('' = none)"),
+    "slurm_requeue": (("--slurm-requeue",), "after a preemption signal under SLURM, 'scontrol requeue' the job"),
+    "on_save_error": (("--on-save-error",), "a checkpoint write fails (disk full, quota, read-only): stop "
+                      "(exit 5) or continue (keeps the previous last.pth)"),
     "pth_save_fold": (("--pth-save-fold",), "output folder for checkpoints and logs"),
     "pth_save_epoch": (("--pth-save-epoch",), "write {epoch:05d}.pth every N epochs"),
     "save_every_steps": (("--save-every-steps",), "also write last.pth every N steps (0 = off)"),
@@ -193,7 +202,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 BENIGN_KEYS = {"world_size", "resume", "workers", "print_freq", "tensorboard", "pth_save_fold", "max_steps",
                "start_epoch", "dist_timeout", "save_every_steps", "pth_save_epoch", "compile",
                "device", "pretrained", "channels_last", "epochs", "max_nonfinite", "deterministic",
-               "skip_bad_images", "max_bad_fraction"}
+               "skip_bad_images", "max_bad_fraction", "preempt_signals", "slurm_requeue", "on_save_error"}
 
 
 def config_differences(saved: dict, current: TrainConfig) -> list[str]:

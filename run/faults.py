@@ -10,14 +10,23 @@ None and the loop never calls in here. Step N is the step that follows the progr
   seconds (default 3600) before its first collective of the step: the other ranks wait in it.
 - ``MAGFACE_FAULT_NAN_STEPS=N,M-K``: the input images of those steps become NaN, so the forward pass
   (and the loss) is non-finite, as in a diverging run.
+- ``MAGFACE_FAULT_SIGNAL_STEP=N``: at the start of step N send ``MAGFACE_FAULT_SIGNAL`` (default SIGTERM)
+  to ``MAGFACE_FAULT_SIGNAL_TO``: ``self`` (default: this process and its DataLoader workers, as a
+  scheduler signalling every process of a job) or ``launcher`` (the parent process: torchrun's agent,
+  which forwards it to every worker).
+- ``MAGFACE_FAULT_KILL_WORKERS_STEP=N``: at the start of step N SIGKILL this process's DataLoader
+  workers, as the kernel's out-of-memory killer would.
+- ``MAGFACE_FAULT_WRITE=ACTION:NAME``: a fault inside the write of a file (``utils.atomic.FAULT_ENV``).
 - ``MAGFACE_FAULT_RANK=R``: apply the faults on rank R only (default: every rank).
 
-Exit and hang act on a job's first attempt only (``TORCHELASTIC_RESTART_COUNT`` unset or 0), so a
+Exit, hang, signal and kill act on a job's first attempt only (``TORCHELASTIC_RESTART_COUNT`` unset or 0), so a
 job restarted by ``torchrun --max-restarts`` runs clean and can show that it recovers.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -57,6 +66,10 @@ class Faults:
     nan_steps: frozenset[int] = frozenset()
     rank: int | None = None
     first_attempt: bool = True
+    signal_step: int | None = None
+    signal: str = "SIGTERM"
+    signal_to: str = "self"
+    kill_workers_step: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Faults | None:
@@ -69,6 +82,8 @@ class Faults:
             hang_step=_int(env, "HANG_STEP", None), hang_s=float(_int(env, "HANG_S", 3600)),
             nan_steps=_parse_steps(env.get(PREFIX + "NAN_STEPS", "")), rank=_int(env, "RANK", None),
             first_attempt=env.get("TORCHELASTIC_RESTART_COUNT", "0") in ("", "0"),
+            signal_step=_int(env, "SIGNAL_STEP", None), signal=env.get(PREFIX + "SIGNAL", "SIGTERM"),
+            signal_to=env.get(PREFIX + "SIGNAL_TO", "self"), kill_workers_step=_int(env, "KILL_WORKERS_STEP", None),
         )
 
     def _mine(self, rank: int) -> bool:
@@ -84,6 +99,22 @@ class Faults:
         if step == self.hang_step:
             print(f"[fault injection] rank {rank}: hanging {self.hang_s:.0f} s at step {step}", flush=True)
             time.sleep(self.hang_s)
+        if step == self.signal_step:
+            self._send_signal(step, rank)
+        if step == self.kill_workers_step:
+            for child in multiprocessing.active_children():
+                print(f"[fault injection] rank {rank}: SIGKILL to loader worker {child.pid} at step {step}", flush=True)
+                os.kill(child.pid, signal.SIGKILL)
+
+    def _send_signal(self, step: int, rank: int) -> None:
+        sig = signal.Signals[self.signal]
+        if self.signal_to == "launcher":
+            targets = [os.getppid()]
+        else:
+            targets = [child.pid for child in multiprocessing.active_children()] + [os.getpid()]
+        print(f"[fault injection] rank {rank}: {sig.name} to {self.signal_to} at step {step}", flush=True)
+        for pid in targets:
+            os.kill(pid, sig)
 
     def corrupt(self, x: torch.Tensor, step: int, rank: int) -> torch.Tensor:
         """NaN images on the listed steps, the input untouched otherwise."""

@@ -6,6 +6,7 @@ is built (dense MagFaceHead or the class-sharded one).
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import warnings
@@ -20,7 +21,9 @@ from models import MagFaceHead, build_backbone
 from models.sharded import ShardedMagFaceHead, init_rows
 from run.config import TrainConfig
 from run.engine import LoopState, NonFiniteError, NonFiniteGuard, lr_at, sharded_grad_norm, train_one_epoch
+from run.failures import WorkerDied, data_fault, is_space_error, one_line, shared_save
 from run.faults import Faults
+from run.preempt import PREEMPT_EXIT, Preempted, PreemptWatch, ignore_in_worker, parse_signals, requeue_slurm
 from run.state import Position, gather_rows, remove_stale_temporaries, resume_training, save_training_state
 from utils.checkpoint import backbone_state, load_backbone_state, read_checkpoint, save_released
 from utils.convention import parse_convention
@@ -62,6 +65,7 @@ class Run:
     scaler: torch.amp.GradScaler
     out_dir: Path
     channels_last: bool
+    saved_step: int | None = None  # global step of the last last.pth this run wrote or resumed from
 
     @property
     def config(self) -> dict:
@@ -69,18 +73,27 @@ class Run:
         return self.cfg.to_dict() | {"world_size": self.dist.world_size}
 
     def save_state(self, pos: Position) -> None:
-        """Collective: every rank calls it; rank 0 writes last.pth."""
-        save_training_state(self.out_dir / "last.pth", self.backbone, self.head, self.opt_backbone, self.opt_head,
-                            self.scaler, pos, self.cfg.arch, self.config, self.dist.is_main)
+        """Collective: every rank calls it; rank 0 writes last.pth (--on-save-error when it cannot)."""
+        path = self.out_dir / "last.pth"
 
-    def save_epoch(self, epoch_done: int) -> Path:
-        """Collective: the released layout with the whole [D, C] head, written by rank 0."""
-        full = gather_rows(self.head.weight.detach().float(), self.cfg.last_fc_size)
+        def write() -> None:
+            save_training_state(path, self.backbone, self.head, self.opt_backbone, self.opt_head, self.scaler, pos,
+                                self.cfg.arch, self.config, self.dist.is_main)
+
+        if shared_save(write, path, self.cfg.on_save_error, self.dist.distributed):
+            self.saved_step = pos.global_step
+
+    def save_epoch(self, epoch_done: int) -> Path | None:
+        """Collective: the released layout with the whole [D, C] head, written by rank 0; None if refused."""
         path = self.out_dir / f"{epoch_done:05d}.pth"
-        if self.dist.is_main:
-            save_released(path, self.backbone, full, epoch_done, self.cfg.arch, self.opt_backbone.state_dict(),
-                          self.config, parse_convention(self.cfg.input_convention))
-        return path
+
+        def write() -> None:
+            full = gather_rows(self.head.weight.detach().float(), self.cfg.last_fc_size)
+            if self.dist.is_main:
+                save_released(path, self.backbone, full, epoch_done, self.cfg.arch, self.opt_backbone.state_dict(),
+                              self.config, parse_convention(self.cfg.input_convention))
+
+        return path if shared_save(write, path, self.cfg.on_save_error, self.dist.distributed) else None
 
 
 def _wrap(backbone: nn.Module, cfg: TrainConfig, dist: DistInfo, device: torch.device) -> nn.Module:
@@ -127,6 +140,8 @@ def maybe_resume(run: Run, steps_per_epoch: int) -> Position:
     """Restore last.pth when --resume asks for it (collective); else the start position."""
     pos = resume_training(run.cfg, run.dist, run.backbone, run.head, run.opt_backbone, run.opt_head, run.scaler,
                           steps_per_epoch)
+    if pos is not None:
+        run.saved_step = pos.global_step
     return pos if pos is not None else Position(run.cfg.start_epoch, 0, run.cfg.start_epoch * steps_per_epoch)
 
 
@@ -167,7 +182,9 @@ def train(cfg: TrainConfig, dist: DistInfo) -> dict:
         for stale in remove_stale_temporaries(out_dir):
             log.warning(f"removed {stale}: a partial checkpoint left by an interrupted write")
     run = build_run(cfg, dist)
-    loader = build_train_loader(dataset, per_rank, cfg.workers, sampler, pin_memory=run.device.type == "cuda")
+    signals = parse_signals(cfg.preempt_signals)
+    loader = build_train_loader(dataset, per_rank, cfg.workers, sampler, pin_memory=run.device.type == "cuda",
+                                worker_init_fn=functools.partial(ignore_in_worker, signals) if signals else None)
     pos = maybe_resume(run, steps_per_epoch)
     if dist.is_main:
         cfg.save_json(out_dir / "config.json", world_size=dist.world_size)
@@ -185,15 +202,17 @@ def train(cfg: TrainConfig, dist: DistInfo) -> dict:
         elif pos.epoch >= cfg.epochs:
             log.info(f"all {cfg.epochs} epochs already done; nothing to do")
         else:
-            written = _epochs(run, loader, sampler, state, pos, tb, bad, per_rank)
+            with PreemptWatch(signals) as watch:
+                written = _epochs(run, loader, sampler, state, pos, tb, bad, per_rank, watch)
     finally:
         tb.close()
     return {"checkpoints": written, "global_step": state.global_step, "out_dir": str(out_dir)}
 
 
 def _epochs(run: Run, loader, sampler, state: LoopState, pos: Position, tb: TensorBoard, bad,
-            per_rank: int) -> list[str]:
+            per_rank: int, watch: PreemptWatch) -> list[str]:
     cfg, log, written, spe = run.cfg, get_logger(), [], state.steps_per_epoch
+    preempted = None
     for epoch in range(pos.epoch, cfg.epochs):
         first = pos.step_in_epoch if epoch == pos.epoch else 0
         sampler.set_epoch(epoch)
@@ -201,11 +220,12 @@ def _epochs(run: Run, loader, sampler, state: LoopState, pos: Position, tb: Tens
         stopped = False
 
         def on_step_end(step: int, epoch: int = epoch) -> bool:
-            nonlocal stopped
+            nonlocal stopped, preempted
             if cfg.save_every_steps and state.global_step % cfg.save_every_steps == 0 and step < spe:
                 run.save_state(Position(epoch, step, state.global_step))
             stopped = bool(cfg.max_steps) and state.global_step >= cfg.max_steps
-            return stopped
+            preempted = watch.agreed(run.device, run.dist.distributed)  # every rank stops after the same step
+            return stopped or preempted is not None
 
         try:
             metrics = train_one_epoch(run.model, run.head, [run.opt_backbone, run.opt_head], run.scaler, loader,
@@ -216,38 +236,55 @@ def _epochs(run: Run, loader, sampler, state: LoopState, pos: Position, tb: Tens
             run.save_state(Position(g0 // spe, g0 % spe, g0))
             log.error(f"state from before the divergence (after global step {g0}) saved to {run.out_dir / 'last.pth'}")
             raise
+        except (ValueError, RuntimeError) as error:
+            fault = data_fault(error, epoch, state.global_step, run.out_dir / "last.pth", run.saved_step)
+            if fault is None:
+                raise
+            raise fault from error
         step_reached = state.global_step - epoch * spe
         done = step_reached >= spe
         log.info(f"epoch {epoch} {'done' if done else f'stopped at step {step_reached}'}: "
                  + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         if done and ((epoch + 1) % cfg.pth_save_epoch == 0 or epoch + 1 == cfg.epochs) or stopped:
             path = run.save_epoch(epoch + 1)
-            written.append(str(path))
-            log.info(f"wrote {path}")
-        run.save_state(Position(epoch + 1, 0, state.global_step) if done else Position(epoch, step_reached,
-                                                                                      state.global_step))
+            if path is not None:
+                written.append(str(path))
+                log.info(f"wrote {path}")
+        if run.saved_step != state.global_step:  # a signal during a --save-every-steps save: already written
+            run.save_state(Position(epoch + 1, 0, state.global_step) if done else Position(epoch, step_reached,
+                                                                                          state.global_step))
+        if preempted is not None:
+            _stop_preempted(run, preempted.name, watch.repeats, state.global_step)
         if stopped:
             log.info(f"--max-steps {cfg.max_steps} reached; resumable state in {run.out_dir / 'last.pth'}")
             break
     return written
 
 
+def _stop_preempted(run: Run, signal_name: str, repeats: int, global_step: int) -> None:
+    """After the state is saved: requeue under SLURM if asked, then raise Preempted (exit status 75)."""
+    log = get_logger()
+    if repeats:
+        log.warning(f"{repeats} more preemption signal(s) arrived during the save and were ignored")
+    if run.cfg.slurm_requeue and run.dist.is_main:
+        log.warning(requeue_slurm())
+    where = run.out_dir / "last.pth"
+    state = f"{where} holds global step {run.saved_step}" if run.saved_step is not None else f"{where} was not written"
+    raise Preempted(f"preempted by {signal_name}: stopped after global step {global_step}; {state}; exit status "
+                    f"{PREEMPT_EXIT} (requeue the job; --resume auto continues exactly)")
+
+
 class DistFailure(RuntimeError):
     """A collective failed or timed out: another rank hung, died or lost its connection."""
 
 
-# exit status of the command-line entry points for the failures they explain in one line
+# exit status of the command-line entry points for the failures they explain in one line; a write that
+# the disk refused (full, quota, read-only: run.failures.is_space_error) exits with 5
 EXIT_CODES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int], ...] = (
-    ((ValueError, FileNotFoundError), 2), (NonFiniteError, 3), (DistFailure, 4),
+    ((ValueError, FileNotFoundError), 2), (NonFiniteError, 3), (DistFailure, 4), (WorkerDied, 6),
+    (Preempted, PREEMPT_EXIT),
 )
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error)
-    if "Original Traceback" in text:  # re-raised from a DataLoader worker: keep the worker's own message
-        last = [line for line in text.splitlines() if line.strip()][-1]
-        text = last.split(": ", 1)[1] if last.startswith(type(error).__name__ + ":") else last
-    return text
+WRITE_REFUSED_EXIT = 5
 
 
 def run_cli(main, argv: list[str] | None, prog: str) -> int:
@@ -255,13 +292,14 @@ def run_cli(main, argv: list[str] | None, prog: str) -> int:
     try:
         main(argv)
     except BaseException as error:
-        code = next((c for kinds, c in EXIT_CODES if isinstance(error, kinds)), None)
+        code = WRITE_REFUSED_EXIT if is_space_error(error) else \
+            next((c for kinds, c in EXIT_CODES if isinstance(error, kinds)), None)
         if code is None:
             raise
         log = get_logger()
         if log.handlers:
-            log.error(f"{prog}: error: {_one_line(error)}")
+            log.error(f"{prog}: error: {one_line(error)}")
         else:
-            print(f"{prog}: error: {_one_line(error)}", file=sys.stderr, flush=True)
+            print(f"{prog}: error: {one_line(error)}", file=sys.stderr, flush=True)
         return code
     return 0

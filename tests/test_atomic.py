@@ -1,8 +1,10 @@
 """utils.atomic.atomic_write: the old file or the complete new one, with open()'s permissions."""
 from __future__ import annotations
 
+import errno
 import importlib
 import os
+import re
 import stat
 
 import pytest
@@ -43,3 +45,40 @@ def test_mode_is_checked(tmp_path):
     with pytest.raises(ValueError, match="mode must be"):
         with atomic_write(tmp_path / "x", "a"):
             pass
+
+
+@pytest.mark.parametrize("code, what", [("ENOSPC", "no space left on device (ENOSPC): the file needs at least 2.0 MiB"),
+                                        ("EDQUOT", "disk quota exceeded (EDQUOT): the file needs at least 2.0 MiB"),
+                                        ("EROFS", "the file system is read-only (EROFS): make")])
+def test_refused_write_keeps_the_old_file_and_names_path_and_space(tmp_path, monkeypatch, code, what):
+    """The MAGFACE_FAULT_WRITE hook raises the OSError inside the write, after 2 MiB reached the temporary."""
+    target = tmp_path / "feats.npy"
+    with atomic_write(target) as f:
+        f.write(b"old")
+    monkeypatch.setenv(atomic.FAULT_ENV, f"{code}:feats.npy")
+    with pytest.raises(OSError) as info:
+        with atomic_write(target) as f:
+            f.write(b"x" * 2**21)
+    assert info.value.errno == getattr(errno, code)
+    message = str(info.value)
+    assert message.startswith(f"could not write {target}: {what}") and "\n" not in message
+    assert "the previous file, if any, is unchanged" in message
+    if code != "EROFS":
+        assert re.search(rf"MiB are free in {re.escape(str(tmp_path))}; free space or write elsewhere", message)
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["feats.npy"]
+    with atomic_write(tmp_path / "other.npy") as f:  # the hook acts on the named file only
+        f.write(b"fine")
+
+
+def test_unwritable_folder_is_explained(tmp_path, monkeypatch):
+    """mkstemp itself refused (a read-only mount): the same message, and nothing is left behind."""
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path))
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", refuse)
+    with pytest.raises(OSError, match=rf"could not write {re.escape(str(tmp_path / 'r.json'))}: permission denied "
+                                     rf"\(EACCES\): make {re.escape(str(tmp_path))} writable"):
+        with atomic_write(tmp_path / "r.json", "w") as f:
+            f.write("{}")
+    assert list(tmp_path.iterdir()) == []

@@ -16,6 +16,7 @@ from torch import nn
 from inference import gen_feat
 from inference.fuse import ShiftedInputConv, fuse_iresnet
 from models.iresnet import build_backbone
+from utils.atomic import FAULT_ENV
 from utils.checkpoint import save_released
 from utils.convention import MAGFACE
 
@@ -114,6 +115,20 @@ def test_missing_image_names_the_list_line(faces, model_and_ckpt, tmp_path):
         gen_feat.main(["--resume", str(model_and_ckpt[1]), "--inf_list", str(bad), "--feat_list",
                        str(tmp_path / "x.txt"), "--cpu-mode"])
     assert not (tmp_path / "x.txt").exists()
+
+
+def test_full_disk_during_the_feature_dump_keeps_the_previous_file(faces, model_and_ckpt, tmp_path, monkeypatch):
+    """ENOSPC inside the write (utils.atomic's MAGFACE_FAULT_WRITE hook, after the rows went out): a clear
+    error naming the file and the space, the previous dump untouched, no temporary file left."""
+    out = tmp_path / "feats.npz"
+    out.write_bytes(b"the previous dump")
+    monkeypatch.setenv(FAULT_ENV, "ENOSPC:feats.npz")
+    with pytest.raises(OSError, match=rf"could not write {out}: no space left on device \(ENOSPC\): the file "
+                                     r"needs at least 0\.\d MiB \(written before it failed\), [\d.]+ MiB are free"):
+        gen_feat.main(["--resume", str(model_and_ckpt[1]), "--inf_list", str(faces[0]), "--feat_list", str(out),
+                       "--cpu-mode", "--batch-size", "16"])
+    assert out.read_bytes() == b"the previous dump"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["feats.npz"]
 
 
 def test_static_batch_padding_keeps_rows(faces, model_and_ckpt, reference):

@@ -6,15 +6,37 @@ creates files readable by their owner only, which surprised users sharing checkp
 a cluster), renames it over ``path`` and fsyncs the folder. On any error, an interrupt included, the
 temporary file is removed and ``path`` is left as it was. A process killed outright (SIGKILL) can leave
 a ``.NAME.*.tmp`` file behind; ``path`` itself is still intact.
+
+A full disk, an exhausted quota or a read-only folder (ENOSPC, EDQUOT, EROFS, EACCES) raises
+``OutputWriteError``: an OSError with the same errno whose message names the path, the space the write
+needed (at least the bytes written before the failure) and the space free.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+# The errors that mean "this folder cannot take the file now", as opposed to a bug in the writer.
+SPACE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied"}
+# TEST HOOK (inert unless set): "ACTION:NAME" acts inside every write of a file called NAME (any file if
+# NAME is empty) once its data is in the temporary file, before fsync and rename. ACTION is an errno name
+# (ENOSPC, EDQUOT, EROFS) to raise that OSError, or a signal name (SIGTERM, SIGKILL...) to send to this process.
+FAULT_ENV = "MAGFACE_FAULT_WRITE"
+
+
+class OutputWriteError(OSError):
+    """A write refused for lack of space, quota or permission; the previous file is intact."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def _read_umask() -> int:
@@ -30,24 +52,68 @@ def _read_umask() -> int:
 _FILE_MODE = 0o666 & ~_read_umask()
 
 
+def _fault_point(path: Path) -> None:
+    """The MAGFACE_FAULT_WRITE test hook (see FAULT_ENV)."""
+    spec = os.environ.get(FAULT_ENV, "")
+    action, _, name = spec.partition(":")
+    if not action or (name and name != path.name):
+        return
+    if action.startswith("SIG"):
+        os.kill(os.getpid(), signal.Signals[action])
+        return
+    code = getattr(errno, action)
+    raise OSError(code, f"[fault injection] {os.strerror(code)}", str(path))
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def explain_write_error(error: OSError, path: Path, written: int | None) -> OutputWriteError:
+    """The one-line account of a write that the folder refused (``error.errno`` in SPACE_ERRNOS)."""
+    what = SPACE_ERRNOS[error.errno]
+    text = f"could not write {path}: {what} ({errno.errorcode[error.errno]})"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            free = shutil.disk_usage(path.parent).free
+        except OSError:
+            free = None
+        need = "an unknown size" if written is None else f"at least {_mib(written)} (written before it failed)"
+        text += f": the file needs {need}" + ("" if free is None else f", {_mib(free)} are free in {path.parent}")
+        text += "; free space or write elsewhere"
+    else:
+        text += f": make {path.parent} writable or write elsewhere"
+    text += "; the previous file, if any, is unchanged"
+    return OutputWriteError(error.errno, text, str(path))
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Write ``path`` atomically (see the module docstring); ``mode`` is "wb" or "w"."""
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write: mode must be 'wb' or 'w', got {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp, written = None, None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+            try:
+                yield f
+                _fault_point(path)
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError:
+                with contextlib.suppress(OSError, ValueError):
+                    written = f.tell()
+                raise
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as error:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(error, OSError) and not isinstance(error, OutputWriteError) and error.errno in SPACE_ERRNOS:
+            raise explain_write_error(error, path, written) from error
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
