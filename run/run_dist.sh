@@ -17,6 +17,10 @@ elif command -v torchrun >/dev/null 2>&1; then LAUNCH=(torchrun)
 else LAUNCH=("$PYTHON" -m torch.distributed.run); fi
 GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+# Preemption: torchrun forwards these signals to every rank and waits up to 300 s for last.pth before
+# SIGKILL (its --signals-to-handle / --shutdown-timeout, read from the environment; older torchruns ignore them).
+export PET_SIGNALS_TO_HANDLE=${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}
+export PET_SHUTDOWN_TIMEOUT=${PET_SHUTDOWN_TIMEOUT:-300}
 # The margin family; run_dist_cos.sh sets Mag-CosFace's.
 MARGIN_ARGS=${MARGIN_ARGS:---margin arc --l_margin 0.45 --u_margin 0.8 --lambda_g 35}
 

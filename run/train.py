@@ -4,7 +4,9 @@
     python run/train.py --arch iresnet18_w16 --train_list demo/train.list --device cpu --max-steps 50
 
 Exit status: 0 done, 2 bad arguments, data or checkpoint (the message names the file and line),
-3 diverged (``--max-nonfinite`` non-finite losses in a row; last.pth holds the weights from before).
+3 diverged (``--max-nonfinite`` non-finite losses in a row; last.pth holds the weights from before),
+5 a checkpoint write refused by the disk (full, quota, read-only), 6 a DataLoader worker died,
+75 preempted by SIGTERM/SIGUSR1 (``--preempt-signals``) with last.pth saved: requeue with --resume auto.
 """
 from __future__ import annotations
 
