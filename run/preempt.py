@@ -20,10 +20,13 @@ import signal
 import subprocess
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from types import FrameType
 
 import torch
 import torch.distributed as tdist
+
+from utils.logger import get_logger
 
 PREEMPT_EXIT = 75  # sysexits.h EX_TEMPFAIL: a temporary failure, the job should be run again
 
@@ -123,3 +126,16 @@ def requeue_slurm(env: Mapping[str, str] | None = None, timeout_s: float = 60.0)
     if done.returncode:
         return f"--slurm-requeue: 'scontrol requeue {job}' exited {done.returncode}: {done.stderr.strip()}"
     return f"requeued SLURM job {job} (scontrol requeue)"
+
+
+def raise_preempted(signal_name: str, global_step: int, last: Path, saved_step: int | None, repeats: int,
+                    requeue: bool) -> None:
+    """After the state is saved: requeue under SLURM if asked, then raise Preempted (exit status 75)."""
+    log = get_logger()
+    if repeats:
+        log.warning(f"{repeats} more preemption signal(s) arrived during the save and were ignored")
+    if requeue:
+        log.warning(requeue_slurm())
+    state = f"{last} holds global step {saved_step}" if saved_step is not None else f"{last} was not written"
+    raise Preempted(f"preempted by {signal_name}: stopped after global step {global_step}; {state}; exit status "
+                    f"{PREEMPT_EXIT} (requeue the job; --resume auto continues exactly)")

@@ -23,7 +23,7 @@ from run.config import TrainConfig
 from run.engine import LoopState, NonFiniteError, NonFiniteGuard, lr_at, sharded_grad_norm, train_one_epoch
 from run.failures import WorkerDied, data_fault, is_space_error, one_line, shared_save
 from run.faults import Faults
-from run.preempt import PREEMPT_EXIT, Preempted, PreemptWatch, ignore_in_worker, parse_signals, requeue_slurm
+from run.preempt import PREEMPT_EXIT, Preempted, PreemptWatch, ignore_in_worker, parse_signals, raise_preempted
 from run.state import Position, gather_rows, remove_stale_temporaries, resume_training, save_training_state
 from utils.checkpoint import backbone_state, load_backbone_state, read_checkpoint, save_released
 from utils.convention import parse_convention
@@ -254,24 +254,12 @@ def _epochs(run: Run, loader, sampler, state: LoopState, pos: Position, tb: Tens
             run.save_state(Position(epoch + 1, 0, state.global_step) if done else Position(epoch, step_reached,
                                                                                           state.global_step))
         if preempted is not None:
-            _stop_preempted(run, preempted.name, watch.repeats, state.global_step)
+            raise_preempted(preempted.name, state.global_step, run.out_dir / "last.pth", run.saved_step,
+                            watch.repeats, requeue=cfg.slurm_requeue and run.dist.is_main)
         if stopped:
             log.info(f"--max-steps {cfg.max_steps} reached; resumable state in {run.out_dir / 'last.pth'}")
             break
     return written
-
-
-def _stop_preempted(run: Run, signal_name: str, repeats: int, global_step: int) -> None:
-    """After the state is saved: requeue under SLURM if asked, then raise Preempted (exit status 75)."""
-    log = get_logger()
-    if repeats:
-        log.warning(f"{repeats} more preemption signal(s) arrived during the save and were ignored")
-    if run.cfg.slurm_requeue and run.dist.is_main:
-        log.warning(requeue_slurm())
-    where = run.out_dir / "last.pth"
-    state = f"{where} holds global step {run.saved_step}" if run.saved_step is not None else f"{where} was not written"
-    raise Preempted(f"preempted by {signal_name}: stopped after global step {global_step}; {state}; exit status "
-                    f"{PREEMPT_EXIT} (requeue the job; --resume auto continues exactly)")
 
 
 class DistFailure(RuntimeError):
