@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'path label' per line in the feature file's order, or an IJB-B clustering .csv")
     p.add_argument("--ijbb-dir", default=None, help="IJB-B folder: take ijbb_clustering_<--subset>_*.csv from "
                    "its meta/ (or anywhere below) instead of --label-list")
+    p.add_argument("--labels-from-dirs", action="store_true",
+                   help="label = the folder of each feature row's image path (LFW / CelebA layout)")
     p.add_argument("--subset", type=int, default=1845, help="IJB-B clustering subset (number of identities)")
     p.add_argument("--ground-truth", default=None, help="IJB-B TEMPLATE_ID,SUBJECT_ID csv (default: beside it)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {METHODS}")
@@ -133,12 +135,17 @@ def run(args: argparse.Namespace) -> dict:
     fractions = parse_fractions(args.quality_reject) if args.quality_reject else None
     if args.knn < 1:
         raise ValueError(f"--knn must be >= 1, got {args.knn}")
-    if (args.label_list is None) == (args.ijbb_dir is None):
-        raise ValueError("give exactly one of --label-list and --ijbb-dir")
-    label_path = args.label_list or find_ijbb_protocol(args.ijbb_dir, args.subset)
+    if (args.label_list is not None) + (args.ijbb_dir is not None) + args.labels_from_dirs != 1:
+        raise ValueError("give exactly one of --label-list, --ijbb-dir and --labels-from-dirs")
     ff = load_feature_file(args.feat_list)
-    labels = read_labels(label_path, len(ff.features), ff.paths if ff.has_paths else None, str(args.feat_list),
-                         args.ground_truth)
+    if args.labels_from_dirs:
+        if not ff.has_paths:
+            raise ValueError(f"--labels-from-dirs: {args.feat_list} stores no image paths (.npy)")
+        label_path, labels = "folders of the image paths", np.asarray([str(Path(p).parent) for p in ff.paths])
+    else:
+        label_path = args.label_list or find_ijbb_protocol(args.ijbb_dir, args.subset)
+        labels = read_labels(label_path, len(ff.features), ff.paths if ff.has_paths else None,
+                             str(args.feat_list), args.ground_truth)
     if len(labels) < 2:
         raise ValueError(f"{label_path}: at least 2 faces are needed to cluster")
     common = dict(methods=methods, threshold=args.threshold, k=args.knn, mutual=args.mutual,

@@ -204,6 +204,10 @@ def test_cli_table_json_and_errors(tmp_path, capsys):
     assert err.count("\n") == 0 and "l.txt: 1 labelled lines" in err and not out.exists()
     assert C.main(argv + ["--methods", "kmeans"]) == 2
     assert "--methods: unknown ['kmeans']" in capsys.readouterr().err
+    argv_dirs = ["--feat-list", str(tmp_path / "f.npz"), "--labels-from-dirs", "--json", str(out)]
+    assert C.main(argv_dirs) == 0 and json.loads(out.read_text())["num_identities"] == 1  # all in faces/
+    assert C.main(argv_dirs + ["--label-list", str(tmp_path / "l.txt")]) == 2
+    assert "exactly one of" in capsys.readouterr().err
 
 
 def _lfw_eigenfaces(lfw_dir, min_images=20, per_id=25, dims=64):
