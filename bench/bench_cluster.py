@@ -24,7 +24,15 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import csv_arg, format_machine, format_table, machine_info, peak_rss_mb, reset_peak_rss
+from bench.common import (
+    csv_arg,
+    current_rss_mb,
+    format_machine,
+    format_table,
+    machine_info,
+    peak_rss_mb,
+    reset_peak_rss,
+)
 from eval.cluster_graph import METHODS, cluster, knn_graph
 from eval.cluster_metrics import cluster_scores
 from eval.metrics import write_json_atomic
@@ -60,19 +68,10 @@ def synthetic_graph(n: int, k: int, per_id: int, seed: int = 0) -> tuple[np.ndar
     return np.take_along_axis(idx, order, 1), np.take_along_axis(sim, order, 1), labels
 
 
-def rss_mb() -> float:
-    """Current resident memory of this process in MiB (Linux)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def time_methods(feats, idx, sim, labels, methods, threshold) -> list[dict]:
     rows = []
     for m in methods:
-        before = rss_mb()
+        before = current_rss_mb()
         reset_peak_rss()
         t0 = time.perf_counter()
         pred = cluster(m, feats, idx, sim, threshold)
@@ -103,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for n in [int(v) for v in csv_arg(args.sizes)]:
         feats, labels = synthetic_faces(n, args.dim, args.per_id, args.noise)
-        before = rss_mb()
+        before = current_rss_mb()
         reset_peak_rss()
         t0 = time.perf_counter()
         idx, sim = knn_graph(feats, args.k)

@@ -32,6 +32,7 @@ import torch.multiprocessing as mp  # noqa: E402
 
 from bench.common import (  # noqa: E402
     csv_arg,
+    current_rss_mb,
     format_machine,
     format_table,
     machine_info,
@@ -49,14 +50,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def current_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def global_batch_data(batch: int, dim: int, classes: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

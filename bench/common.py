@@ -165,6 +165,18 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def current_rss_mb() -> float:
+    """Resident memory of this process now, in MiB (Linux /proc; NaN elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process in MiB since the last ``reset_peak_rss`` (VmHWM)."""
     try:
