@@ -240,3 +240,16 @@ def test_lfw_identities_cluster_better_than_shuffled_labels(lfw_dir):
         assert real["pairwise_precision"] > 5 * base["pairwise_precision"], method
         for key in ("pairwise_f", "bcubed_f", "nmi"):
             assert real[key] > base[key], (method, key)
+
+
+def test_bench_cluster_tiny(tmp_path, capsys):
+    from bench import bench_cluster
+
+    out = tmp_path / "b.json"
+    assert bench_cluster.main(["--sizes", "300", "--graph-only", "500", "--dim", "16", "--noise", "0.5",
+                               "--json", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("machine: ")
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["stage"] for r in rows] == ["k-NN graph", *METHODS, "knn-cc (graph given)", "dbscan (graph given)"]
+    assert all(r["seconds"] >= 0 and r["growth_mb"] >= 0 for r in rows)
+    assert all(r["pairwise_f"] > 0.9 for r in rows[1:])
