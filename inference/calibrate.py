@@ -1,0 +1,91 @@
+"""Calibrate a model's 0-100 quality scale on a reference set of aligned faces.
+
+    python -m inference.calibrate --resume CKPT --inf_list lfw/img.list
+    python -m inference.calibrate --resume CKPT --feat-list lfw.npz      # magnitudes already computed
+
+Fits the logistic magnitude -> 0-100 map of ``utils.quality_scale`` (centre = median magnitude,
+width = (p95 - p5) / (2 ln 19)) and writes it next to the checkpoint as ``CKPT.quality.json`` (or
+``--out``), where ``inference.assess`` finds it and reports ``quality_scale = calibrated``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from dataloader.transforms import FACE_SIZE  # noqa: E402
+from eval.feature_io import load_feature_file  # noqa: E402
+from inference.extract import prepare_model  # noqa: E402
+from inference.gen_feat import DTYPES, make_loader, read_image_list, run_model, usable_cores  # noqa: E402
+from utils.checkpoint import load_backbone  # noqa: E402
+from utils.convention import parse_convention  # noqa: E402
+from utils.dist import resolve_device  # noqa: E402
+from utils.quality_scale import OFIQ, file_sha256, fit_calibration, logistic_quality, save_calibration, side_file  # noqa: E402,E501
+
+
+def reference_magnitudes(resume: str, inf_list: str, *, arch: str | None = None, device: str = "auto",
+                         dtype: str = "fp32", batch_size: int = 64, workers: int = 0,
+                         convention: str | None = None) -> np.ndarray:
+    """Magnitudes of the aligned faces of ``inf_list`` under the checkpoint (gen_feat's extraction)."""
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        torch.set_num_threads(usable_cores())
+    conv = parse_convention(convention) if convention else None
+    model, conv, info = load_backbone(resume, arch, "cpu", conv)
+    model = prepare_model(model, dev, dtype=DTYPES[dtype])
+    _, resolved = read_image_list(inf_list)
+    loader = make_loader(resolved, FACE_SIZE, batch_size, workers, dev)
+    feats = run_model(model, loader, len(resolved), info["embedding_size"], dev, convention=conv,
+                      dtype=DTYPES[dtype], print_freq=10**9)
+    return np.linalg.norm(feats.astype(np.float64), axis=1)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Fit a checkpoint's 0-100 quality scale to a reference set",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--resume", required=True, help="the checkpoint to calibrate")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--inf_list", "--inf-list", help="reference list of aligned 112x112 faces (first token)")
+    src.add_argument("--feat-list", help="features of the reference set made with this checkpoint")
+    p.add_argument("--out", default=None, help="output (default: CKPT.quality.json beside the checkpoint)")
+    p.add_argument("--arch", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("-b", "--batch-size", type=int, default=64)
+    p.add_argument("-j", "--workers", type=int, default=0)
+    p.add_argument("--input-convention", default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        if args.feat_list:
+            mags, source = load_feature_file(args.feat_list).magnitudes, str(args.feat_list)
+        else:
+            mags = reference_magnitudes(args.resume, args.inf_list, arch=args.arch, device=args.device,
+                                        dtype=args.dtype, batch_size=args.batch_size, workers=args.workers,
+                                        convention=args.input_convention)
+            source = str(args.inf_list)
+        calibration = fit_calibration(mags, source, file_sha256(args.resume))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else side_file(args.resume)
+    save_calibration(calibration, out)
+    q = logistic_quality(mags, calibration)
+    q_ofiq = logistic_quality(mags, OFIQ)
+    print(f"{len(mags)} reference faces: magnitude p5 {calibration.p5:.3f}, median {calibration.median:.3f}, "
+          f"p95 {calibration.p95:.3f}\ncalibration: centre {calibration.centre:.3f}, width {calibration.width:.3f} "
+          f"-> reference quality mean {q.mean():.1f} (OFIQ's constants would give {q_ofiq.mean():.1f})\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
