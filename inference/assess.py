@@ -1,0 +1,184 @@
+"""Face quality (and features) straight from photographs.
+
+    python -m inference.assess photos/ more.jpg list.txt --resume CKPT --out DIR
+
+Each photograph is read, its faces detected (RetinaFace, ``utils.detect``), one chosen (``--policy``),
+aligned to 112x112 (``utils.align``) and embedded in batches; the magnitude of the embedding is the
+MagFace quality, also reported on a 0-100 scale (``utils.quality_scale``). Writes DIR/quality.csv and
+DIR/quality.json (one row per face, or per photograph that gave none, with its ``status``) and
+DIR/contact_sheet.png (faces sorted by quality, lowest first); ``--save-crops`` and
+``--save-features`` add the aligned faces and a ``features.npz``. Exit code 0 when at least one face
+was assessed, 1 when none could be (or, with ``--strict``, when any input failed), 2 on bad arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from eval.feature_io import write_features  # noqa: E402
+from inference.extract import embed_batch, prepare_model  # noqa: E402
+from inference.gen_feat import DTYPES, usable_cores  # noqa: E402
+from inference.photo_faces import FaceOptions, FaceRecord, collect_inputs, default_workers, iter_photo_faces  # noqa: E402
+from inference.quality_report import contact_sheet, record_row, save_crops, write_csv, write_json  # noqa: E402
+from utils.checkpoint import load_backbone  # noqa: E402
+from utils.convention import parse_convention  # noqa: E402
+from utils.detect import DEFAULT_MAX_SIDE, DEFAULT_MIN_SIZE, DEFAULT_SCORE, POLICIES  # noqa: E402
+from utils.dist import resolve_device  # noqa: E402
+from utils.quality_scale import SCALES, logistic_quality, resolve_scale  # noqa: E402
+
+
+def add_face_args(p: argparse.ArgumentParser) -> None:
+    """Detection flags shared with ``dataloader.prepare``."""
+    p.add_argument("--policy", choices=POLICIES, default="largest",
+                   help="which face: largest (area x score, confident faces first), center, or all")
+    p.add_argument("--det-score", type=float, default=DEFAULT_SCORE, help="detector score threshold")
+    p.add_argument("--min-size", type=float, default=DEFAULT_MIN_SIZE,
+                   help="smallest face box side in photo pixels; smaller faces give status too_small")
+    p.add_argument("--det-size", type=int, default=DEFAULT_MAX_SIDE,
+                   help="longer side photos are reduced to for detection (landmarks are scaled back)")
+    p.add_argument("-j", "--workers", type=int, default=None,
+                   help="detection worker processes (default: 0 on <= 2 cores, else half the cores, max 8)")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Face quality and features from photographs",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("inputs", nargs="+", help="image files, folders (walked) or list files (.txt/.list/.lst)")
+    p.add_argument("--resume", required=True, help="checkpoint (released MagFace, insightface or ours)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--arch", default=None, help="backbone; read from the checkpoint when absent")
+    p.add_argument("--quality-scale", choices=SCALES, default="auto",
+                   help="0-100 mapping: calibrated (CKPT.quality.json), ofiq (OFIQ's constants), raw "
+                   "(the magnitude itself); auto = calibrated when the side file exists, else ofiq")
+    add_face_args(p)
+    p.add_argument("-b", "--batch-size", type=int, default=32, help="faces per forward pass")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--input-convention", default=None, help="override the checkpoint's input convention")
+    p.add_argument("--save-crops", action="store_true", help="write the aligned faces to OUT/crops/")
+    p.add_argument("--save-features", action="store_true", help="write OUT/features.npz")
+    p.add_argument("--strict", action="store_true", help="exit 1 when any input failed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+class Embedder:
+    """Batches aligned crops through the backbone; results are (record, feature) in input order."""
+
+    def __init__(self, model: torch.nn.Module, convention, device: torch.device, dtype: torch.dtype,
+                 batch_size: int) -> None:
+        self.model, self.convention, self.device, self.dtype = model, convention, device, dtype
+        self.batch_size, self.pending, self.done = batch_size, [], []
+
+    def add(self, rec: FaceRecord) -> None:
+        self.pending.append(rec)
+        if len(self.pending) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        crops = np.stack([r.crop for r in self.pending]).transpose(0, 3, 1, 2)
+        images = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device)
+        feats = embed_batch(self.model, images, self.convention, self.dtype, channels_last=True).cpu().numpy()
+        self.done += list(zip(self.pending, feats, strict=True))
+        self.pending = []
+
+
+def assess(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(usable_cores())
+    conv = parse_convention(args.input_convention) if args.input_convention else None
+    model, conv, info = load_backbone(args.resume, args.arch, "cpu", conv)
+    calibration, scale, warning = resolve_scale(args.quality_scale, args.resume, info)
+    if warning:
+        print(warning, file=sys.stderr)
+    model = prepare_model(model, device, dtype=DTYPES[args.dtype])
+    paths = collect_inputs(args.inputs)
+    if not paths:
+        raise ValueError(f"no images found in {' '.join(args.inputs)}")
+    workers = default_workers() if args.workers is None else args.workers
+    options = FaceOptions(args.policy, args.det_score, args.min_size, args.det_size)
+    embedder = Embedder(model, conv, device, DTYPES[args.dtype], args.batch_size)
+    order: list[FaceRecord] = []
+    bar = tqdm(total=len(paths), unit="photo", disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
+    for records in iter_photo_faces(paths, options, workers):
+        for rec in records:
+            order.append(rec)
+            if rec.status == "ok":
+                embedder.add(rec)
+        bar.update(1)
+    embedder.flush()
+    bar.close()
+    feats = {id(rec): f for rec, f in embedder.done}
+    return write_outputs(args, order, feats, calibration, scale, info, time.perf_counter() - t0, len(paths))
+
+
+def write_outputs(args: argparse.Namespace, order: list[FaceRecord], feats: dict, calibration, scale: str,
+                  info: dict, wall: float, num_photos: int) -> int:
+    out = Path(args.out)
+    faces = [r for r in order if r.status == "ok"]
+    mags = np.array([np.linalg.norm(feats[id(r)]) for r in faces], dtype=np.float64)
+    quality = logistic_quality(mags, calibration) if calibration is not None else mags
+    by_face = {id(r): (m, q) for r, m, q in zip(faces, mags, quality, strict=True)}
+    rows = [record_row(r, *by_face.get(id(r), (None, None)), scale) for r in order]
+    counts: dict[str, int] = {}
+    for r in order:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    failed = num_photos - len({r.path for r in faces})
+    summary = {"photos": num_photos, "faces": len(faces), "statuses": counts, "checkpoint": str(args.resume),
+               "arch": info["arch"], "quality_scale": scale, "policy": args.policy, "dtype": args.dtype,
+               "seconds": round(wall, 2), "photos_per_s": round(num_photos / wall, 3) if wall > 0 else None}
+    if calibration is not None:
+        summary["calibration"] = {"centre": calibration.centre, "width": calibration.width,
+                                  "source": calibration.source}
+    if args.save_crops and faces:
+        save_crops(out / "crops", faces)
+    if args.save_features and faces:
+        write_features(out / "features.npz", [f"{r.path}#{r.face}" for r in faces],
+                       np.stack([feats[id(r)] for r in faces]), mags)
+    if faces:
+        ranked = np.argsort(mags, kind="stable")
+        label = "a" if scale == "raw" else "q"
+        contact_sheet([faces[i].crop for i in ranked],
+                      [f"{label}={quality[i]:.0f} {Path(faces[i].path).stem}" for i in ranked],
+                      out / "contact_sheet.png")
+    write_json(out / "quality.json", rows, summary)
+    write_csv(out / "quality.csv", rows)
+    status_text = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    print(f"{num_photos} photos, {len(faces)} faces assessed ({status_text}) in {wall:.1f}s "
+          f"({num_photos / wall:.2f} photos/s); quality scale {scale}; wrote {out / 'quality.csv'}")
+    if faces:
+        print(f"magnitude mean {mags.mean():.2f} [{mags.min():.2f}, {mags.max():.2f}], quality mean "
+              f"{quality.mean():.1f} [{quality.min():.0f}, {quality.max():.0f}]")
+    if not faces:
+        print("error: no face could be assessed", file=sys.stderr)
+        return 1
+    if args.strict and failed:
+        print(f"error: {failed} of {num_photos} inputs gave no face (--strict)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        return assess(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

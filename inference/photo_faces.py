@@ -1,0 +1,139 @@
+"""From photographs to aligned 112x112 faces: the stage that ``inference.assess`` and
+``dataloader.prepare`` share.
+
+Each photograph is read (``utils.photo``: grayscale, 16-bit, alpha, CMYK and EXIF rotation handled),
+its faces detected and chosen (``utils.detect``) and aligned (``utils.align``). Failures become a
+``FaceRecord`` with a status instead of an exception, so one bad file never stops a batch:
+
+    ok, no_face, too_small, ambiguous, unreadable (not an image, truncated, unreadable file), error
+
+``PhotoFaces`` is a Dataset of photographs, so a DataLoader's worker processes can run the detector
+in parallel (each worker builds its own onnxruntime session on first use).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+
+from utils.align import align_face
+from utils.detect import DEFAULT_MAX_SIDE, DEFAULT_MIN_SIZE, DEFAULT_SCORE, FaceDetector, choose_faces
+from utils.photo import read_photo
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2"}
+LIST_SUFFIXES = {".txt", ".list", ".lst"}
+
+
+@dataclass
+class FaceRecord:
+    """One row of a report: a chosen face (status ok) or why a photograph gave none."""
+
+    path: str
+    status: str
+    face: int | None = None
+    note: str = ""
+    det_score: float | None = None
+    box: np.ndarray | None = None
+    landmarks: np.ndarray | None = None
+    crop: np.ndarray | None = field(default=None, repr=False)
+    image_size: tuple[int, int] | None = None  # (width, height) of the photograph
+
+
+@dataclass(frozen=True)
+class FaceOptions:
+    """How faces are found and chosen (see ``utils.detect``)."""
+
+    policy: str = "largest"
+    det_score: float = DEFAULT_SCORE
+    min_size: float = DEFAULT_MIN_SIZE
+    det_size: int = DEFAULT_MAX_SIDE
+    ambiguity: float = 0.0
+    threads: int = 0
+
+
+def _read_list(path: Path) -> list[str]:
+    out = []
+    with open(path) as f:
+        for line in f:
+            tokens = line.split()
+            if tokens and not tokens[0].startswith("#"):
+                p = Path(tokens[0])
+                out.append(str(p if p.is_absolute() else path.parent / p))
+    return out
+
+
+def collect_inputs(inputs: list[str]) -> list[str]:
+    """Image paths from files, folders (walked, image suffixes only, sorted) and list files
+    (``.txt``/``.list``/``.lst``: first token per line, relative to the list's folder)."""
+    paths: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = [q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES
+                     and not any(part.startswith(".") for part in q.relative_to(p).parts)]
+            paths += [str(q) for q in sorted(found)]
+        elif p.suffix.lower() in LIST_SUFFIXES and p.is_file():
+            paths += _read_list(p)
+        elif p.exists():
+            paths.append(str(p))
+        else:
+            raise FileNotFoundError(f"input not found: {item}")
+    return paths
+
+
+def faces_of_photo(path: str, detector: FaceDetector, options: FaceOptions) -> list[FaceRecord]:
+    """The chosen faces of one photograph, aligned; or one record saying why there are none."""
+    try:
+        image, note = read_photo(path)
+    except ValueError as e:
+        return [FaceRecord(path, "unreadable", note=str(e))]
+    size = (int(image.shape[1]), int(image.shape[0]))
+    try:
+        faces = detector.detect(image)
+        chosen, status = choose_faces(faces, image.shape, options.policy, min_size=options.min_size,
+                                      ambiguity=options.ambiguity)
+        if status != "ok":
+            extra = f"{len(faces)} detected" if faces else ""
+            return [FaceRecord(path, status, note="; ".join(x for x in (note, extra) if x), image_size=size)]
+        return [FaceRecord(path, "ok", i, note, f.score, f.box, f.landmarks, align_face(image, f.landmarks), size)
+                for i, f in enumerate(chosen)]
+    except (ValueError, RuntimeError, MemoryError) as e:  # onnxruntime / OpenCV failures on odd inputs
+        return [FaceRecord(path, "error", note=f"{type(e).__name__}: {e}".splitlines()[0], image_size=size)]
+
+
+class PhotoFaces(Dataset):
+    """Photographs -> lists of FaceRecords; the detector is built lazily in each worker."""
+
+    def __init__(self, paths: list[str], options: FaceOptions) -> None:
+        self.paths, self.options = paths, options
+        self._detector: FaceDetector | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> list[FaceRecord]:
+        if self._detector is None:
+            o = self.options
+            self._detector = FaceDetector(o.det_score, max_side=o.det_size, threads=o.threads)
+        return faces_of_photo(self.paths[i], self._detector, self.options)
+
+
+def _as_is(records: list[FaceRecord]) -> list[FaceRecord]:
+    return records
+
+
+def iter_photo_faces(paths: list[str], options: FaceOptions, workers: int = 0):
+    """Yield each photograph's records in input order, detected in ``workers`` processes (0: inline)."""
+    if workers > 0:
+        options = FaceOptions(**{**options.__dict__, "threads": options.threads or 1})
+    loader = DataLoader(PhotoFaces(paths, options), batch_size=None, num_workers=workers,
+                        collate_fn=_as_is, prefetch_factor=4 if workers > 0 else None)
+    yield from loader
+
+
+def default_workers() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 0 if cores <= 2 else min(8, cores // 2)
