@@ -1,0 +1,169 @@
+"""inference.assess end to end on real photographs and on every kind of bad input."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from inference import assess
+from inference.quality_report import COLUMNS
+from models.iresnet import build_backbone
+from utils.checkpoint import save_released
+from utils.quality_scale import OFIQ, Calibration, logistic_quality, save_calibration, side_file
+
+LFW_PHOTOS = ["AJ_Cook/AJ_Cook_0001.jpg", "Aby_Har-Even/Aby_Har-Even_0001.jpg", "Ai_Sugiyama/Ai_Sugiyama_0001.jpg"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = build_backbone("iresnet18_w16", embedding_size=64, input_size=56).eval()
+    path = tmp_path_factory.mktemp("ckpt") / "w16.pth"
+    save_released(path, model, None, 0, "iresnet18_w16", config={"input_size": 56})
+    return path
+
+
+@pytest.fixture(scope="module")
+def photo(shared_data: Path) -> np.ndarray:
+    return cv2.imread(str(shared_data / "photos" / "lfw" / LFW_PHOTOS[0]))
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory, photo: np.ndarray, shared_data: Path) -> tuple[Path, dict[str, str]]:
+    """A folder of awkward files and the status each must get."""
+    root = tmp_path_factory.mktemp("bad")
+    (root / "text.jpg").write_text("not an image at all\n")
+    (root / "random.png").write_bytes(np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8).tobytes())
+    (root / "empty.jpg").write_bytes(b"")
+    data = cv2.imencode(".jpg", photo)[1].tobytes()
+    (root / "truncated.jpg").write_bytes(data[:400])
+    small = np.full((320, 320, 3), 128, np.uint8)
+    small[100:160, 100:160] = cv2.resize(photo, (60, 60), interpolation=cv2.INTER_AREA)
+    cv2.imwrite(str(root / "tiny_face.png"), small)
+    cv2.imwrite(str(root / "gray.jpg"), cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY))
+    Image.fromarray(photo[:, :, ::-1]).convert("CMYK").save(root / "cmyk.jpg")
+    cv2.imwrite(str(root / "deep16.png"), photo.astype(np.uint16) * 257)
+    alpha = np.full(photo.shape[:2], 255, np.uint8)
+    alpha[:20] = 0
+    cv2.imwrite(str(root / "alpha.png"), np.dstack([photo, alpha]))
+    big = np.full((4000, 6000, 3), 90, np.uint8)
+    big[1000:3000, 2500:4500] = cv2.resize(photo, (2000, 2000), interpolation=cv2.INTER_CUBIC)
+    cv2.imwrite(str(root / "big_6000x4000.jpg"), big, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    no_face = (shared_data / "photos" / "no_face.txt").read_text().split()[0]
+    shutil.copy(shared_data / "photos" / no_face, root / "no_face.jpg")
+    expected = {"text.jpg": "unreadable", "random.png": "unreadable", "empty.jpg": "unreadable",
+                "truncated.jpg": "unreadable", "tiny_face.png": "too_small", "gray.jpg": "ok", "cmyk.jpg": "ok",
+                "deep16.png": "ok", "alpha.png": "ok", "big_6000x4000.jpg": "ok", "no_face.jpg": "no_face"}
+    return root, expected
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == tuple(COLUMNS)
+        return list(reader)
+
+
+def test_assess_real_photos(ckpt, shared_data, tmp_path, capsys):
+    root = shared_data / "photos" / "lfw"
+    listed = tmp_path / "photos.txt"
+    listed.write_text("".join(f"{root / p}\n" for p in LFW_PHOTOS[1:]))
+    out = tmp_path / "out"
+    code = assess.main([str(root / LFW_PHOTOS[0]), str(listed), "--resume", str(ckpt), "--out", str(out),
+                        "--save-crops", "--save-features", "--no-progress", "--workers", "0"])
+    assert code == 0
+    assert "UNCALIBRATED" in capsys.readouterr().err
+    rows = read_csv(out / "quality.csv")
+    assert [Path(r["path"]).name for r in rows] == [Path(p).name for p in LFW_PHOTOS]
+    assert all(r["status"] == "ok" and r["quality_scale"] == "ofiq-uncalibrated" for r in rows)
+    feats = np.load(out / "features.npz")
+    mags = np.linalg.norm(feats["features"], axis=1)
+    np.testing.assert_allclose([float(r["magnitude"]) for r in rows], mags, rtol=1e-4)
+    np.testing.assert_array_equal([int(r["quality"]) for r in rows], logistic_quality(mags, OFIQ))
+    lines = (shared_data / "photos" / "landmarks.txt").read_text().splitlines()
+    reference = {ln.split()[0]: ln.split() for ln in lines}
+    for row, rel in zip(rows, LFW_PHOTOS, strict=True):  # landmarks in the photo's own pixels
+        ref = np.array(reference[f"lfw/{rel}"][2:], float)
+        got = np.array([float(row[c]) for c in COLUMNS[8:18]])
+        assert np.abs(got - ref).max() < 1.0
+    crops = sorted((out / "crops").iterdir())
+    assert len(crops) == 3 and cv2.imread(str(crops[0])).shape == (112, 112, 3)
+    sheet = cv2.imread(str(out / "contact_sheet.png"))
+    assert sheet is not None and sheet.shape[1] == 3 * 96
+    summary = json.loads((out / "quality.json").read_text())["summary"]
+    assert summary["faces"] == 3 and summary["quality_scale"] == "ofiq-uncalibrated"
+    # detection in 2 worker processes gives the same rows, in input order
+    assert assess.main([str(root / LFW_PHOTOS[0]), str(listed), "--resume", str(ckpt), "--out", str(tmp_path / "w2"),
+                        "--no-progress", "--workers", "2"]) == 0
+    assert read_csv(tmp_path / "w2" / "quality.csv") == rows
+
+
+def test_bad_inputs_each_get_a_status(ckpt, bad_inputs, tmp_path, capsys):
+    root, expected = bad_inputs
+    out = tmp_path / "out"
+    code = assess.main([str(root), "--resume", str(ckpt), "--out", str(out), "--no-progress", "--workers", "0"])
+    assert code == 0  # some faces were assessed
+    rows = read_csv(out / "quality.csv")
+    got = {Path(r["path"]).name: r["status"] for r in rows}
+    assert got == expected
+    notes = {Path(r["path"]).name: r["note"] for r in rows}
+    assert "grayscale" in notes["gray.jpg"] and "CMYK" in notes["cmyk.jpg"]
+    assert "16-bit" in notes["deep16.png"] and "alpha" in notes["alpha.png"]
+    assert "not a decodable image" in notes["text.jpg"] and "empty" in notes["empty.jpg"]
+    big = next(r for r in rows if r["path"].endswith("big_6000x4000.jpg"))
+    assert (big["width"], big["height"]) == ("6000", "4000") and float(big["box_x2"]) > 3000
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert assess.main([str(root), "--resume", str(ckpt), "--out", str(tmp_path / "strict"), "--strict",
+                        "--no-progress", "--workers", "0"]) == 1
+    assert "--strict" in capsys.readouterr().err
+
+
+def test_no_face_at_all_exits_nonzero(ckpt, bad_inputs, tmp_path, capsys):
+    root, _ = bad_inputs
+    out = tmp_path / "out"
+    code = assess.main([str(root / "text.jpg"), str(root / "no_face.jpg"), "--resume", str(ckpt), "--out", str(out),
+                        "--no-progress"])
+    assert code == 1
+    assert "no face could be assessed" in capsys.readouterr().err
+    assert [r["status"] for r in read_csv(out / "quality.csv")] == ["unreadable", "no_face"]
+    assert assess.main([str(tmp_path / "missing.jpg"), "--resume", str(ckpt), "--out", str(out)]) == 2
+
+
+def test_interrupted_run_leaves_no_csv(ckpt, shared_data, tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(assess, "embed_batch", boom)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        assess.main([str(shared_data / "photos" / "lfw" / LFW_PHOTOS[0]), "--resume", str(ckpt), "--out", str(out),
+                     "--no-progress"])
+    assert not (out / "quality.csv").exists()
+
+
+def test_calibrated_scale_is_read_from_the_side_file(ckpt, shared_data, tmp_path, capsys):
+    cal = Calibration(centre=20.0, width=1.5, source="test")
+    save_calibration(cal, side_file(ckpt))
+    try:
+        out = tmp_path / "out"
+        photo = shared_data / "photos" / "lfw" / LFW_PHOTOS[0]
+        assert assess.main([str(photo), "--resume", str(ckpt), "--out", str(out), "--no-progress"]) == 0
+        assert "UNCALIBRATED" not in capsys.readouterr().err
+        row = read_csv(out / "quality.csv")[0]
+        assert row["quality_scale"] == "calibrated"
+        assert int(row["quality"]) == logistic_quality(float(row["magnitude"]), cal)
+        assert assess.main([str(photo), "--resume", str(ckpt), "--out", str(out), "--no-progress",
+                            "--quality-scale", "raw"]) == 0
+        row = read_csv(out / "quality.csv")[0]
+        assert row["quality_scale"] == "raw" and row["quality"] == row["magnitude"]
+    finally:
+        side_file(ckpt).unlink()
+    assert assess.main([str(photo), "--resume", str(ckpt), "--out", str(out), "--quality-scale", "calibrated"]) == 2
+    assert "no calibration" in capsys.readouterr().err
