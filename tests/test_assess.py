@@ -18,7 +18,8 @@ from models.iresnet import build_backbone
 from utils.checkpoint import save_released
 from utils.quality_scale import OFIQ, Calibration, logistic_quality, save_calibration, side_file
 
-LFW_PHOTOS = ["AJ_Cook/AJ_Cook_0001.jpg", "Aby_Har-Even/Aby_Har-Even_0001.jpg", "Ai_Sugiyama/Ai_Sugiyama_0001.jpg"]
+LFW_PHOTOS = ["AJ_Cook/AJ_Cook_0001.jpg", "Alejandro_Toledo/Alejandro_Toledo_0021.jpg",
+              "Allyson_Felix/Allyson_Felix_0005.jpg"]
 
 
 @pytest.fixture(scope="module")

@@ -75,3 +75,15 @@ def test_gpu_check_fails_fast_without_cuda(tmp_path):
                          env={"OUT": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert res.returncode == 2
     assert "CUDA is not available" in res.stderr
+
+
+def test_bench_assess_tiny(tmp_path, shared_data):
+    from bench import bench_assess
+
+    out = tmp_path / "assess.json"
+    bench_assess.main(["--photos", str(shared_data / "photos"), "--arch", "iresnet18_w16", "--embedding-size", "64",
+                       "--limit", "4", "--dtypes", "fp32,bf16", "--batch-size", "4", "--json", str(out)])
+    rows = _load(out)["results"]
+    assert [(r["what"], r["dtype"]) for r in rows] == [("detect+align", "-"), ("assess (exit 0)", "fp32"),
+                                                       ("assess (exit 0)", "bf16")]
+    assert all(r["photos"] == 4 and r["faces"] == 4 and r["photos_s"] > 0 for r in rows)

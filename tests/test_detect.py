@@ -23,10 +23,17 @@ def photos(shared_data: Path) -> Path:
     return shared_data / "photos"
 
 
+def photos_under_test(lines: list[str]) -> list[str]:
+    """Every CelebA photo and every other LFW photo (from the first): the other 100 LFW photos are left to
+    no test, for a check of the commands on photographs the suite never saw."""
+    lfw = [ln for ln in lines if ln.startswith("lfw/")]
+    return [ln for ln in lines if not ln.startswith("lfw/")] + lfw[::2]
+
+
 @pytest.fixture(scope="module")
 def reference(photos: Path) -> dict[str, np.ndarray]:
     out = {}
-    for line in (photos / "landmarks.txt").read_text().splitlines():
+    for line in photos_under_test((photos / "landmarks.txt").read_text().splitlines()):
         tokens = line.split()
         out[tokens[0]] = np.array(tokens[2:], dtype=np.float64).reshape(5, 2)
     return out
@@ -64,7 +71,7 @@ def test_landmarks_match_reference(detected, reference):
     values = np.array(list(errors.values()))
     print(f"\nlandmark error / inter-ocular distance over {len(values)} photos: mean {values.mean():.5f}, "
           f"median {np.median(values):.5f}, max {values.max():.5f} ({max(errors, key=errors.get)})")
-    assert len(values) == 296
+    assert len(values) == 196
     assert values.mean() < 0.01
     assert values.max() < 0.05  # every chosen face is the reference face, to a few % of the eye distance
 

@@ -13,8 +13,9 @@ from dataloader import prepare
 from dataloader.image_list import read_train_list
 from dataloader.recordio import RecordIODataset
 
-PHOTOS = {"Alice": ["AJ_Cook/AJ_Cook_0001.jpg", "Aby_Har-Even/Aby_Har-Even_0001.jpg"],
-          "Bob": ["Ai_Sugiyama/Ai_Sugiyama_0001.jpg"]}
+PHOTOS = {"Alice": ["AJ_Cook/AJ_Cook_0001.jpg", "Anders_Ebbeson/Anders_Ebbeson_0002.jpg"],
+          "Bob": ["Allyson_Felix/Allyson_Felix_0005.jpg",
+                  "Alejandro_Toledo/Alejandro_Toledo_0021.jpg"]}  # two people, the second 2/3 the first's size
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +41,8 @@ def test_prepare_end_to_end(root, tmp_path, lfw_dir):
     out = tmp_path / "set"
     assert prepare.main(["--photos", str(root), "--out", str(out), "--rec", "--no-progress", "--workers", "0"]) == 0
     lines = (out / "train.list").read_text().splitlines()
-    assert lines == ["images/Alice/AJ_Cook_0001.jpg 0 0 0", "images/Alice/Aby_Har-Even_0001.jpg 0 0 0",
-                     "images/Bob/Ai_Sugiyama_0001.jpg 0 1 0"]
+    assert lines == ["images/Alice/AJ_Cook_0001.jpg 0 0 0", "images/Alice/Anders_Ebbeson_0002.jpg 0 0 0",
+                     "images/Bob/Allyson_Felix_0005.jpg 0 1 0"]
     listed = read_train_list(out / "train.list")
     assert listed.num_classes == 2
     for rel in PHOTOS["Alice"]:  # the aligned face is the shared set's aligned face, up to JPEG noise
@@ -51,10 +52,10 @@ def test_prepare_end_to_end(root, tmp_path, lfw_dir):
     dropped = dict(line.split(" ", 1) for line in (out / "dropped.txt").read_text().splitlines())
     assert {k: v.split()[0] for k, v in dropped.items()} == {
         "Alice/beach.jpg": "no_face", "Bob/scan.png": "unreadable", "Bob/group/twins.jpg": "ambiguous",
-        "Carol/notes.jpg": "unreadable"}
+        "Bob/Alejandro_Toledo_0021.jpg": "ambiguous", "Carol/notes.jpg": "unreadable"}
     assert (out / "identities.txt").read_text().splitlines() == ["0 Alice 2", "1 Bob 1"]
     report = json.loads((out / "prepare_report.json").read_text())
-    assert report["statuses"] == {"ok": 3, "no_face": 1, "unreadable": 2, "ambiguous": 1}
+    assert report["statuses"] == {"ok": 3, "no_face": 1, "unreadable": 2, "ambiguous": 2}
     assert report["identities_without_faces"] == ["Carol"]
     rec = RecordIODataset(out / "rec", flip=False)
     assert len(rec) == 3 and rec.num_classes == 2
@@ -66,7 +67,7 @@ def test_prepare_keeps_ambiguous_with_ambiguity_off_and_fails_without_faces(root
     out = tmp_path / "set"
     assert prepare.main(["--photos", str(root / "Bob"), "--out", str(out), "--no-progress", "--ambiguity", "0"]) == 0
     assert (out / "train.list").read_text().splitlines() == ["images/group/twins.jpg 0 0 0"]
-    assert "2 files directly in" in capsys.readouterr().err  # Bob's own photos are not in an identity folder
+    assert "3 files directly in" in capsys.readouterr().err  # Bob's own photos are not in an identity folder
     assert prepare.main(["--photos", str(root), "--out", str(tmp_path / "x"), "--no-progress", "--min-size",
                          "5000"]) == 1
     assert "no face kept" in capsys.readouterr().err

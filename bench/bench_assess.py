@@ -1,0 +1,97 @@
+"""Photographs per second of ``inference.assess``: detection + alignment alone, then the whole command.
+
+    python -m bench.bench_assess [--arch iresnet50] [--limit 96] [--dtypes fp32,bf16] [--json out.json]
+
+Photographs: the first --limit of ``../shared/data/photos`` (CelebA in the wild, 200-4,700 px, then LFW
+250x250), in sorted order. Row ``detect+align``: reading, RetinaFace at <= 640 px, face choice and the
+112x112 warp, inline (what assess does on <= 2 cores). Rows ``assess``: ``inference.assess.main`` end
+to end (checkpoint load, detection, embedding by an untrained --arch with randomised BatchNorm statistics,
+CSV/JSON/contact sheet), once per --dtypes. ``foreign_cores``: cores other processes kept busy meanwhile
+(above ~0.2 the row was disturbed).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from bench.bench_gen_feat import random_model  # noqa: E402
+from bench.common import ForeignLoad, csv_arg, format_machine, format_table, load_average, machine_info, write_json  # noqa: E402,E501
+from inference import assess  # noqa: E402
+from inference.photo_faces import FaceOptions, collect_inputs, iter_photo_faces  # noqa: E402
+from utils.checkpoint import save_released  # noqa: E402
+
+_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PHOTOS = _ROOT.parent / "shared" / "data" / "photos"
+COLUMNS = ("what", "dtype", "photos", "faces", "seconds", "photos_s", "load_1min", "foreign_cores")
+
+
+def photo_paths(root: Path, limit: int) -> list[str]:
+    if not root.is_dir():
+        raise FileNotFoundError(f"photo folder not found: {root} (pass --photos)")
+    paths = collect_inputs([str(root / "celeba"), str(root / "lfw")] if (root / "celeba").is_dir() else [str(root)])
+    return paths[:limit]
+
+
+def time_detection(paths: list[str]) -> dict:
+    with ForeignLoad() as load:
+        t0 = time.perf_counter()
+        faces = sum(r.status == "ok" for records in iter_photo_faces(paths, FaceOptions()) for r in records)
+        wall = time.perf_counter() - t0
+    return {"what": "detect+align", "dtype": "-", "photos": len(paths), "faces": faces, "seconds": round(wall, 2),
+            "photos_s": round(len(paths) / wall, 2), "load_1min": load_average()[:1], "foreign_cores": load.cores}
+
+
+def time_assess(paths: list[str], ckpt: Path, out: Path, dtype: str, batch_size: int) -> dict:
+    listing = out / "photos.txt"
+    listing.write_text("".join(f"{p}\n" for p in paths))
+    with ForeignLoad() as load:
+        t0 = time.perf_counter()
+        code = assess.main([str(listing), "--resume", str(ckpt), "--out", str(out / dtype), "--dtype", dtype,
+                            "--batch-size", str(batch_size), "--no-progress", "--workers", "0", "--device", "cpu"])
+        wall = time.perf_counter() - t0
+    faces = sum(1 for line in (out / dtype / "quality.csv").read_text().splitlines()[1:] if ",ok," in line)
+    return {"what": f"assess (exit {code})", "dtype": dtype, "photos": len(paths), "faces": faces,
+            "seconds": round(wall, 2), "photos_s": round(len(paths) / wall, 2), "load_1min": load_average()[:1],
+            "foreign_cores": load.cores}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="photos/s of inference.assess")
+    p.add_argument("--photos", default=str(DEFAULT_PHOTOS), help="folder of photographs")
+    p.add_argument("--arch", default="iresnet50")
+    p.add_argument("--embedding-size", type=int, default=512)
+    p.add_argument("--limit", type=int, default=96)
+    p.add_argument("--dtypes", type=csv_arg, default=["fp32", "bf16"])
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--json", default=None, help="write the results here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    paths = photo_paths(Path(args.photos), args.limit)
+    info = machine_info()
+    print(format_machine(info))
+    rows = [time_detection(paths)]
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "model.pth"
+        save_released(ckpt, random_model(args.arch, embedding_size=args.embedding_size), None, 0, args.arch)
+        for dtype in args.dtypes:
+            rows.append(time_assess(paths, ckpt, Path(tmp), dtype, args.batch_size))
+    print(format_table(rows, COLUMNS))
+    result = {"machine": info, "arch": args.arch, "torch_threads": torch.get_num_threads(), "results": rows}
+    if args.json:
+        write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
