@@ -31,10 +31,10 @@ from tqdm import tqdm  # noqa: E402
 
 from dataloader.image_list import read_train_list  # noqa: E402
 from dataloader.pack_rec import pack_train_list  # noqa: E402
-from inference.photo_faces import IMAGE_SUFFIXES, FaceOptions, default_workers, iter_photo_faces  # noqa: E402
+from inference.photo_faces import IMAGE_SUFFIXES, FaceOptions, add_face_args, default_workers, iter_photo_faces  # noqa: E402,E501
 from utils.align import write_jpeg_atomic  # noqa: E402
 from utils.atomic import atomic_write  # noqa: E402
-from utils.detect import DEFAULT_MAX_SIDE, DEFAULT_MIN_SIZE, DEFAULT_SCORE, POLICIES  # noqa: E402
+from utils.detect import POLICIES  # noqa: E402
 
 
 def identity_photos(root: Path) -> dict[str, list[Path]]:
@@ -60,14 +60,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--photos", required=True, help="ROOT with one sub-folder of photographs per identity")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--policy", choices=("largest", "center"), default="largest", help="which face of a photo")
+    add_face_args(p, ("largest", "center"))
     p.add_argument("--ambiguity", type=float, default=0.6,
                    help="drop a photo (status ambiguous) when its runner-up face has at least this fraction of "
                    "the chosen face's area x score (largest policy; 0 keeps every photo)")
-    p.add_argument("--det-score", type=float, default=DEFAULT_SCORE, help="detector score threshold")
-    p.add_argument("--min-size", type=float, default=DEFAULT_MIN_SIZE, help="smallest face box side (px)")
-    p.add_argument("--det-size", type=int, default=DEFAULT_MAX_SIDE, help="longer side for detection")
-    p.add_argument("-j", "--workers", type=int, default=None, help="detection worker processes")
     p.add_argument("--rec", action="store_true", help="also pack DIR/rec/train.rec + train.idx")
     p.add_argument("--no-progress", action="store_true")
     return p

@@ -27,26 +27,20 @@ from tqdm import tqdm  # noqa: E402
 from eval.feature_io import write_features  # noqa: E402
 from inference.extract import embed_batch, prepare_model  # noqa: E402
 from inference.gen_feat import DTYPES, usable_cores  # noqa: E402
-from inference.photo_faces import FaceOptions, FaceRecord, collect_inputs, default_workers, iter_photo_faces  # noqa: E402
+from inference.photo_faces import (  # noqa: E402
+    FaceOptions,
+    FaceRecord,
+    add_face_args,
+    collect_inputs,
+    default_workers,
+    iter_photo_faces,
+)
 from inference.quality_report import contact_sheet, record_row, save_crops, write_csv, write_json  # noqa: E402
 from utils.checkpoint import load_backbone  # noqa: E402
 from utils.convention import parse_convention  # noqa: E402
-from utils.detect import DEFAULT_MAX_SIDE, DEFAULT_MIN_SIZE, DEFAULT_SCORE, POLICIES  # noqa: E402
+from utils.detect import POLICIES  # noqa: E402
 from utils.dist import resolve_device  # noqa: E402
 from utils.quality_scale import SCALES, logistic_quality, resolve_scale  # noqa: E402
-
-
-def add_face_args(p: argparse.ArgumentParser) -> None:
-    """Detection flags shared with ``dataloader.prepare``."""
-    p.add_argument("--policy", choices=POLICIES, default="largest",
-                   help="which face: largest (area x score, confident faces first), center, or all")
-    p.add_argument("--det-score", type=float, default=DEFAULT_SCORE, help="detector score threshold")
-    p.add_argument("--min-size", type=float, default=DEFAULT_MIN_SIZE,
-                   help="smallest face box side in photo pixels; smaller faces give status too_small")
-    p.add_argument("--det-size", type=int, default=DEFAULT_MAX_SIDE,
-                   help="longer side photos are reduced to for detection (landmarks are scaled back)")
-    p.add_argument("-j", "--workers", type=int, default=None,
-                   help="detection worker processes (default: 0 on <= 2 cores, else half the cores, max 8)")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -59,7 +53,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality-scale", choices=SCALES, default="auto",
                    help="0-100 mapping: calibrated (CKPT.quality.json), ofiq (OFIQ's constants), raw "
                    "(the magnitude itself); auto = calibrated when the side file exists, else ofiq")
-    add_face_args(p)
+    add_face_args(p, POLICIES)
     p.add_argument("-b", "--batch-size", type=int, default=32, help="faces per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")

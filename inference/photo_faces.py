@@ -12,6 +12,7 @@ in parallel (each worker builds its own onnxruntime session on first use).
 """
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,3 +138,17 @@ def iter_photo_faces(paths: list[str], options: FaceOptions, workers: int = 0):
 def default_workers() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return 0 if cores <= 2 else min(8, cores // 2)
+
+
+def add_face_args(p: argparse.ArgumentParser, policies: tuple[str, ...]) -> None:
+    """Detection flags shared by ``inference.assess`` and ``dataloader.prepare``."""
+    p.add_argument("--policy", choices=policies, default="largest",
+                   help="which face: largest (area x score, confident faces first), center (nearest the "
+                   "image centre)" + (", or all" if "all" in policies else ""))
+    p.add_argument("--det-score", type=float, default=DEFAULT_SCORE, help="detector score threshold")
+    p.add_argument("--min-size", type=float, default=DEFAULT_MIN_SIZE,
+                   help="smallest face box side in photo pixels; smaller faces give status too_small")
+    p.add_argument("--det-size", type=int, default=DEFAULT_MAX_SIDE,
+                   help="longer side photos are reduced to for detection (landmarks are scaled back)")
+    p.add_argument("-j", "--workers", type=int, default=None,
+                   help="detection worker processes (default: 0 on <= 2 cores, else half the cores, max 8)")
