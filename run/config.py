@@ -10,6 +10,7 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
+from dataloader.augment import DegradeAugment, parse_kinds
 from run.preempt import parse_signals
 from utils.atomic import atomic_write
 from utils.convention import parse_convention
@@ -25,6 +26,10 @@ class TrainConfig:
     workers: int = 8
     skip_bad_images: bool = False
     max_bad_fraction: float = 0.01
+    # optional damage augmentation (off in the published recipe; dataloader/augment.py)
+    degrade_prob: float = 0.0
+    degrade_kinds: str = "all"
+    degrade_max_severity: float = 1.0
     # schedule (published: 25 epochs, lr 0.1 x0.1 at 10/18/22, total batch 512)
     epochs: int = 25
     start_epoch: int = 0
@@ -96,6 +101,7 @@ class TrainConfig:
                 raise ValueError(f"--{key.replace('_', '-')} must be >= {low}, got {getattr(self, key)}")
         if self.lr <= 0 or self.dist_timeout <= 0:
             raise ValueError(f"--lr and --dist-timeout must be positive, got {self.lr} and {self.dist_timeout}")
+        DegradeAugment(self.degrade_prob, parse_kinds(self.degrade_kinds), self.degrade_max_severity)
         if not 0 <= self.start_epoch < self.epochs:
             raise ValueError(f"--start-epoch {self.start_epoch} must lie in [0, epochs={self.epochs})")
 
@@ -117,6 +123,10 @@ FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "workers": (("--workers", "-j"), "data loading worker processes"),
     "skip_bad_images": (("--skip-bad-images",), "log and skip unreadable images instead of stopping"),
     "max_bad_fraction": (("--max-bad-fraction",), "with --skip-bad-images: stop past this fraction"),
+    "degrade_prob": (("--degrade-prob",), "damage each training face with this probability (0 = off, published)"),
+    "degrade_kinds": (("--degrade-kinds",), "damage kinds for --degrade-prob: 'all' or a comma list of "
+                      "blur,downscale,jpeg,dark,bright,noise,occlusion"),
+    "degrade_max_severity": (("--degrade-max-severity",), "damage severity is uniform in [0, this]"),
     "epochs": (("--epochs",), "number of epochs"),
     "start_epoch": (("--start-epoch",), "epoch to start from (the seed's manual restart)"),
     "batch_size": (("--batch-size", "-b"), "TOTAL batch size over all GPUs/processes"),
@@ -205,9 +215,14 @@ BENIGN_KEYS = {"world_size", "resume", "workers", "print_freq", "tensorboard", "
                "skip_bad_images", "max_bad_fraction", "preempt_signals", "slurm_requeue", "on_save_error"}
 
 
+# Options added after checkpoints were first written; a checkpoint without them ran with these defaults.
+DEFAULT_FOR_OLD_CHECKPOINTS = {"degrade_prob": 0.0, "degrade_kinds": "all", "degrade_max_severity": 1.0}
+
+
 def config_differences(saved: dict, current: TrainConfig) -> list[str]:
     """Human-readable differences in hyper-parameters between a checkpoint's run and this one."""
     now = current.to_dict()
+    saved = DEFAULT_FOR_OLD_CHECKPOINTS | saved
     diffs = []
     for key in sorted(set(saved) | set(now)):
         if key in BENIGN_KEYS:

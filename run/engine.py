@@ -4,7 +4,8 @@
 DataParallel or DDP) and the head (dense or class-sharded) differ, and both are decided by the caller.
 
 Everything random in a step is a pure function of (seed, rank, global step): the mirror mask
-(``flip_mask``) and the global torch RNG that dropout draws from (``step_seed``). A run resumed at
+(``flip_mask``), the optional damage augmentation (``LoopState.degrade``) and the global torch RNG that
+dropout draws from (``step_seed``). A run resumed at
 step k therefore replays exactly what an uninterrupted run does from step k on.
 """
 from __future__ import annotations
@@ -98,6 +99,8 @@ class LoopState:
     sync_overflow: bool = False
     faults: Faults | None = None
     convention: InputConvention = MAGFACE
+    # Optional damage augmentation of the host batch (--degrade-prob); None = off.
+    degrade: Callable[[torch.Tensor, int, int, int], torch.Tensor] | None = None
 
 
 def flip_mask(seed: int, step: int, n: int) -> torch.Tensor:
@@ -119,6 +122,8 @@ def prepare_batch(images: torch.Tensor, labels: torch.Tensor, state: LoopState) 
     if images.shape[0] < state.batch_size:
         idx = torch.arange(state.batch_size) % images.shape[0]
         images, labels = images[idx], labels[idx]
+    if state.degrade is not None:
+        images = state.degrade(images, state.seed, state.rank, state.global_step)
     # The loader's pinned batch goes to the device as it is and is mirrored there: mirroring 10 MB of
     # uint8 on the host made an unpinned copy (a blocking transfer) and kept the GPU waiting each step.
     mask = flip_mask(state.seed, state.global_step, images.shape[0]).to(state.device, non_blocking=True)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from dataloader import BadSampleCounter, EpochShuffleSampler, build_train_dataset, build_train_loader
+from dataloader.augment import DegradeAugment, parse_kinds
 from models import MagFaceHead, build_backbone
 from models.sharded import ShardedMagFaceHead, init_rows
 from run.config import TrainConfig
@@ -161,6 +162,8 @@ def _loop_state(cfg: TrainConfig, run: Run, steps_per_epoch: int, per_rank: int,
         channels_last=run.channels_last, grad_clip=cfg.grad_clip, seed=cfg.seed, print_freq=cfg.print_freq,
         global_step=pos.global_step, guard=NonFiniteGuard(cfg.max_nonfinite), grad_norm_fn=grad_norm,
         rank=run.dist.rank, world_size=run.dist.world_size, sync_overflow=distributed, faults=Faults.from_env(),
+        degrade=DegradeAugment(cfg.degrade_prob, parse_kinds(cfg.degrade_kinds), cfg.degrade_max_severity)
+        if cfg.degrade_prob > 0 else None,
     )
 
 
