@@ -1,0 +1,183 @@
+"""Quality study (issue #11): which training makes the magnitude of damaged faces fall?
+
+    python -m bench.quality_study --runs /tmp/study_runs [--only base6,ua40] [--out DIR]
+
+For each named configuration (``CONFIGS``: the demo recipe plus extra ``run.train`` flags) it trains on
+raw/demo_data/celeba (or reuses RUNS/NAME when a finished checkpoint is there), embeds the 2,400 clean
+demo LFW pairs (10-fold accuracy, magface protocol) and a damaged copy of them (second face of each pair
+damaged, built once by ``eval.damage``), and appends one JSON row per configuration to OUT/rows.jsonl
+(rewritten atomically after each configuration, so a crash loses nothing; finished names are skipped)
+and the markdown table OUT/table.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.common import format_machine, machine_info  # noqa: E402
+from utils.atomic import atomic_write  # noqa: E402
+
+DATA = REPO / "raw" / "demo_data"
+OUT = REPO / "bench" / "results" / "quality_study_2026-12-03"
+DEMO = ["--arch", "iresnet18_w32", "--input-size", "56", "--embedding-size", "128", "--batch-size", "64",
+        "--lr", "0.1", "--schedule", "cosine", "--warmup-epochs", "1", "--seed", "0"]
+UA40 = ["--l_a", "10", "--u_a", "40", "--lambda_g", "100"]  # feasibility bound lambda_min = 79.6
+# name -> (epochs, extra flags, what it tests). "{runs}" in a flag is replaced by the runs folder.
+CONFIGS: dict[str, tuple[int, list[str], str]] = {
+    "base6": (6, [], "the demo recipe (l_a 10, u_a 110, lambda_g 35)"),
+    "ua40": (6, UA40, "[l_a, u_a] narrowed to [10, 40] so short training uses the margin range"),
+    "arc6": (6, ["--l_margin", "0.5", "--u_margin", "0.5", "--lambda_g", "0"], "constant margin (ArcFace)"),
+    "ua40deg": (6, [*UA40, "--degrade-prob", "0.5"], "ua40 + every damage kind on half the faces"),
+    "ftarc": (2, ["--pretrained", "{runs}/arc6/00006.pth", "--l_a", "1", "--u_a", "51", "--l_margin", "0.45",
+                  "--u_margin", "1", "--lambda_g", "5", "--lr", "0.02", "--warmup-epochs", "0.25"],
+              "arc6 fine-tuned 2 epochs with the seed's recipe [1, 51, 0.45, 1, 5]"),
+    "naive6": (6, ["--degrade-prob", "0.5", "--degrade-kinds", "blur,downscale,noise,jpeg"],
+               "the naive augmentation of the issue (demo bounds)"),
+    "ua40mild": (6, [*UA40, "--degrade-prob", "0.3", "--degrade-max-severity", "0.6"],
+                 "ua40 + milder damage (30 %, severity <= 0.6)"),
+    "ua40e12": (12, UA40, "ua40 trained twice as long"),
+}
+COLUMNS = ["name", "epochs", "accuracy", "spearman", "per_kind", "erc_1e-2", "erc_1e-3", "train_s"]
+
+
+def train_config(name: str, runs: Path, workers: int) -> tuple[Path, float]:
+    """Train ``name`` into RUNS/NAME (or reuse a finished run there); (checkpoint, training seconds)."""
+    from run import train as train_entry
+
+    epochs, extra, _ = CONFIGS[name]
+    folder = runs / name
+    ckpt = folder / f"{epochs:05d}.pth"
+    if not (folder / "DONE").exists() or not ckpt.exists():
+        num_classes = 1 + max(int(line.split()[2]) for line in (DATA / "celeba" / "train.list").open())
+        train_entry.main([*DEMO, "--train_list", str(DATA / "celeba" / "train.list"), "--last-fc-size",
+                          str(num_classes), "--epochs", str(epochs), "--workers", str(workers), "--device", "cpu",
+                          "--print-freq", "25", "--pth-save-epoch", str(epochs), "--pth-save-fold", str(folder),
+                          "--tensorboard", "0", *[f.replace("{runs}", str(runs)) for f in extra]])
+        (folder / "DONE").touch()
+    return ckpt, log_seconds(folder / "train.log")
+
+
+def log_seconds(log: Path) -> float:
+    """Wall time of a run: from its first to its last time-stamped log line."""
+    stamps = [datetime.strptime(m.group(0), "%Y-%m-%d %H:%M:%S")
+              for m in (re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line) for line in log.open()) if m]
+    return (stamps[-1] - stamps[0]).total_seconds() if stamps else float("nan")
+
+
+def score(ckpt: Path, damaged_set: Path, work: Path) -> dict:
+    """Clean 10-fold accuracy and the damaged-set report (magnitude, random, sharpness) of one checkpoint."""
+    from eval import damage, verification
+    from inference import gen_feat
+
+    work.mkdir(parents=True, exist_ok=True)
+    clean, dmg, verif = work / "clean.npz", work / "dmg.npz", work / "verif.json"
+    for img_list, feats in ((DATA / "lfw" / "img.list", clean), (damaged_set / "img.list", dmg)):
+        if not feats.exists():
+            gen_feat.main(["--resume", str(ckpt), "--inf_list", str(img_list), "--feat_list", str(feats),
+                           "--device", "cpu", "--print-freq", "100000"])
+    if verification.main(["--feat-list", str(clean), "--pair-list", str(DATA / "lfw" / "pair.list"),
+                          "--json", str(verif)]) not in (0, None):
+        raise RuntimeError(f"verification failed for {clean}")
+    report, _, _ = damage.score_set(damaged_set, dmg)
+    return {"verification": json.loads(verif.read_text()), "damage": report}
+
+
+def make_row(name: str, ckpt: Path, train_s: float, scored: dict, machine: str) -> dict:
+    epochs, extra, what = CONFIGS[name]
+    rep, ver = scored["damage"], scored["verification"]
+    return {
+        "name": name, "epochs": epochs, "flags": " ".join(extra), "what": what, "checkpoint": str(ckpt),
+        "accuracy": ver["accuracy_mean"], "accuracy_std": ver["accuracy_std"],
+        "spearman": rep["spearman"]["magnitude"], "spearman_random": rep["spearman"].get("random"),
+        "median_magnitude_by_band": rep["median_by_band"]["magnitude"],
+        "erc_area": {fmr: {k: v["area"] for k, v in curves.items()} for fmr, curves in rep["erc"].items()},
+        "train_s": round(train_s, 1), "machine": machine,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def export_reference(ckpt: Path, out: Path) -> None:
+    """The backbone alone (no classifier, no optimizer), loadable by utils.checkpoint.load_backbone."""
+    from utils.checkpoint import load_backbone, read_checkpoint, save_released
+
+    model, conv, info = load_backbone(ckpt)
+    save_released(out, model, None, int(info["epoch"] or 0), info["arch"],
+                  config=read_checkpoint(ckpt).get("config") or {}, convention=conv)
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def write_rows(out: Path, rows: list[dict]) -> None:
+    """rows.jsonl and table.md, each written atomically (a crash keeps the previous complete file)."""
+    with atomic_write(out / "rows.jsonl", "w") as f:
+        f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    machines = sorted({f"- {r['name']}: {r['machine']}" for r in rows})
+    with atomic_write(out / "table.md", "w") as f:
+        f.write(markdown_table(rows) + "\n" + "\n".join(machines) + "\n")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| config | epochs | clean acc. | Spearman (overall) | per kind | ERC area mag / random, FMR 1e-2 "
+             "| FMR 1e-3 | train s |", "|---" * 8 + "|"]
+    for r in rows:
+        kinds = ", ".join(f"{k} {v:+.2f}" for k, v in r["spearman"].items() if k != "overall")
+        erc = [" / ".join(f"{r['erc_area'][f].get(s, float('nan')):.3f}" for s in ("magnitude", "random"))
+               for f in sorted(r["erc_area"], key=lambda k: -float(k))]
+        lines.append(f"| {r['name']} ({r['what']}) | {r['epochs']} | {100 * r['accuracy']:.2f} % | "
+                     f"{r['spearman']['overall']:+.3f} | {kinds} | {' | '.join(erc)} | {r['train_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", required=True, help="folder for the training runs (outside the repository)")
+    p.add_argument("--out", default=str(OUT), help="where rows.jsonl and table.md go")
+    p.add_argument("--only", default="", help="comma list of configuration names (default: all)")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--damaged-set", default="", help="an existing eval.damage set of the demo LFW pairs "
+                   "(default: build RUNS/damaged_lfw)")
+    p.add_argument("--export", nargs=2, metavar=("NAME", "PTH"), help="write NAME's backbone to PTH and stop")
+    args = p.parse_args(argv)
+    if args.export:
+        epochs = CONFIGS[args.export[0]][0]
+        export_reference(Path(args.runs) / args.export[0] / f"{epochs:05d}.pth", Path(args.export[1]))
+        return 0
+    names = [n for n in args.only.split(",") if n] or list(CONFIGS)
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        p.error(f"unknown configuration(s) {unknown}; known: {', '.join(CONFIGS)}")
+    from eval.damage_set import make_damaged_set
+
+    runs, out = Path(args.runs).resolve(), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    machine = format_machine(machine_info())
+    print(machine)
+    damaged_set = Path(args.damaged_set) if args.damaged_set else \
+        make_damaged_set(DATA / "lfw" / "img.list", DATA / "lfw" / "pair.list", runs / "damaged_lfw")
+    rows = read_rows(out / "rows.jsonl")
+    for name in names:
+        if any(r["name"] == name for r in rows):
+            print(f"{name}: done already, skipped")
+            continue
+        t0 = time.perf_counter()
+        ckpt, train_s = train_config(name, runs, args.workers)
+        rows.append(make_row(name, ckpt, train_s, score(ckpt, damaged_set, runs / name), machine))
+        write_rows(out, rows)
+        print(f"{name}: {time.perf_counter() - t0:.0f}s\n{markdown_table(rows[-1:])}")
+    print(markdown_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
