@@ -154,4 +154,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from utils.cli import run_cli
+
+    sys.exit(run_cli(main, None, "pack_rec.py"))

@@ -15,7 +15,8 @@ import cv2
 import numpy as np
 import torch
 
-FACE_SIZE = 112
+from utils.convention import FACE_SIZE
+
 _JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"
 

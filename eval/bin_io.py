@@ -124,22 +124,24 @@ def pack_bin(img_list: str | os.PathLike, pair_list: str | os.PathLike, out: str
     return len(issame)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     import argparse
-    import sys
 
     p = argparse.ArgumentParser(description="Pack aligned faces and a pair list into an insightface .bin.")
     p.add_argument("--img-list", required=True, help="image list (first token = path, relative to the list)")
     p.add_argument("--pair-list", required=True, help="'i j label' lines, 0-based rows of --img-list")
     p.add_argument("--out", required=True, help="the .bin to write (atomically)")
     args = p.parse_args(argv)
-    try:
-        n = pack_bin(args.img_list, args.pair_list, args.out)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    n = pack_bin(args.img_list, args.pair_list, args.out)
     print(f"wrote {args.out}: {n} pairs")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status 0, or 2 with one line naming the file/line at fault (``utils.cli``)."""
+    from utils.cli import run_cli
+
+    return run_cli(_main, argv, "eval.bin_io")
 
 
 if __name__ == "__main__":

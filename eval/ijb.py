@@ -40,6 +40,7 @@ from eval.metrics import (
     tar_at_far_nearest,
     write_json_atomic,
 )
+from utils.cli import run_cli
 
 AGGREGATIONS = ("mean", "norm-mean", "magnitude")
 FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -261,13 +262,9 @@ def run(args: argparse.Namespace) -> dict:
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        report = run(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    report = run(args)
     tars = report["tar_at_far"]
     print(format_table(["set", "aggregation", "pairs"] + [f"TAR@{k}" for k in tars],
                        [[report["set"], report["aggregation"], report["num_pairs"]]
@@ -275,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         write_json_atomic(args.json, report)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status 0, or 2 with one line naming the file/line at fault (``utils.cli``)."""
+    return run_cli(_main, argv, "eval.ijb")
 
 
 if __name__ == "__main__":

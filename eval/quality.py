@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -30,6 +32,7 @@ if __package__ in (None, ""):
 
 from eval.feature_io import FeatureFile, load_feature_file
 from eval.metrics import angular_distance, format_table, read_pair_list, write_json_atomic
+from utils.cli import run_cli
 
 REJECT_RATIOS = np.arange(0, 0.98, 0.05)
 SCORES = ("magnitude", "random", "sharpness")
@@ -83,6 +86,17 @@ def laplacian_sharpness(image_bgr: np.ndarray) -> float:
     return float(cv2.Laplacian(gray, cv2.CV_64F).var())
 
 
+def find_image_root(paths: list[str], rows: np.ndarray, roots: Sequence[Path]) -> Path:
+    """The first of ``roots`` under which the images of every row exist (absolute paths stand alone).
+
+    With a single root it is returned as it is: ``sharpness_scores`` then names the first missing image.
+    """
+    for root in roots[:-1]:
+        if all(os.path.exists(Path(root) / paths[r]) for r in rows):  # an absolute path ignores the root
+            return Path(root)
+    return Path(roots[-1])
+
+
 def sharpness_scores(paths: list[str], rows: np.ndarray, image_root: Path) -> np.ndarray:
     """Sharpness of the images at ``rows`` (others NaN); relative paths resolve against ``image_root``."""
     out = np.full(len(paths), np.nan)
@@ -98,7 +112,7 @@ def sharpness_scores(paths: list[str], rows: np.ndarray, image_root: Path) -> np
 
 
 def image_qualities(
-    name: str, ff: FeatureFile, rows: np.ndarray, image_root: Path, seed: int = 0
+    name: str, ff: FeatureFile, rows: np.ndarray, image_roots: Sequence[Path], seed: int = 0
 ) -> np.ndarray:
     """Per-image quality of one named score (higher = better)."""
     if name == "magnitude":
@@ -108,7 +122,7 @@ def image_qualities(
     if name == "sharpness":
         if not ff.has_paths:
             raise ValueError("sharpness needs image paths; this feature file (.npy) has none")
-        return sharpness_scores(ff.paths, rows, image_root)
+        return sharpness_scores(ff.paths, rows, find_image_root(ff.paths, rows, image_roots))
     raise ValueError(f"unknown quality score {name!r}; choose from {SCORES}")
 
 
@@ -135,21 +149,31 @@ def plot_erc(path: str | Path, reject_ratios: np.ndarray, curves: dict[str, np.n
 
 def evaluate_quality(
     ff: FeatureFile, i0: np.ndarray, i1: np.ndarray, issame: np.ndarray, scores: list[str], fmr: float,
-    image_root: Path, seed: int = 0,
+    image_roots: Sequence[Path] = (Path("."),), seed: int = 0, optional: frozenset[str] = frozenset(),
 ) -> dict:
-    """The ERC report of every requested quality score on one pair list."""
+    """The ERC report of every requested quality score on one pair list.
+
+    Image paths resolve against the first of ``image_roots`` that holds them all. A score in ``optional``
+    that cannot be computed (images not found, no paths) is left out with its reason in ``left_out``.
+    """
     feats = np.asarray(ff.features, dtype=np.float64)
     dist = angular_distance(feats[i0], feats[i1])
     rows = np.unique(np.concatenate([i0, i1]))
-    curves, areas = {}, {}
+    curves, areas, left_out = {}, {}, {}
     for name in scores:
-        q = image_qualities(name, ff, rows, image_root, seed)
+        try:
+            q = image_qualities(name, ff, rows, image_roots, seed)
+        except (ValueError, FileNotFoundError) as e:
+            if name not in optional:
+                raise
+            left_out[name] = str(e)
+            continue
         curves[name] = error_versus_reject(dist, issame, np.minimum(q[i0], q[i1]), fmr)
         areas[name] = curve_area(curves[name])
     return {
         "reject_ratio": [round(float(r), 10) for r in REJECT_RATIOS],
         "fnmr": {k: v.tolist() for k, v in curves.items()},
-        "auc": areas, "fmr": fmr, "num_pairs": int(len(issame)),
+        "auc": areas, "fmr": fmr, "num_pairs": int(len(issame)), "left_out": left_out,
         "variant": "predefined pairs, min pair quality, FNMR at FMR from the remaining impostors, "
                    "AUC = trapezoid over reject ratio 0..0.95",
     }
@@ -160,8 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feat-list", required=True, help="feature file (text, .npz or .npy)")
     p.add_argument("--pair-list", required=True, help="pairs 'i j label' (0-based feature rows)")
     p.add_argument("--fmr", type=float, default=1e-3)
-    p.add_argument("--scores", default="magnitude,random,sharpness", help=f"comma-separated, from {SCORES}")
-    p.add_argument("--image-root", default=None, help="base of relative image paths (default: feature file's folder)")
+    p.add_argument("--scores", default=None,
+                   help=f"comma-separated, from {SCORES} (default: all three; sharpness is then left out, with one "
+                   "line saying why, when the images cannot be found, as for the seed's features-and-pairs call)")
+    p.add_argument("--image-root", default=None,
+                   help="base of relative image paths (default: the first of the feature file's folder, the pair "
+                   "list's folder and the current folder that holds them all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random score")
     p.add_argument("--plot", default=None, help="PNG of the curves")
     p.add_argument("--json", default=None, help="write the curves here (atomically)")
@@ -169,23 +197,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict:
-    scores = [s.strip() for s in args.scores.split(",") if s.strip()]
+    scores = [s.strip() for s in (args.scores or ",".join(SCORES)).split(",") if s.strip()]
     unknown = [s for s in scores if s not in SCORES]
     if unknown or not scores:
         raise ValueError(f"--scores: unknown {unknown} (choose from {SCORES})")
     ff = load_feature_file(args.feat_list, dtype=np.float64)
     i0, i1, issame = read_pair_list(args.pair_list, len(ff.features))
-    root = Path(args.image_root) if args.image_root else Path(args.feat_list).resolve().parent
-    return evaluate_quality(ff, i0, i1, issame, scores, args.fmr, root, args.seed)
+    if args.image_root:
+        roots = [Path(args.image_root)]
+    else:
+        roots = [Path(args.feat_list).resolve().parent, Path(args.pair_list).resolve().parent, Path.cwd()]
+    optional = frozenset() if args.scores else frozenset({"sharpness"})
+    return evaluate_quality(ff, i0, i1, issame, scores, args.fmr, roots, args.seed, optional)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        report = run(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    report = run(args)
+    for name, why in report["left_out"].items():
+        print(f"{name} left out: {why}")
     header = ["reject"] + list(report["fnmr"])
     rows = [[f"{100 * r:.0f}%"] + [f"{report['fnmr'][k][i]:.4f}" for k in report["fnmr"]]
             for i, r in enumerate(report["reject_ratio"])]
@@ -198,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         write_json_atomic(args.json, report)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status 0, or 2 with one line naming the file/line at fault (``utils.cli``)."""
+    return run_cli(_main, argv, "eval.quality")
 
 
 if __name__ == "__main__":

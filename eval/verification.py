@@ -37,6 +37,7 @@ from eval.metrics import (
     tar_at_far_bounded,
     write_json_atomic,
 )
+from utils.cli import run_cli
 
 PROTOCOLS = ("magface", "insightface")
 THRESHOLDS = np.arange(0, 4, 0.01)
@@ -212,17 +213,18 @@ def print_report(report: dict) -> None:
     print(format_table(header, [row]))
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        report = run(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    report = run(args)
     print_report(report)
     if args.json:
         write_json_atomic(args.json, report)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status 0, or 2 with one line naming the file/line at fault (``utils.cli``)."""
+    return run_cli(_main, argv, "eval.verification")
 
 
 if __name__ == "__main__":

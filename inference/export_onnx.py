@@ -1,9 +1,12 @@
 """Export a backbone to ONNX and check the export against PyTorch with onnxruntime.
 
-The ONNX graph takes the model's float input (``input``, (B, 3, S, S), already normalised) and returns
-the raw embedding (``embedding``, (B, D)); the batch axis is dynamic. Because the normalisation lives
-outside the graph, the file's ``metadata_props`` carry the input convention (``input_convention``:
-JSON with order/mean/std, ``x = (pixel / 255 - mean) / std``) so a deployment can apply it.
+The ONNX graph takes the model's float input (``input``, (B, 3, 112, 112), already normalised) and returns
+the raw embedding (``embedding``, (B, D)); the batch axis is dynamic. A model that works at another
+resolution (``input_size`` 56 for the CPU demo) keeps that 112x112 input: its resize is part of its forward
+and so of the graph (``utils.convention``: one face size for every tool); the metadata records both sizes.
+Because the normalisation lives outside the graph, the file's ``metadata_props`` carry the input
+convention (``input_convention``: JSON with order/mean/std, ``x = (pixel / 255 - mean) / std``)
+so a deployment can apply it.
 
 The legacy TorchScript exporter (``dynamo=False``) is used: the torch.export-based one needs the extra
 ``onnxscript`` package, and the legacy path exports iResNet exactly.
@@ -29,7 +32,8 @@ import torch
 from torch import nn
 
 from utils.checkpoint import load_backbone
-from utils.convention import InputConvention, parse_convention, to_model_input
+from utils.cli import run_cli
+from utils.convention import FACE_SIZE, InputConvention, parse_convention, to_model_input
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "embedding"
@@ -41,7 +45,7 @@ def export_onnx(
     path: str | os.PathLike,
     convention: InputConvention,
     *,
-    input_size: int = 112,
+    input_size: int = FACE_SIZE,
     opset: int = 17,
     batch: int = 4,
     metadata: dict[str, str] | None = None,
@@ -49,6 +53,8 @@ def export_onnx(
     """Trace ``model`` (eval mode, CPU) to ``path`` with a dynamic batch axis and the convention stored."""
     model = model.cpu().eval()
     dummy = torch.zeros(batch, 3, input_size, input_size)
+    with torch.no_grad():
+        model(dummy)  # builds the cached resize matrices first, so the trace holds them as constants
     with warnings.catch_warnings():
         # torch >= 2.9 marks the TorchScript exporter deprecated; it is still the dependency-free path.
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -87,7 +93,7 @@ def check_onnx(
     convention: InputConvention,
     *,
     batch_sizes: Sequence[int] = (1, 5),
-    input_size: int = 112,
+    input_size: int = FACE_SIZE,
     seed: int = 0,
 ) -> tuple[float, float]:
     """Max abs difference of onnxruntime vs PyTorch on random images, and the embedding scale (max abs)."""
@@ -133,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    size = int(info["input_size"])
-    metadata = {"arch": info["arch"], "embedding_size": str(info["embedding_size"]), "input_size": str(size)}
+    size = FACE_SIZE
+    metadata = {"arch": info["arch"], "embedding_size": str(info["embedding_size"]), "input_size": str(size),
+                "model_input_size": str(info["input_size"])}
     try:
         export_onnx(model, tmp, convention, input_size=size, opset=args.opset, batch=args.batch,
                     metadata=metadata)
@@ -155,4 +162,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, None, "export_onnx.py"))

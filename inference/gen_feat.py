@@ -28,11 +28,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from dataloader.transforms import FACE_SIZE  # noqa: E402
 from eval.feature_io import write_features  # noqa: E402
 from inference.extract import embed_batch, prepare_model  # noqa: E402
 from utils.checkpoint import load_backbone  # noqa: E402
-from utils.convention import InputConvention, parse_convention  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
+from utils.convention import InputConvention, parse_convention, read_aligned_face  # noqa: E402
 from utils.dist import resolve_device  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -40,7 +40,11 @@ GPU_FLUSH_BATCHES = 64  # features copied back to the host every N batches (one 
 
 
 def read_image_list(path: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """(paths as listed, paths resolved against the list's folder); the first token of each line."""
+    """(paths as listed, paths resolved); the first token of each line.
+
+    A relative path resolves against the list's folder, or else against the current folder (the seed's
+    lists, e.g. ``toy_imgs/0.jpg`` in ``toy_imgs/img.list``, are relative to where gen_feat runs).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image list not found: {path}")
@@ -53,34 +57,30 @@ def read_image_list(path: str | os.PathLike) -> tuple[list[str], list[str]]:
             listed.append(tokens[0])
             lines.append(lineno)
             p = Path(tokens[0])
-            resolved.append(str(p if p.is_absolute() else path.parent / p))
+            beside = p if p.is_absolute() else path.parent / p
+            resolved.append(str(p if not os.path.exists(beside) and os.path.exists(p) else beside))
     if not listed:
         raise ValueError(f"image list {path} is empty")
     missing = [i for i, p in enumerate(resolved) if not os.path.exists(p)]
     if missing:
         i = missing[0]
-        raise FileNotFoundError(f"{path}:{lines[i]}: image {resolved[i]} not found "
+        where = "" if Path(listed[i]).is_absolute() else " (nor relative to the current folder)"
+        raise FileNotFoundError(f"{path}:{lines[i]}: image {resolved[i]} not found{where} "
                                 f"({len(missing)} of {len(resolved)} listed images are missing)")
     return listed, resolved
 
 
 class FaceImages(Dataset):
-    """Decoded uint8 BGR CHW faces; wrong-sized or unreadable files raise naming the file."""
+    """Decoded uint8 BGR CHW aligned 112x112 faces; wrong-sized or unreadable files raise naming the file."""
 
-    def __init__(self, paths: list[str], size: int = FACE_SIZE) -> None:
-        self.paths, self.size = paths, size
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        path = self.paths[i]
-        img = cv2.imread(path, cv2.IMREAD_COLOR)
-        if img is None:
-            raise ValueError(f"{path}: not a readable image (truncated or not an image file)")
-        if img.shape[:2] != (self.size, self.size):
-            raise ValueError(f"{path}: image is {img.shape[1]}x{img.shape[0]}, expected an aligned "
-                             f"{self.size}x{self.size} face (align it with python -m utils.align)")
+        img = read_aligned_face(self.paths[i])
         return torch.from_numpy(np.stack(cv2.split(img)))  # CHW; 3x quicker than a transpose copy
 
 
@@ -92,7 +92,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--feat_list", "--feat-list", required=True,
                    help="output: text (seed format), .npz (features, magnitudes, paths) or .npy")
     p.add_argument("--resume", required=True, help="checkpoint (released MagFace, insightface or ours)")
-    p.add_argument("--batch_size", "--batch-size", type=int, default=None,
+    p.add_argument("-b", "--batch_size", "--batch-size", type=int, default=None,
                    help="images per forward (default: 64 on CPU: 5%% slower than 16 on an idle machine but "
                    "twice as fast when other processes share the cores; 256 on GPU)")
     p.add_argument("-j", "--workers", type=int, default=None,
@@ -115,7 +115,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-convention", default=None,
                    help="override the checkpoint's input convention: magface (BGR, /255), "
                    "insightface (RGB, (x-127.5)/127.5) or ORDER:m1,m2,m3:s1,s2,s3")
-    p.add_argument("--print-freq", type=int, default=10, help="progress line every N batches")
+    p.add_argument("-p", "--print-freq", "--print_freq", type=int, default=10, help="progress line every N batches")
+    p.add_argument("--dist", type=int, choices=(0, 1), default=1,
+                   help="the seed's switch (1: its DataParallel wrapper), accepted so its scripts run; here the "
+                   "features always come from the one device --device picks (--cpu-mode: the CPU)")
     return p
 
 
@@ -125,10 +128,10 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def make_loader(paths: list[str], size: int, batch_size: int, workers: int, device: torch.device) -> DataLoader:
+def make_loader(paths: list[str], batch_size: int, workers: int, device: torch.device) -> DataLoader:
     """Decoding in worker processes; uint8 batches, pinned for an asynchronous copy to a GPU."""
     extra = {"prefetch_factor": 4} if workers > 0 else {}
-    return DataLoader(FaceImages(paths, size), batch_size=batch_size, num_workers=workers,
+    return DataLoader(FaceImages(paths), batch_size=batch_size, num_workers=workers,
                       pin_memory=device.type == "cuda", persistent_workers=False, **extra)
 
 
@@ -183,7 +186,7 @@ def extract(args: argparse.Namespace) -> dict:
     listed, resolved = read_image_list(args.inf_list)
     workers = args.workers if args.workers is not None else (8 if device.type == "cuda" else 0)
     batch_size = args.batch_size or (256 if device.type == "cuda" else 64)
-    loader = make_loader(resolved, FACE_SIZE, batch_size, workers, device)
+    loader = make_loader(resolved, batch_size, workers, device)
     t0 = time.perf_counter()
     feats = run_model(model, loader, len(listed), info["embedding_size"], device, convention=conv,
                       dtype=DTYPES[args.dtype], flip=args.flip, channels_last=channels_last,
@@ -204,4 +207,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, None, "gen_feat.py"))

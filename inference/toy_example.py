@@ -22,12 +22,13 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: the repository root, not inference/, goes on the path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import cv2
 import numpy as np
 from matplotlib.figure import Figure
 
 from inference.extract import embed_array
 from utils.checkpoint import load_backbone
+from utils.cli import run_cli
+from utils.convention import read_aligned_face
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -56,18 +57,10 @@ def list_images(source: str | os.PathLike, limit: int) -> list[Path]:
     return paths
 
 
-def load_images(paths: Sequence[Path], size: int) -> np.ndarray:
-    """uint8 (N, size, size, 3) BGR; unreadable or unaligned images raise, naming the file."""
-    images = []
-    for path in paths:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise FileNotFoundError(f"cannot read image {path}")
-        if image.shape[:2] != (size, size):
-            raise ValueError(f"{path}: {image.shape[1]}x{image.shape[0]} image, expected an aligned "
-                             f"{size}x{size} face (align it with python -m utils.align)")
-        images.append(image)
-    return np.stack(images)
+def load_images(paths: Sequence[Path]) -> np.ndarray:
+    """uint8 (N, 112, 112, 3) BGR aligned faces, whatever the model's working resolution (it resizes them
+    itself, ``utils.convention``); unreadable or unaligned images raise, naming the file."""
+    return np.stack([read_aligned_face(path) for path in paths])
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
@@ -144,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     model, convention, info = load_backbone(args.resume, args.arch, args.device)
     paths = list_images(args.images, args.max)
-    images = load_images(paths, int(info["input_size"]))
+    images = load_images(paths)
     features = embed_array(model, images, device=args.device, convention=convention)
     magnitudes = np.linalg.norm(features, axis=1)
     for index in np.argsort(magnitudes, kind="stable"):
@@ -158,4 +151,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, None, "toy_example.py"))

@@ -10,6 +10,7 @@ shape changes), no activation after the add. Head: BN2d -> Dropout -> flatten ->
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -22,6 +23,20 @@ STANDARD_WIDTHS = (64, 128, 256, 512)
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+@functools.lru_cache(maxsize=16)
+def resize_matrix(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
+    """(n_out, n_in) fp32 matrix of the antialiased bilinear resize along one axis.
+
+    ``A @ x @ A.T`` equals ``F.interpolate(x, bilinear, antialias=True)`` (a separable linear map) to
+    float rounding, and exports to ONNX as two MatMuls with a constant (the antialiased op has no ONNX
+    export). Built once per size and device, outside any autograd or inference-mode context.
+    """
+    with torch.inference_mode(False), torch.no_grad():
+        eye = torch.eye(n_in, dtype=torch.float32, device=device).view(1, 1, n_in, n_in)
+        cols = F.interpolate(eye, size=(n_out, n_in), mode="bilinear", align_corners=False, antialias=True)
+        return cols[0, 0].contiguous()
 
 
 class IBasicBlock(nn.Module):
@@ -115,7 +130,9 @@ class IResNet(nn.Module):
             return x
         if x.shape[-2:] == (2 * side, 2 * side):
             return F.avg_pool2d(x, 2)
-        return F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+        rows = resize_matrix(int(x.shape[-2]), side, x.device).to(x.dtype)
+        cols = resize_matrix(int(x.shape[-1]), side, x.device).to(x.dtype)
+        return torch.matmul(torch.matmul(rows, x), cols.t())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.resize_input(x)

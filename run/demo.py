@@ -148,4 +148,6 @@ def print_summary(s: dict, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from utils.cli import run_cli
+
+    sys.exit(run_cli(main, None, "demo.py"))

@@ -13,21 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from utils.atomic import SPACE_ERRNOS, OutputWriteError
+from utils.cli import one_line
 from utils.dist import broadcast_object
 from utils.logger import get_logger
 
 
 class WorkerDied(RuntimeError):
     """A DataLoader worker process died (killed by a signal or exited) mid-epoch."""
-
-
-def one_line(error: BaseException) -> str:
-    """The error's message; for one re-raised from a DataLoader worker, the worker's own last line."""
-    text = str(error)
-    if "Original Traceback" in text:
-        last = [line for line in text.splitlines() if line.strip()][-1]
-        text = last.split(": ", 1)[1] if last.startswith(type(error).__name__ + ":") else last
-    return text
 
 
 def is_space_error(error: BaseException) -> bool:

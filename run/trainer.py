@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +21,11 @@ from models import MagFaceHead, build_backbone
 from models.sharded import ShardedMagFaceHead, init_rows
 from run.config import TrainConfig
 from run.engine import LoopState, NonFiniteError, NonFiniteGuard, lr_at, sharded_grad_norm, train_one_epoch
-from run.failures import WorkerDied, data_fault, is_space_error, one_line, shared_save
+from run.failures import WorkerDied, data_fault, is_space_error, shared_save
 from run.faults import Faults
 from run.preempt import PREEMPT_EXIT, Preempted, PreemptWatch, ignore_in_worker, parse_signals, raise_preempted
 from run.state import Position, gather_rows, remove_stale_temporaries, resume_training, save_training_state
+from utils import cli
 from utils.checkpoint import backbone_state, load_backbone_state, read_checkpoint, save_released
 from utils.convention import parse_convention
 from utils.dist import DistInfo, resolve_device, shard_range
@@ -269,28 +269,16 @@ class DistFailure(RuntimeError):
     """A collective failed or timed out: another rank hung, died or lost its connection."""
 
 
-# exit status of the command-line entry points for the failures they explain in one line; a write that
-# the disk refused (full, quota, read-only: run.failures.is_space_error) exits with 5
-EXIT_CODES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int], ...] = (
-    ((ValueError, FileNotFoundError), 2), (NonFiniteError, 3), (DistFailure, 4), (WorkerDied, 6),
-    (Preempted, PREEMPT_EXIT),
-)
+# exit status of the trainers' failures beyond bad input (2, utils.cli); a write that the disk refused
+# (full, quota, read-only: run.failures.is_space_error) exits with 5
+EXIT_CODES = ((NonFiniteError, 3), (DistFailure, 4), (WorkerDied, 6), (Preempted, PREEMPT_EXIT))
 WRITE_REFUSED_EXIT = 5
 
 
+def _write_refused(error: BaseException) -> int | None:
+    return WRITE_REFUSED_EXIT if is_space_error(error) else None
+
+
 def run_cli(main, argv: list[str] | None, prog: str) -> int:
-    """Run ``main(argv)``; expected failures end with one clear line and a distinct exit status."""
-    try:
-        main(argv)
-    except BaseException as error:
-        code = WRITE_REFUSED_EXIT if is_space_error(error) else \
-            next((c for kinds, c in EXIT_CODES if isinstance(error, kinds)), None)
-        if code is None:
-            raise
-        log = get_logger()
-        if log.handlers:
-            log.error(f"{prog}: error: {one_line(error)}")
-        else:
-            print(f"{prog}: error: {one_line(error)}", file=sys.stderr, flush=True)
-        return code
-    return 0
+    """``utils.cli.run_cli`` with the trainers' exit statuses."""
+    return cli.run_cli(main, argv, prog, EXIT_CODES, classify=_write_refused)

@@ -65,7 +65,7 @@ def _toy_erc_set():
 def test_hand_computed_erc_at_fmr_1e_1():
     feats, i0, i1, issame = _toy_erc_set()
     ff = FeatureFile([f"{i}.jpg" for i in range(len(feats))], feats, np.linalg.norm(feats, axis=1), True)
-    report = Q.evaluate_quality(ff, i0, i1, issame, ["magnitude"], 0.1, image_root=None)
+    report = Q.evaluate_quality(ff, i0, i1, issame, ["magnitude"], 0.1)
     # k pairs dropped at step k. k <= 4: bad genuine go first, FNMR = (5-k)/(10-k). k = 5..13: only
     # good genuine remain (0.1 < every impostor): 0. k = 14: one impostor left, the seed's walk stops:
     # NaN; k >= 15: no impostor: NaN.

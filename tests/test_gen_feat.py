@@ -134,7 +134,7 @@ def test_full_disk_during_the_feature_dump_keeps_the_previous_file(faces, model_
 def test_static_batch_padding_keeps_rows(faces, model_and_ckpt, reference):
     list_path, listed = faces
     model = gen_feat.prepare_model(model_and_ckpt[0], "cpu")
-    loader = gen_feat.make_loader([str(list_path.parent / p) for p in listed], 112, 16, 0, torch.device("cpu"))
+    loader = gen_feat.make_loader([str(list_path.parent / p) for p in listed], 16, 0, torch.device("cpu"))
     feats = gen_feat.run_model(model, loader, N_FACES, 512, torch.device("cpu"), convention=MAGFACE,
                                static_batch=16, print_freq=100)
     assert np.abs(feats - reference).max() / np.abs(reference).max() < 1e-4

@@ -92,7 +92,7 @@ def test_cli_embeds_with_stored_convention_and_writes_two_pngs(lfw_dir, tiny_che
 
     paths = list_images(lfw_dir / "img.list", 6)
     assert paths[0] == lfw_dir / "images/Abel_Pacheco/Abel_Pacheco_0001.jpg"
-    pixels = torch.from_numpy(load_images(paths, 112).transpose(0, 3, 1, 2).copy())
+    pixels = torch.from_numpy(load_images(paths).transpose(0, 3, 1, 2).copy())
     with torch.no_grad():
         mags = model(to_model_input(pixels, INSIGHTFACE)).norm(dim=1).numpy()
         wrong = model(to_model_input(pixels, MAGFACE)).norm(dim=1).numpy()
@@ -119,4 +119,4 @@ def test_cli_as_file_on_a_folder_and_rejects_unaligned(lfw_dir, tiny_checkpoint,
 
     cv2.imwrite(str(folder / "big.jpg"), np.zeros((250, 250, 3), np.uint8))
     with pytest.raises(ValueError, match="big.jpg"):
-        load_images(list_images(folder, 10), 112)
+        load_images(list_images(folder, 10))

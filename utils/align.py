@@ -262,4 +262,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils.cli import run_cli
+
+    sys.exit(run_cli(main, None, "utils.align"))

@@ -1,4 +1,10 @@
-"""The input convention of a face model: channel order and pixel normalisation.
+"""The input convention of a face model: face size, channel order and pixel normalisation.
+
+Size: every tool (gen_feat, verification, the toy example, the ONNX export, training) reads and feeds
+aligned ``FACE_SIZE`` x ``FACE_SIZE`` (112) faces, whatever resolution the model works at. A model
+built for another ``input_size`` (stored in its checkpoint config; e.g. 56 for the CPU demo) resizes
+inside its own forward (``models.iresnet.IResNet.resize_input``), so the exported ONNX graph does too
+and keeps a (B, 3, 112, 112) input. ``read_aligned_face`` is the one check of that rule.
 
 Released MagFace models take BGR pixels / 255 with no mean/std; insightface (ArcFace) models take
 RGB (x - 127.5) / 127.5. Mixing them up silently costs accuracy, so every checkpoint this project
@@ -10,9 +16,14 @@ to float happens there.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
+import cv2
+import numpy as np
 import torch
+
+FACE_SIZE = 112
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,17 @@ def to_model_input(
     scale, shift = _affine(convention.mean, convention.std, x.device)
     x = x * scale - shift
     return x.to(dtype)
+
+
+def read_aligned_face(path: str | os.PathLike) -> np.ndarray:
+    """uint8 BGR (FACE_SIZE, FACE_SIZE, 3) face, or a ValueError naming the file and what is wrong."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path}: not a readable image (missing, truncated or not an image file)")
+    if image.shape[:2] != (FACE_SIZE, FACE_SIZE):
+        raise ValueError(f"{path}: image is {image.shape[1]}x{image.shape[0]}, expected an aligned "
+                         f"{FACE_SIZE}x{FACE_SIZE} face (align it with python -m utils.align)")
+    return image
 
 
 @functools.lru_cache(maxsize=32)
