@@ -10,10 +10,7 @@
 #   PYTHON      interpreter to use (default: the repository's .venv, else python3)
 set -euo pipefail
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x "$REPO/.venv/bin/python" ]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON=python3; fi
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"  # REPO, PYTHON, PYTHONPATH
 
 usage() { sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
@@ -53,7 +50,6 @@ if [[ -z "$OUT" ]]; then
 fi
 mkdir -p "$OUT"
 
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 failed=0
 JSONS=()
 for bin in "${BINS[@]}"; do

@@ -211,6 +211,7 @@ def print_report(report: dict) -> None:
            f"{report['accuracy_mean']:.5f}+-{report['accuracy_std']:.5f}", f"{report['threshold']:.4f}",
            f"{report['auc']:.5f}"] + [f"{v:.5f}" for v in tars.values()]
     print(format_table(header, [row]))
+    print(f"    Accuracy: {report['accuracy_mean']:2.5f}+-{report['accuracy_std']:2.5f}")  # the seed's eval_1v1 line
 
 
 def _main(argv: list[str]) -> int:

@@ -58,6 +58,8 @@ def export_onnx(
     with warnings.catch_warnings():
         # torch >= 2.9 marks the TorchScript exporter deprecated; it is still the dependency-free path.
         warnings.simplefilter("ignore", DeprecationWarning)
+        # the input side is fixed (FACE_SIZE): the model's shape checks may become constants of the graph
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             model,
             (dummy,),

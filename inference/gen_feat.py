@@ -172,6 +172,7 @@ def run_model(model: torch.nn.Module, loader: DataLoader, num_images: int, emb: 
 
 def extract(args: argparse.Namespace) -> dict:
     t_start = time.perf_counter()
+    listed, resolved = read_image_list(args.inf_list)  # before the (possibly large) model: fail fast
     device = resolve_device("cpu" if args.cpu_mode else args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads or usable_cores())
@@ -183,7 +184,6 @@ def extract(args: argparse.Namespace) -> dict:
     channels_last = args.channels_last in ("on", "auto")
     model = prepare_model(model, device, dtype=DTYPES[args.dtype], fuse=args.fuse == "on", channels_last=channels_last,
                           compile_model=args.compile == "on")
-    listed, resolved = read_image_list(args.inf_list)
     workers = args.workers if args.workers is not None else (8 if device.type == "cuda" else 0)
     batch_size = args.batch_size or (256 if device.type == "cuda" else 64)
     loader = make_loader(resolved, batch_size, workers, device)
