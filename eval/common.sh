@@ -1,5 +1,5 @@
 # Sourced by the eval shell scripts: REPO (this checkout), PYTHON (the interpreter), PYTHONPATH, and
-# print_header FILE (the script's leading comment block, for --help).
+# print_header FILE (the script's leading comment block, for --help) and the seed scripts' steps.
 # PYTHON from the environment wins; else the repository's .venv; else python3 on the PATH.
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ -z "${PYTHON:-}" ]; then
@@ -8,3 +8,42 @@ fi
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 
 print_header() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$1"; }
+
+# The seed scripts' shared steps (eval_recognition/eval.sh, eval_ijb.sh). Each returns non-zero on failure.
+# seed_list PROG LIST NAME: is LIST there? else one line saying NAME is skipped
+seed_list() {
+  [[ -f "$2" ]] && return 0
+  echo "$1: $2 not found in $(pwd); $3 skipped" >&2
+  return 1
+}
+
+# seed_gen_feat PROG NAME LIST FEATS: features as the seed's scripts make them (--arch $ARCH, batch 256,
+# --resume $CKPT) plus $GEN_FEAT_ARGS; a line naming NAME when it fails
+seed_gen_feat() {
+  mkdir -p "$(dirname "$4")" || return 1
+  # shellcheck disable=SC2086  # GEN_FEAT_ARGS is a list of flags
+  "$PYTHON" -m inference.gen_feat --arch "$ARCH" --inf_list "$3" --feat_list "$4" --batch_size 256 \
+    --resume "$CKPT" ${GEN_FEAT_ARGS:-} && return 0
+  echo "$1: gen_feat failed on $2" >&2
+  return 1
+}
+
+# seed_finish PROG FOUND FAILED WHAT: the exit status: 2 when no set was found, 1 when a step failed
+seed_finish() {
+  if [[ $2 -eq 0 ]]; then
+    echo "$1: no $4 in $(pwd) (run it in the folder holding data/)" >&2
+    return 2
+  fi
+  [[ $3 -eq 0 ]] || { echo "$1: $3 step(s) failed" >&2; return 1; }
+}
+
+# seed_args SCRIPT CKPT SUFFIX NL: sets CKPT, FEAT_SUFFIX, ARCH=iresnet$NL, FEAT_PATH; -h/--help prints the
+# script's header (exit 0), another argument count prints it to stderr (exit 2)
+seed_args() {
+  local script=$1
+  shift
+  if [[ $# -eq 1 && ( "$1" == -h || "$1" == --help ) ]]; then print_header "$script"; exit 0; fi
+  if [[ $# -ne 3 ]]; then print_header "$script" >&2; exit 2; fi
+  CKPT=$1 FEAT_SUFFIX=$2 ARCH=iresnet$3
+  FEAT_PATH=./features/magface_${ARCH}
+}

@@ -190,3 +190,11 @@ def test_gen_feat_seed_flags_as_script_and_module(seed_tree, ckpt, tmp_path):
         outs.append(load_feature_file(out, dtype=np.float64))
     assert outs[0].paths == outs[1].paths and len(outs[0].paths) == 40
     np.testing.assert_allclose(outs[0].features, outs[1].features, rtol=1e-5, atol=1e-5)
+
+
+def test_eval_sh_failure_is_one_line_and_exit_1(seed_tree, tmp_path):
+    shutil.copytree(seed_tree / "eval_recognition" / "data" / "lfw", tmp_path / "data" / "lfw")
+    res = sh(REPO / "eval" / "eval_recognition" / "eval.sh", [str(tmp_path / "gone.pth"), "official", NL], tmp_path)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "gen_feat.py: error: " in res.stderr and "gone.pth" in res.stderr
+    assert "eval.sh: data/cfp/img.list not found" in res.stderr and "eval.sh: 1 step(s) failed" in res.stderr
