@@ -30,7 +30,7 @@ ENV = {**{k: v for k, v in os.environ.items() if k != "MAGFACE_DEBUG"}, "PYTHON"
 
 def sh(script: Path, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(script), *args], cwd=cwd, env=ENV, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=1800)  # three gen_feat runs: minutes on a heavily shared 2-core machine
 
 
 @pytest.fixture(scope="module")
