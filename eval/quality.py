@@ -112,7 +112,7 @@ def sharpness_scores(paths: list[str], rows: np.ndarray, image_root: Path) -> np
 
 
 def image_qualities(
-    name: str, ff: FeatureFile, rows: np.ndarray, image_roots: Sequence[Path], seed: int = 0
+    name: str, ff: FeatureFile, rows: np.ndarray, image_roots: Path | Sequence[Path], seed: int = 0
 ) -> np.ndarray:
     """Per-image quality of one named score (higher = better)."""
     if name == "magnitude":
@@ -122,7 +122,8 @@ def image_qualities(
     if name == "sharpness":
         if not ff.has_paths:
             raise ValueError("sharpness needs image paths; this feature file (.npy) has none")
-        return sharpness_scores(ff.paths, rows, find_image_root(ff.paths, rows, image_roots))
+        roots = [image_roots] if isinstance(image_roots, (str, os.PathLike)) else list(image_roots)
+        return sharpness_scores(ff.paths, rows, find_image_root(ff.paths, rows, roots))
     raise ValueError(f"unknown quality score {name!r}; choose from {SCORES}")
 
 

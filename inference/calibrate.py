@@ -19,7 +19,6 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from dataloader.transforms import FACE_SIZE  # noqa: E402
 from eval.feature_io import load_feature_file  # noqa: E402
 from inference.extract import prepare_model  # noqa: E402
 from inference.gen_feat import DTYPES, make_loader, read_image_list, run_model, usable_cores  # noqa: E402
@@ -40,7 +39,7 @@ def reference_magnitudes(resume: str, inf_list: str, *, arch: str | None = None,
     model, conv, info = load_backbone(resume, arch, "cpu", conv)
     model = prepare_model(model, dev, dtype=DTYPES[dtype])
     _, resolved = read_image_list(inf_list)
-    loader = make_loader(resolved, FACE_SIZE, batch_size, workers, dev)
+    loader = make_loader(resolved, batch_size, workers, dev)
     feats = run_model(model, loader, len(resolved), info["embedding_size"], dev, convention=conv,
                       dtype=DTYPES[dtype], print_freq=10**9)
     return np.linalg.norm(feats.astype(np.float64), axis=1)
