@@ -77,6 +77,14 @@ class TrainConfig:
     tensorboard: bool = True
     resume: str = ""
     pretrained: str = ""
+    # monitoring (run/vis_mag.py, run/validate.py): never changes the optimisation
+    vis_mag: int = 0
+    vis_mag_start: int = 10000
+    vis_mag_every: int = 100
+    val_bin: list[str] = field(default_factory=list)
+    val_every: int = 0
+    val_batch_size: int = 128
+    save_best: bool = False
 
     def validate(self) -> None:
         parse_convention(self.input_convention)
@@ -102,8 +110,19 @@ class TrainConfig:
         if self.lr <= 0 or self.dist_timeout <= 0:
             raise ValueError(f"--lr and --dist-timeout must be positive, got {self.lr} and {self.dist_timeout}")
         DegradeAugment(self.degrade_prob, parse_kinds(self.degrade_kinds), self.degrade_max_severity)
+        self._validate_monitoring()
         if not 0 <= self.start_epoch < self.epochs:
             raise ValueError(f"--start-epoch {self.start_epoch} must lie in [0, epochs={self.epochs})")
+
+    def _validate_monitoring(self) -> None:
+        for key, low in {"vis_mag_start": 0, "vis_mag_every": 1, "val_every": 0, "val_batch_size": 1}.items():
+            if getattr(self, key) < low:
+                raise ValueError(f"--{key.replace('_', '-')} must be >= {low}, got {getattr(self, key)}")
+        if self.save_best and not self.val_bin:
+            raise ValueError("--save-best needs --val-bin FILE...")
+        for path in self.val_bin:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"--val-bin: verification set not found: {path}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -169,10 +188,18 @@ FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "pth_save_fold": (("--pth-save-fold",), "output folder for checkpoints and logs"),
     "pth_save_epoch": (("--pth-save-epoch",), "write {epoch:05d}.pth every N epochs"),
     "save_every_steps": (("--save-every-steps",), "also write last.pth every N steps (0 = off)"),
-    "print_freq": (("--print-freq",), "log every N steps"),
+    "print_freq": (("--print-freq", "-p"), "log every N steps"),
     "tensorboard": (("--tensorboard",), "write TensorBoard scalars and histograms"),
     "resume": (("--resume",), "resume from a last.pth, or 'auto' for PTH_SAVE_FOLD/last.pth if present"),
     "pretrained": (("--pretrained",), "initialise the backbone from any supported checkpoint"),
+    "vis_mag": (("--vis_mag", "--vis-mag"), "1 = the seed's magnitude dump: OUT/vis/epoch_E_iterI.npz (magnitude, "
+                "target probability, s*cos of the target) plus a magnitude-vs-cosine PNG and TensorBoard figure"),
+    "vis_mag_start": (("--vis-mag-start",), "--vis_mag: only at steps-in-epoch above this (the seed's 10000)"),
+    "vis_mag_every": (("--vis-mag-every",), "--vis_mag: every N steps-in-epoch (the seed's 100)"),
+    "val_bin": (("--val-bin",), "verification .bin sets (lfw.bin, cfp_fp.bin...) scored during training"),
+    "val_every": (("--val-every",), "with --val-bin: validate every N global steps (0 = at each epoch's end)"),
+    "val_batch_size": (("--val-batch-size",), "images per forward pass when validating (per process)"),
+    "save_best": (("--save-best",), "keep PTH_SAVE_FOLD/best.pth: the model with the best mean --val-bin accuracy"),
 }
 
 
@@ -196,13 +223,24 @@ def get_args_parser(description: str = "Train MagFace") -> argparse.ArgumentPars
             kwargs.update(type=_str2bool, nargs="?", const=True, metavar="0|1")
         elif f.name == "lr_drop_epoch":
             kwargs.update(type=int, nargs="+")
+        elif f.name == "val_bin":
+            kwargs.update(type=str, nargs="+", metavar="FILE")
         else:
             kwargs["type"] = {"int": int, "float": float, "str": str}[str(f.type)]
         parser.add_argument(*names, **kwargs)
+    # the seed's trainer_dist.py switches, accepted by both trainers and mapped onto --amp / --margin
+    parser.add_argument("--fp16", type=int, default=None, metavar="0|1",
+                        help="the seed's switch: 1 = --amp fp16 (prefer --amp bf16 on GPUs that have it)")
+    parser.add_argument("--arc", type=int, default=None, metavar="0|1",
+                        help="the seed's switch: 1 = Mag-ArcFace, 0 = Mag-CosFace (= --margin cos)")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    if getattr(args, "fp16", None):
+        args.amp = "fp16"
+    if getattr(args, "arc", None) is not None:
+        args.margin = "arc" if args.arc else "cos"
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     cfg.validate()
     return cfg
@@ -212,7 +250,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 BENIGN_KEYS = {"world_size", "resume", "workers", "print_freq", "tensorboard", "pth_save_fold", "max_steps",
                "start_epoch", "dist_timeout", "save_every_steps", "pth_save_epoch", "compile",
                "device", "pretrained", "channels_last", "epochs", "max_nonfinite", "deterministic",
-               "skip_bad_images", "max_bad_fraction", "preempt_signals", "slurm_requeue", "on_save_error"}
+               "skip_bad_images", "max_bad_fraction", "preempt_signals", "slurm_requeue", "on_save_error",
+               "vis_mag", "vis_mag_start", "vis_mag_every", "val_bin", "val_every", "val_batch_size", "save_best"}
 
 
 # Options added after checkpoints were first written; a checkpoint without them ran with these defaults.

@@ -14,6 +14,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.distributed as tdist
@@ -40,6 +41,15 @@ def lr_at(step: int, steps_per_epoch: int, base_lr: float, epochs: int, schedule
         return 0.5 * base_lr * (1.0 + math.cos(math.pi * progress))
     completed = int(step // max(steps_per_epoch, 1))
     return base_lr * drop_ratio ** sum(completed >= e for e in drop_epochs)
+
+
+class StepHooks(Protocol):
+    """Monitoring that reads a step without changing it (``run.hooks.TrainHooks``: --vis_mag, --val-bin)."""
+
+    def on_forward(self, epoch: int, step: int, embeddings: torch.Tensor, labels: torch.Tensor,
+                   head: nn.Module) -> None: ...
+
+    def after_step(self, epoch: int, step: int, global_step: int) -> None: ...
 
 
 class NonFiniteError(RuntimeError):
@@ -101,6 +111,7 @@ class LoopState:
     convention: InputConvention = MAGFACE
     # Optional damage augmentation of the host batch (--degrade-prob); None = off.
     degrade: Callable[[torch.Tensor, int, int, int], torch.Tensor] | None = None
+    hooks: StepHooks | None = None
 
 
 def flip_mask(seed: int, step: int, n: int) -> torch.Tensor:
@@ -242,7 +253,7 @@ class _Meters:
 
 
 def _guarded_forward(backbone: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.Tensor, buffers: list,
-                     saved: list, state: LoopState) -> tuple[dict[str, torch.Tensor], bool]:
+                     saved: list, state: LoopState) -> tuple[dict[str, torch.Tensor], torch.Tensor, bool]:
     """Forward pass; when the loss is not finite the BatchNorm statistics it touched are put back."""
     if buffers:
         torch._foreach_copy_(saved, buffers)
@@ -252,7 +263,7 @@ def _guarded_forward(backbone: nn.Module, head: nn.Module, x: torch.Tensor, y: t
     finite = bool(torch.isfinite(out["loss"]))
     if not finite and buffers:
         torch._foreach_copy_(buffers, saved)
-    return out, finite
+    return out, emb, finite
 
 
 def train_one_epoch(
@@ -291,9 +302,11 @@ def train_one_epoch(
         lr = state.lr_fn(state.global_step)
         for group in (g for opt in optimizers for g in opt.param_groups):
             group["lr"] = lr
-        out, finite = _guarded_forward(backbone, head, x, y, buffers, saved_buffers, state)
+        out, emb, finite = _guarded_forward(backbone, head, x, y, buffers, saved_buffers, state)
         loss_value = 0.0 if finite else out["loss"].item()
         if state.guard.update(finite, loss_value, epoch, step + 1, state.global_step + 1):
+            if state.hooks is not None:
+                state.hooks.on_forward(epoch, step, emb, y, head)
             scaler.scale(out["loss"]).backward()
             optimizer_step(optimizers, scaler, params, state)
             meters.add(_step_metrics(out, head.cfg.lambda_g))
@@ -303,6 +316,8 @@ def train_one_epoch(
         if step % state.print_freq == 0 or step == state.steps_per_epoch:
             _log_window(log, tb, epoch, step, state, lr, meters.take_window(), speed.rate(), out)
             speed.reset()
+        if state.hooks is not None:
+            state.hooks.after_step(epoch, step, state.global_step)
         stop = on_step_end(step) if on_step_end is not None else False
         if stop or step >= state.steps_per_epoch:
             break

@@ -32,15 +32,6 @@ _DIST_MARKS = ("gloo", "nccl", "c10d", "processgroup", "connection closed by pee
 _TIMEOUT_MARKS = ("timed out", "timeout", "watchdog")
 
 
-def get_parser():
-    parser = get_args_parser("Train MagFace with DDP and a class-sharded head (launch with torchrun)")
-    parser.add_argument("--fp16", type=int, default=None, metavar="0|1",
-                        help="the seed's switch: 1 = --amp fp16 (prefer --amp bf16 on GPUs that have it)")
-    parser.add_argument("--arc", type=int, default=None, metavar="0|1",
-                        help="the seed's switch: 1 = Mag-ArcFace, 0 = Mag-CosFace (= --margin cos)")
-    return parser
-
-
 def explain_dist_error(error: BaseException, rank: int, timeout_s: float, joined: bool = True) -> DistFailure | None:
     """A one-line account of a failed collective, or None when ``error`` is something else."""
     text = str(error)
@@ -59,11 +50,7 @@ def explain_dist_error(error: BaseException, rank: int, timeout_s: float, joined
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = get_parser().parse_args(argv)
-    if args.fp16 is not None:
-        args.amp = "fp16" if args.fp16 else args.amp
-    if args.arc is not None:
-        args.margin = "arc" if args.arc else "cos"
+    args = get_args_parser("Train MagFace with DDP and a class-sharded head (launch with torchrun)").parse_args(argv)
     cfg = config_from_args(args)
     device_type = "cpu" if cfg.device == "cpu" or not torch.cuda.is_available() else "cuda"
     info = None

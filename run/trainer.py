@@ -23,6 +23,7 @@ from run.config import TrainConfig
 from run.engine import LoopState, NonFiniteError, NonFiniteGuard, lr_at, sharded_grad_norm, train_one_epoch
 from run.failures import WorkerDied, data_fault, is_space_error, shared_save
 from run.faults import Faults
+from run.hooks import build_hooks
 from run.preempt import PREEMPT_EXIT, Preempted, PreemptWatch, ignore_in_worker, parse_signals, raise_preempted
 from run.state import Position, gather_rows, remove_stale_temporaries, resume_training, save_training_state
 from utils import cli
@@ -84,9 +85,10 @@ class Run:
         if shared_save(write, path, self.cfg.on_save_error, self.dist.distributed):
             self.saved_step = pos.global_step
 
-    def save_epoch(self, epoch_done: int) -> Path | None:
-        """Collective: the released layout with the whole [D, C] head, written by rank 0; None if refused."""
-        path = self.out_dir / f"{epoch_done:05d}.pth"
+    def save_epoch(self, epoch_done: int, name: str | None = None) -> Path | None:
+        """Collective: the released layout with the whole [D, C] head, written by rank 0 (as ``name``); None if
+        refused."""
+        path = self.out_dir / (name or f"{epoch_done:05d}.pth")
 
         def write() -> None:
             full = gather_rows(self.head.weight.detach().float(), self.cfg.last_fc_size)
@@ -200,6 +202,7 @@ def train(cfg: TrainConfig, dist: DistInfo) -> dict:
     bad = BadSampleCounter(cfg.max_bad_fraction) if cfg.skip_bad_images else None
     written: list[str] = []
     try:
+        state.hooks = build_hooks(run, steps_per_epoch, tb, state.amp_dtype, pos.global_step if cfg.resume else None)
         if cfg.max_steps and state.global_step >= cfg.max_steps:
             log.info(f"--max-steps {cfg.max_steps} already reached (global step {state.global_step}); nothing to do")
         elif pos.epoch >= cfg.epochs:

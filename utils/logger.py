@@ -104,6 +104,11 @@ class TensorBoard:
         if self.writer is not None:
             self.writer.add_histogram(tag, values, step)
 
+    def figure(self, tag: str, figure, step: int) -> None:
+        """A matplotlib figure as an image (TensorBoard's Images tab)."""
+        if self.writer is not None:
+            self.writer.add_figure(tag, figure, step, close=False)
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
