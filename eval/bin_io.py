@@ -75,19 +75,25 @@ def decode_image(buf: np.ndarray, path: Path, index: int, image_size: tuple[int,
 
 
 def read_bin(
-    path: str | os.PathLike, image_size: tuple[int, int] | None = (112, 112)
+    path: str | os.PathLike, image_size: tuple[int, int] | None = (112, 112), rows: range | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """-> (uint8 (2N, H, W, 3) BGR images, bool (N,) issame)."""
+    """-> (uint8 (2N, H, W, 3) BGR images, bool (N,) issame); only the images ``rows`` when given (a
+    process's share: the others stay encoded and are never decoded)."""
     path = Path(path)
     bins, issame = read_bin_raw(path)
-    first = decode_image(_as_buffer(bins[0], path, 0), path, 0, image_size)
-    images = np.empty((len(bins),) + first.shape, dtype=np.uint8)
-    images[0] = first
-    for i in range(1, len(bins)):
+    rows = range(len(bins)) if rows is None else rows
+    if rows.start < 0 or rows.stop > len(bins):
+        raise ValueError(f"{path}: images {rows.start}..{rows.stop - 1} asked for, the set has {len(bins)}")
+    images = None
+    for k, i in enumerate(rows):
         img = decode_image(_as_buffer(bins[i], path, i), path, i, image_size)
-        if img.shape != first.shape:
-            raise ValueError(f"{path}: bin {i} has shape {img.shape}, bin 0 has {first.shape}")
-        images[i] = img
+        if images is None:
+            images = np.empty((len(rows),) + img.shape, dtype=np.uint8)
+        elif img.shape != images.shape[1:]:
+            raise ValueError(f"{path}: bin {i} has shape {img.shape}, bin {rows.start} has {images.shape[1:]}")
+        images[k] = img
+    if images is None:
+        images = np.empty((0, *(image_size or (112, 112)), 3), dtype=np.uint8)
     return images, issame
 
 

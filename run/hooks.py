@@ -61,7 +61,7 @@ def build_hooks(run: Run, steps_per_epoch: int, tb: TensorBoard | None, amp_dtyp
                                          dist.distributed, cfg.last_fc_size, tb)
     validator = None
     if cfg.val_bin:
-        sets = load_val_sets(cfg.val_bin)
+        sets = load_val_sets(cfg.val_bin, dist.world_size, dist.rank)
         get_logger().info(f"--val-bin: {', '.join(f'{s.name} ({len(s.issame)} pairs)' for s in sets)}, every "
                           f"{f'{cfg.val_every} steps' if cfg.val_every else 'epoch'}")
         embed = functools.partial(embed_sharded, run.backbone, device=run.device,

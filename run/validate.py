@@ -1,11 +1,12 @@
 """``--val-bin FILE... --val-every N``: 1:1 verification of insightface ``.bin`` sets while training.
 
-Each set is decoded once (``eval.bin_io.read_bin``) and kept in memory as uint8 (LFW: 12,000 faces, 450 MB).
-At a validation step every rank embeds its contiguous share of the images with the current backbone in
-eval mode (``inference.extract.embed_array``, no BN folding: the live module is used as it is), rank 0
-gathers them and scores the set with the seed's 10-fold protocol (``eval.verification.evaluate_pairs``),
-and the backbone goes back to train mode. Nothing random is drawn and the RNG states are restored
-around it anyway, so a run with validation trains bit-identically to one without.
+Each process decodes its contiguous share of each set once (``eval.bin_io.read_bin``) and keeps it in
+memory as uint8 (all of LFW's 12,000 faces: 450 MB, split over the ranks). At a validation step every rank
+embeds its share with the current backbone in eval mode (``inference.extract.embed_array``, no BN
+folding: the live module is used as it is), rank 0 gathers them and scores the set with the seed's
+10-fold protocol (``eval.verification.evaluate_pairs``), and the backbone goes back to train mode.
+Nothing random is drawn and the RNG states are restored around it anyway, so a run with validation
+trains bit-identically to one without.
 
 Rank 0 logs accuracy, threshold and the magnitude distribution, writes them to TensorBoard, keeps the
 best per set in ``PTH_SAVE_FOLD/val_metrics.json`` (atomic) and, with ``--save-best``, ``best.pth``
@@ -28,7 +29,7 @@ from eval.metrics import write_json_atomic
 from eval.verification import evaluate_pairs
 from inference.extract import embed_array
 from utils.convention import InputConvention
-from utils.dist import broadcast_object, gather_row_shards, get_rank, get_world_size, shard_range
+from utils.dist import broadcast_object, gather_row_shards, get_world_size, shard_range
 from utils.logger import TensorBoard, get_logger
 
 METRICS_FILE = "val_metrics.json"
@@ -38,21 +39,26 @@ PERCENTILES = (5, 25, 50, 75, 95)
 @dataclass(frozen=True)
 class ValSet:
     name: str
-    images: np.ndarray  # uint8 (2N, H, W, 3) BGR
+    images: np.ndarray  # uint8 (n, H, W, 3) BGR: this process's share of the set's 2N images
     issame: np.ndarray  # bool (N,)
 
+    @property
+    def num_images(self) -> int:
+        return 2 * len(self.issame)
 
-def load_val_sets(paths: list[str], folds: int = 10) -> list[ValSet]:
-    """Decode every ``.bin`` once; names are the file stems and must differ."""
+
+def load_val_sets(paths: list[str], world_size: int = 1, rank: int = 0, folds: int = 10) -> list[ValSet]:
+    """Decode this rank's share (``shard_range``) of every ``.bin``; names are the file stems and must differ."""
     sets, seen = [], {}
     for path in paths:
         name = Path(path).stem
         if name in seen:
             raise ValueError(f"--val-bin: {path} and {seen[name]} have the same name {name!r}; rename one")
         seen[name] = path
-        images, issame = read_bin(path, image_size=None)
+        _, issame = read_bin(path, rows=range(0))
         if len(issame) < folds:
             raise ValueError(f"--val-bin {path}: {len(issame)} pairs, the {folds}-fold protocol needs {folds}")
+        images, _ = read_bin(path, image_size=None, rows=range(*shard_range(2 * len(issame), world_size, rank)))
         sets.append(ValSet(name, images, issame))
     return sets
 
@@ -64,30 +70,29 @@ def magnitude_summary(features: np.ndarray) -> dict[str, float]:
     return summary
 
 
-def embed_sharded(backbone: nn.Module, images: np.ndarray, device: torch.device, convention: InputConvention,
+def embed_sharded(backbone: nn.Module, val_set: ValSet, device: torch.device, convention: InputConvention,
                   dtype: torch.dtype, batch_size: int, embedding_size: int) -> np.ndarray | None:
     """Every rank embeds its share (collective under a process group); the whole set on rank 0, else None.
 
     The backbone is switched to eval mode for the pass and back to the mode it had.
     """
-    world, rank = get_world_size(), get_rank()
-    lo, hi = shard_range(len(images), world, rank)
     was_training = backbone.training
     try:
-        local = embed_array(backbone, images[lo:hi], batch_size=batch_size, device=device, convention=convention,
-                            dtype=dtype, prepare=False) if hi > lo else np.zeros((0, embedding_size), np.float32)
+        local = embed_array(backbone, val_set.images, batch_size=batch_size, device=device, convention=convention,
+                            dtype=dtype, prepare=False) if len(val_set.images) else np.zeros((0, embedding_size),
+                                                                                             np.float32)
     finally:
         backbone.train(was_training)
-    if world == 1:
+    if get_world_size() == 1:
         return local
-    full = gather_row_shards(torch.from_numpy(local).to(device), len(images), dst=0)
+    full = gather_row_shards(torch.from_numpy(local).to(device), val_set.num_images, dst=0)
     return full.cpu().numpy() if full is not None else None
 
 
 class Validator:
     """Runs the validations, keeps the bests and writes ``val_metrics.json`` (rank 0)."""
 
-    def __init__(self, sets: list[ValSet], out_dir: str | Path, embed: Callable[[np.ndarray], np.ndarray | None],
+    def __init__(self, sets: list[ValSet], out_dir: str | Path, embed: Callable[[ValSet], np.ndarray | None],
                  is_main: bool, tb: TensorBoard | None = None, save_best: Callable[[int], object] | None = None,
                  resume_step: int | None = None) -> None:
         self.sets, self.embed, self.is_main, self.tb, self.save_best = sets, embed, is_main, tb, save_best
@@ -126,7 +131,7 @@ class Validator:
         started = time.perf_counter()
         results = {}
         for val_set in self.sets:
-            feats = self.embed(val_set.images)
+            feats = self.embed(val_set)
             if feats is not None:
                 results[val_set.name] = self._score(val_set, feats)
         improved, entry = False, None
