@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -317,7 +318,9 @@ def train_one_epoch(
             _log_window(log, tb, epoch, step, state, lr, meters.take_window(), speed.rate(), out)
             speed.reset()
         if state.hooks is not None:
+            began = time.perf_counter()
             state.hooks.after_step(epoch, step, state.global_step)
+            speed.skip(time.perf_counter() - began)
         stop = on_step_end(step) if on_step_end is not None else False
         if stop or step >= state.steps_per_epoch:
             break

@@ -2,9 +2,9 @@
 
 Each process decodes its contiguous share of each set once (``eval.bin_io.read_bin``) and keeps it in
 memory as uint8 (all of LFW's 12,000 faces: 450 MB, split over the ranks). At a validation step every rank
-embeds its share with the current backbone in eval mode (``inference.extract.embed_array``, no BN
-folding: the live module is used as it is), rank 0 gathers them and scores the set with the seed's
-10-fold protocol (``eval.verification.evaluate_pairs``), and the backbone goes back to train mode.
+embeds its share with a copy of the current backbone in eval mode, BN folded (``inference.extract``),
+and rank 0 gathers the embeddings and scores the set with the seed's 10-fold protocol
+(``eval.verification.evaluate_pairs``); the training module is not touched.
 Nothing random is drawn and the RNG states are restored around it anyway, so a run with validation
 trains bit-identically to one without.
 
@@ -14,6 +14,7 @@ best per set in ``PTH_SAVE_FOLD/val_metrics.json`` (atomic) and, with ``--save-b
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable
@@ -74,15 +75,14 @@ def embed_sharded(backbone: nn.Module, val_set: ValSet, device: torch.device, co
                   dtype: torch.dtype, batch_size: int, embedding_size: int) -> np.ndarray | None:
     """Every rank embeds its share (collective under a process group); the whole set on rank 0, else None.
 
-    The backbone is switched to eval mode for the pass and back to the mode it had.
+    A copy of the backbone is made ready for inference (BN folded, channels-last: 1.3-1.7x faster on a
+    CPU than the live module in eval mode); the training module itself is never touched.
     """
-    was_training = backbone.training
-    try:
-        local = embed_array(backbone, val_set.images, batch_size=batch_size, device=device, convention=convention,
-                            dtype=dtype, prepare=False) if len(val_set.images) else np.zeros((0, embedding_size),
-                                                                                             np.float32)
-    finally:
-        backbone.train(was_training)
+    if len(val_set.images):
+        local = embed_array(copy.deepcopy(backbone), val_set.images, batch_size=batch_size, device=device,
+                            convention=convention, dtype=dtype, prepare=True)
+    else:
+        local = np.zeros((0, embedding_size), np.float32)
     if get_world_size() == 1:
         return local
     full = gather_row_shards(torch.from_numpy(local).to(device), val_set.num_images, dst=0)

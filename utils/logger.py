@@ -73,6 +73,10 @@ class Throughput:
         self.t0 = time.perf_counter()
         self.images = 0
 
+    def skip(self, seconds: float) -> None:
+        """Leave ``seconds`` spent on something other than training (validation) out of the rate."""
+        self.t0 += seconds
+
 
 def format_eta(seconds: float) -> str:
     seconds = max(int(seconds), 0)
