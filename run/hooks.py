@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from run.validate import Validator, embed_sharded, load_val_sets
 from run.vis_mag import MagnitudeVisualizer
 from utils.convention import parse_convention
 from utils.logger import TensorBoard, get_logger
 
 if TYPE_CHECKING:
     from run.trainer import Run
+    from run.validate import Validator
 
 
 def _rng_devices(device: torch.device) -> list[int]:
@@ -61,6 +61,9 @@ def build_hooks(run: Run, steps_per_epoch: int, tb: TensorBoard | None, amp_dtyp
                                          dist.distributed, cfg.last_fc_size, tb)
     validator = None
     if cfg.val_bin:
+        # imported here: scikit-learn and the inference code cost every run start a second or more otherwise
+        from run.validate import Validator, embed_sharded, load_val_sets
+
         sets = load_val_sets(cfg.val_bin, dist.world_size, dist.rank)
         get_logger().info(f"--val-bin: {', '.join(f'{s.name} ({len(s.issame)} pairs)' for s in sets)}, every "
                           f"{f'{cfg.val_every} steps' if cfg.val_every else 'epoch'}")
