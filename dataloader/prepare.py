@@ -34,6 +34,7 @@ from dataloader.pack_rec import pack_train_list  # noqa: E402
 from inference.photo_faces import IMAGE_SUFFIXES, FaceOptions, add_face_args, default_workers, iter_photo_faces  # noqa: E402,E501
 from utils.align import write_jpeg_atomic  # noqa: E402
 from utils.atomic import atomic_write  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 from utils.detect import POLICIES  # noqa: E402
 
 
@@ -124,13 +125,14 @@ def write_set(out: Path, kept: dict[str, list[str]], dropped: list[str], counts:
     return 0
 
 
+def _main(argv: list[str]) -> int:
+    return prepare(get_args_parser().parse_args(argv))
+
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        return prepare(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    """Exit status 0, or 2 with one line naming the file/line at fault (``utils.cli``); --debug for a traceback."""
+    return run_cli(_main, argv, "dataloader.prepare")
 
 
 if __name__ == "__main__":

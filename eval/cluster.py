@@ -30,6 +30,7 @@ from eval.cluster_labels import find_ijbb_protocol, read_labels
 from eval.cluster_metrics import cluster_scores
 from eval.feature_io import load_feature_file
 from eval.metrics import format_table, write_json_atomic
+from utils.cli import run_cli
 
 REJECT_SCORES = ("magnitude", "random")
 CURVE_KEYS = ("pairwise_precision", "pairwise_recall", "pairwise_f", "bcubed_precision", "bcubed_recall",
@@ -179,17 +180,19 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        report = run(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    report = run(args)
     print(format_report(report))
     if args.json:
         write_json_atomic(args.json, report)
     return 0
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status 0, or 2 with one line naming the file/line at fault (``utils.cli``); --debug for a traceback."""
+    return run_cli(_main, argv, "eval.cluster")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from eval.feature_io import FeatureFile, load_feature_file  # noqa: E402
 from eval.metrics import format_table, line_of_row, read_pair_list, write_json_atomic  # noqa: E402
 from eval.quality import REJECT_RATIOS, SCORES, image_qualities  # noqa: E402
 from utils.atomic import atomic_write  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 from utils.degrade import KINDS  # noqa: E402
 
 __all__ = ["make_damaged_set", "read_damage_table", "load_scores", "quality_report", "read_score_file",
@@ -190,14 +191,15 @@ def run(args: argparse.Namespace) -> None:
         write_json_atomic(args.json, report)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def _main(argv: list[str]) -> int:
+    run(build_parser().parse_args(argv))
     return 0
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status 0, or 2 with one line naming the file/line at fault (``utils.cli``); --debug for a traceback."""
+    return run_cli(_main, argv, "eval.damage")
 
 
 if __name__ == "__main__":

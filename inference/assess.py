@@ -37,6 +37,7 @@ from inference.photo_faces import (  # noqa: E402
 )
 from inference.quality_report import contact_sheet, record_row, save_crops, write_csv, write_json  # noqa: E402
 from utils.checkpoint import load_backbone  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 from utils.convention import parse_convention  # noqa: E402
 from utils.detect import POLICIES  # noqa: E402
 from utils.dist import resolve_device  # noqa: E402
@@ -165,13 +166,14 @@ def write_outputs(args: argparse.Namespace, order: list[FaceRecord], feats: dict
     return 0
 
 
+def _main(argv: list[str]) -> int:
+    return assess(get_args_parser().parse_args(argv))
+
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        return assess(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    """Exit status 0, or 2 with one line naming the file/line at fault (``utils.cli``); --debug for a traceback."""
+    return run_cli(_main, argv, "inference.assess")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from eval.feature_io import load_feature_file  # noqa: E402
 from inference.extract import prepare_model  # noqa: E402
 from inference.gen_feat import DTYPES, make_loader, read_image_list, run_model, usable_cores  # noqa: E402
 from utils.checkpoint import load_backbone  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 from utils.convention import parse_convention  # noqa: E402
 from utils.dist import resolve_device  # noqa: E402
 from utils.quality_scale import OFIQ, file_sha256, fit_calibration, logistic_quality, save_calibration, side_file  # noqa: E402,E501
@@ -62,20 +63,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     args = get_args_parser().parse_args(argv)
-    try:
-        if args.feat_list:
-            mags, source = load_feature_file(args.feat_list).magnitudes, str(args.feat_list)
-        else:
-            mags = reference_magnitudes(args.resume, args.inf_list, arch=args.arch, device=args.device,
-                                        dtype=args.dtype, batch_size=args.batch_size, workers=args.workers,
-                                        convention=args.input_convention)
-            source = str(args.inf_list)
-        calibration = fit_calibration(mags, source, file_sha256(args.resume))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.feat_list:
+        mags, source = load_feature_file(args.feat_list).magnitudes, str(args.feat_list)
+    else:
+        mags = reference_magnitudes(args.resume, args.inf_list, arch=args.arch, device=args.device,
+                                    dtype=args.dtype, batch_size=args.batch_size, workers=args.workers,
+                                    convention=args.input_convention)
+        source = str(args.inf_list)
+    calibration = fit_calibration(mags, source, file_sha256(args.resume))
     out = Path(args.out) if args.out else side_file(args.resume)
     save_calibration(calibration, out)
     q = logistic_quality(mags, calibration)
@@ -84,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
           f"p95 {calibration.p95:.3f}\ncalibration: centre {calibration.centre:.3f}, width {calibration.width:.3f} "
           f"-> reference quality mean {q.mean():.1f} (OFIQ's constants would give {q_ofiq.mean():.1f})\nwrote {out}")
     return 0
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status 0, or 2 with one line naming the file/line at fault (``utils.cli``); --debug for a traceback."""
+    return run_cli(_main, argv, "inference.calibrate")
 
 
 if __name__ == "__main__":
