@@ -187,11 +187,16 @@ def test_loader_worker_killed_is_named_with_how_to_resume(data, tmp_path, monkey
     assert run_cli(train_entry.main, args, "train.py") == 6
     pid = re.search(r"SIGKILL to loader worker (\d+) at step 2", capsys.readouterr().out).group(1)
     log = (tmp_path / "run" / "train.log").read_text()
-    assert re.search(rf"train\.py: error: data loader worker \(pid {pid}\) was killed by signal Killed in epoch 0 "
-                     r"after global step [23]\. A worker killed \(SIGKILL\) is usually the kernel's out-of-memory "
-                     r"killer \(see dmesg\): lower --workers or the host's memory use, then rerun with --resume auto "
-                     rf"to continue from {re.escape(str(tmp_path / 'run' / 'last.pth'))} \(global step 2\)", log), \
-        log[-2000:]
+    found = re.search(rf"train\.py: error: data loader worker \(pid {pid}\) was killed by signal Killed in epoch "
+                      r"(\d+) after global step (\d+)\. A worker killed \(SIGKILL\) is usually the kernel's "
+                      r"out-of-memory killer \(see dmesg\): lower --workers or the host's memory use, then rerun with "
+                      rf"--resume auto to continue from {re.escape(str(tmp_path / 'run' / 'last.pth'))} "
+                      r"\(global step (\d+)\)", log)
+    assert found, log[-2000:]
+    # The worker keeps up to 2 batches ahead (prefetch 2 x 1 worker), so the death surfaces after step 2 or 3 of
+    # epoch 0, or, when the last batch of epoch 0 was already queued, when epoch 1 asks the persistent worker
+    # for its first batch (after step 4, which also wrote last.pth).
+    assert tuple(int(g) for g in found.groups()) in {(0, 2, 2), (0, 3, 2), (1, 4, 4)}, found.group(0)
 
 
 def _worker(signals, ready) -> None:
