@@ -31,6 +31,9 @@ OUT = REPO / "bench" / "results" / "quality_study_2026-12-03"
 DEMO = ["--arch", "iresnet18_w32", "--input-size", "56", "--embedding-size", "128", "--batch-size", "64",
         "--lr", "0.1", "--schedule", "cosine", "--warmup-epochs", "1", "--seed", "0"]
 UA40 = ["--l_a", "10", "--u_a", "40", "--lambda_g", "100"]  # feasibility bound lambda_min = 79.6
+# fine-tuning the ArcFace model arc6 with the seed's recipe [l_a, u_a, l_m, u_m, lambda_g] = [1, 51, 0.45, 1, 5]
+FT_SEED = ["--pretrained", "{runs}/arc6/00006.pth", "--l_a", "1", "--u_a", "51", "--l_margin", "0.45",
+           "--u_margin", "1", "--lambda_g", "5", "--lr", "0.02", "--warmup-epochs", "0.25"]
 # name -> (epochs, extra flags, what it tests). "{runs}" in a flag is replaced by the runs folder.
 CONFIGS: dict[str, tuple[int, list[str], str]] = {
     "base6": (6, [], "the demo recipe (l_a 10, u_a 110, lambda_g 35)"),
@@ -43,6 +46,10 @@ CONFIGS: dict[str, tuple[int, list[str], str]] = {
     "ftarc4": (4, ["--pretrained", "{runs}/arc6/00006.pth", "--l_a", "1", "--u_a", "51", "--l_margin", "0.45",
                    "--u_margin", "1", "--lambda_g", "5", "--lr", "0.02", "--warmup-epochs", "0.25"],
                "ftarc, 4 epochs of fine-tuning"),
+    "ftarc4deg": (4, [*FT_SEED, "--degrade-prob", "0.5"],
+                  "ftarc4 + every damage kind on half the fine-tuning faces"),
+    "ftarc8": (8, FT_SEED, "ftarc, 8 epochs of fine-tuning"),
+    "ftarc8deg": (8, [*FT_SEED, "--degrade-prob", "0.5"], "ftarc8 + every damage kind on half the faces"),
     "ftua25": (2, ["--pretrained", "{runs}/arc6/00006.pth", "--l_a", "5", "--u_a", "25", "--l_margin", "0.45",
                    "--u_margin", "1", "--lambda_g", "50", "--lr", "0.02", "--warmup-epochs", "0.25"],
                "arc6 fine-tuned with [l_a, u_a] = [5, 25] around its magnitudes (lambda_min 45.8)"),
