@@ -15,6 +15,8 @@ from run.preempt import parse_signals
 from utils.atomic import atomic_write
 from utils.convention import parse_convention
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 @dataclass
 class TrainConfig:
@@ -62,6 +64,9 @@ class TrainConfig:
     amp: str = "none"
     channels_last: str = "auto"
     compile: str = "auto"
+    compile_mode: str = "default"
+    head_impl: str = "dense"
+    head_chunk: int = 16384
     seed: int = 0
     deterministic: bool = False
     max_nonfinite: int = 20
@@ -94,14 +99,15 @@ class TrainConfig:
             raise ValueError("give exactly one data source: --train_list LIST, --rec DIR or --synthetic N")
         choices = {"schedule": ("step", "cosine"), "amp": ("none", "bf16", "fp16"),
                    "margin": ("arc", "cos"), "channels_last": ("auto", "on", "off"),
-                   "compile": ("auto", "on", "off"), "on_save_error": ("stop", "continue")}
+                   "compile": ("auto", "on", "off"), "on_save_error": ("stop", "continue"),
+                   "compile_mode": COMPILE_MODES, "head_impl": ("dense", "fused")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
-                raise ValueError(f"--{key} must be one of {allowed}, got {getattr(self, key)!r}")
-        positive = ("epochs", "batch_size", "embedding_size", "last_fc_size", "print_freq")
+                raise ValueError(f"--{key.replace('_', '-')} must be one of {allowed}, got {getattr(self, key)!r}")
+        positive = ("epochs", "batch_size", "embedding_size", "last_fc_size", "print_freq", "head_chunk")
         for key in positive:
             if getattr(self, key) <= 0:
-                raise ValueError(f"--{key} must be positive, got {getattr(self, key)}")
+                raise ValueError(f"--{key.replace('_', '-')} must be positive, got {getattr(self, key)}")
         at_least = {"workers": 0, "max_steps": 0, "save_every_steps": 0, "grad_clip": 0.0, "warmup_epochs": 0.0,
                     "dropout": 0.0, "max_nonfinite": 1, "pth_save_epoch": 1}
         for key, low in at_least.items():
@@ -176,6 +182,11 @@ FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "amp": (("--amp",), "mixed precision: none, bf16 or fp16 (head and loss always fp32)"),
     "channels_last": (("--channels-last",), "auto (on for GPU), on, off"),
     "compile": (("--compile",), "torch.compile the backbone: auto (on for GPU), on, off"),
+    "compile_mode": (("--compile-mode",), "torch.compile mode: default, reduce-overhead (CUDA graphs), "
+                     "max-autotune, max-autotune-no-cudagraphs"),
+    "head_impl": (("--head-impl",), "single-process head: dense (the logits matrix) or fused (matmul, margin and "
+                  "softmax cross-entropy in one pass over chunks of classes; same loss, less memory)"),
+    "head_chunk": (("--head-chunk",), "--head-impl fused: classes per chunk"),
     "seed": (("--seed",), "random seed (data order, flips, init)"),
     "deterministic": (("--deterministic",), "deterministic kernels (slower; for exact resume checks)"),
     "max_nonfinite": (("--max-nonfinite",), "abort after this many consecutive non-finite losses"),
@@ -248,7 +259,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 # Keys whose change between a run and its resumption does not alter the optimisation.
 BENIGN_KEYS = {"world_size", "resume", "workers", "print_freq", "tensorboard", "pth_save_fold", "max_steps",
-               "start_epoch", "dist_timeout", "save_every_steps", "pth_save_epoch", "compile",
+               "start_epoch", "dist_timeout", "save_every_steps", "pth_save_epoch", "compile", "compile_mode",
+               "head_impl", "head_chunk",
                "device", "pretrained", "channels_last", "epochs", "max_nonfinite", "deterministic",
                "skip_bad_images", "max_bad_fraction", "preempt_signals", "slurm_requeue", "on_save_error",
                "vis_mag", "vis_mag_start", "vis_mag_every", "val_bin", "val_every", "val_batch_size", "save_best"}

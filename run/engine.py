@@ -97,6 +97,8 @@ class LoopState:
     lr_fn: Callable[[int], float]
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
+    # The backbone replays CUDA graphs (--compile-mode reduce-overhead / max-autotune): mark each step.
+    cudagraph_steps: bool = False
     grad_clip: float = 0.0
     seed: int = 0
     print_freq: int = 100
@@ -299,6 +301,8 @@ def train_one_epoch(
         if state.faults is not None:
             state.faults.at_step_start(state.global_step, state.rank)
         torch.manual_seed(step_seed(state.seed, state.rank, state.global_step))
+        if state.cudagraph_steps:
+            torch.compiler.cudagraph_mark_step_begin()
         x, y = prepare_batch(images, labels, state)
         lr = state.lr_fn(state.global_step)
         for group in (g for opt in optimizers for g in opt.param_groups):

@@ -18,6 +18,7 @@ from torch import nn
 from dataloader import BadSampleCounter, EpochShuffleSampler, build_train_dataset, build_train_loader
 from dataloader.augment import DegradeAugment, parse_kinds
 from models import MagFaceHead, build_backbone
+from models.fused import ChunkedMagFaceHead
 from models.sharded import ShardedMagFaceHead, init_rows
 from run.config import TrainConfig
 from run.engine import LoopState, NonFiniteError, NonFiniteGuard, lr_at, sharded_grad_norm, train_one_epoch
@@ -43,11 +44,15 @@ def init_head_rows(weight: torch.Tensor, start: int, seed: int) -> None:
 def build_head(cfg: TrainConfig, dist: DistInfo, device: torch.device) -> nn.Module:
     kw = dict(l_a=cfg.l_a, u_a=cfg.u_a, l_margin=cfg.l_margin, u_margin=cfg.u_margin, lambda_g=cfg.lambda_g,
               scale=cfg.arc_scale, margin=cfg.margin, easy_margin=cfg.easy_margin)
+    if dist.distributed and cfg.head_impl != "dense":
+        raise ValueError(f"--head-impl {cfg.head_impl} is for single-process training; the distributed trainer's "
+                         "class-sharded head already fuses the margin and the cross-entropy")
     if dist.distributed:
         head = ShardedMagFaceHead(cfg.embedding_size, cfg.last_fc_size, dist.rank, dist.world_size, **kw)
         start = shard_range(cfg.last_fc_size, dist.world_size, dist.rank)[0]
     else:
-        head = MagFaceHead(cfg.embedding_size, cfg.last_fc_size, **kw)
+        head = ChunkedMagFaceHead(cfg.embedding_size, cfg.last_fc_size, chunk=cfg.head_chunk, **kw) \
+            if cfg.head_impl == "fused" else MagFaceHead(cfg.embedding_size, cfg.last_fc_size, **kw)
         start = 0
     if head.weight.shape[0]:
         init_head_rows(head.weight.data, start, cfg.seed)
@@ -111,8 +116,14 @@ def _wrap(backbone: nn.Module, cfg: TrainConfig, dist: DistInfo, device: torch.d
         model = nn.DataParallel(backbone)
     use_compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
     if use_compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
     return model
+
+
+def uses_cudagraphs(cfg: TrainConfig, device: torch.device) -> bool:
+    """The compiled backbone replays CUDA graphs: each step must be marked (their outputs are reused)."""
+    compiled = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
+    return compiled and device.type == "cuda" and cfg.compile_mode in ("reduce-overhead", "max-autotune")
 
 
 def build_run(cfg: TrainConfig, dist: DistInfo) -> Run:
@@ -161,7 +172,8 @@ def _loop_state(cfg: TrainConfig, run: Run, steps_per_epoch: int, per_rank: int,
         lr_fn=lambda s: lr_at(s, steps_per_epoch, cfg.lr, cfg.epochs, cfg.schedule, cfg.lr_drop_epoch,
                               cfg.lr_drop_ratio, cfg.warmup_epochs),
         amp_dtype={"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp],
-        channels_last=run.channels_last, grad_clip=cfg.grad_clip, seed=cfg.seed, print_freq=cfg.print_freq,
+        channels_last=run.channels_last, cudagraph_steps=uses_cudagraphs(cfg, run.device), grad_clip=cfg.grad_clip,
+        seed=cfg.seed, print_freq=cfg.print_freq,
         global_step=pos.global_step, guard=NonFiniteGuard(cfg.max_nonfinite), grad_norm_fn=grad_norm,
         rank=run.dist.rank, world_size=run.dist.world_size, sync_overflow=distributed, faults=Faults.from_env(),
         degrade=DegradeAugment(cfg.degrade_prob, parse_kinds(cfg.degrade_kinds), cfg.degrade_max_severity)
