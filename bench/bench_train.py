@@ -45,7 +45,7 @@ from dataloader import RecordIODataset, TensorImageDataset, build_train_loader  
 from dataloader.pack_rec import write_rec_set  # noqa: E402
 from run.config import TrainConfig  # noqa: E402
 from run.engine import LoopState, train_one_epoch  # noqa: E402
-from run.trainer import build_run  # noqa: E402
+from run.trainer import build_run, uses_cudagraphs  # noqa: E402
 from utils.dist import DistInfo  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -106,31 +106,46 @@ def run_steps(run, state: LoopState, batches, steps: int) -> float:
     return time.perf_counter() - t
 
 
-def bench_one(spec: dict, dataset, args: argparse.Namespace, workers: int, out_dir: str) -> dict:
-    """Build the run of one configuration and time it; returns the table row."""
-    cfg = TrainConfig(arch=spec["arch"], synthetic=len(dataset), last_fc_size=args.classes,
-                      batch_size=args.batch_size, embedding_size=args.embedding_size, amp=spec["amp"],
-                      channels_last=spec["cl"], compile=spec["compile"], device=args.device, workers=workers,
-                      print_freq=10**9, tensorboard=False, pth_save_fold=out_dir, input_size=args.input_size)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+def bench_config(spec: dict, size: int, args: argparse.Namespace, workers: int, out_dir: str,
+                 extra: dict | None = None) -> TrainConfig:
+    """The TrainConfig of one configuration; ``extra``: more fields (``batch_size``, ``compile_mode``,
+    ``head_impl``...) over the ones ``spec`` and the arguments give."""
+    fields = dict(arch=spec["arch"], synthetic=size, last_fc_size=args.classes, batch_size=args.batch_size,
+                  embedding_size=args.embedding_size, amp=spec["amp"], channels_last=spec["cl"],
+                  compile=spec["compile"], device=args.device, workers=workers, print_freq=10**9, tensorboard=False,
+                  pth_save_fold=out_dir, input_size=args.input_size)
+    return TrainConfig(**(fields | (extra or {})))
+
+
+def build_bench_run(cfg: TrainConfig, dataset, steps: int, lr: float = 0.1):
+    """(run, loader, loop state) for ``steps`` steps of ``cfg`` over ``dataset`` in a fixed random order."""
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if cfg.device == "auto" else cfg.device)
     reset_peak_memory(device)
     run = build_run(cfg, DistInfo())
-    total = (args.warmup + args.steps) * args.batch_size
-    sampler = RandomSampler(dataset, num_samples=total, generator=torch.Generator().manual_seed(0))
-    loader = build_train_loader(dataset, args.batch_size, workers, sampler, pin_memory=run.device.type == "cuda",
+    sampler = RandomSampler(dataset, num_samples=steps * cfg.batch_size, generator=torch.Generator().manual_seed(0))
+    loader = build_train_loader(dataset, cfg.batch_size, cfg.workers, sampler, pin_memory=run.device.type == "cuda",
                                 persistent_workers=False)
-    state = LoopState(device=run.device, steps_per_epoch=1, total_steps=args.warmup + args.steps,
-                      batch_size=args.batch_size, lr_fn=lambda step: 0.1,
-                      amp_dtype={"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[spec["amp"]],
+    state = LoopState(device=run.device, steps_per_epoch=1, total_steps=steps, batch_size=cfg.batch_size,
+                      lr_fn=lambda step: lr, cudagraph_steps=uses_cudagraphs(cfg, run.device),
+                      amp_dtype={"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp],
                       channels_last=run.channels_last, print_freq=10**9)
+    return run, loader, state
+
+
+def bench_one(spec: dict, dataset, args: argparse.Namespace, workers: int, out_dir: str,
+              extra: dict | None = None) -> dict:
+    """Build the run of one configuration (``bench_config``) and time it; returns the table row."""
+    cfg = bench_config(spec, len(dataset), args, workers, out_dir, extra)
+    batch = cfg.batch_size
+    run, loader, state = build_bench_run(cfg, dataset, args.warmup + args.steps)
     wait = {"wait": 0.0}
     batches = timed(iter(loader), wait)
     first = run_steps(run, state, batches, 1)
     rest = run_steps(run, state, batches, args.warmup - 1) if args.warmup > 1 else 0.0
     wait["wait"] = 0.0
     seconds = run_steps(run, state, batches, args.steps)
-    row = dict(spec, batch=args.batch_size, img_s=args.steps * args.batch_size / seconds,
+    row = dict(spec, batch=batch, img_s=args.steps * batch / seconds,
                step_ms=1000 * seconds / args.steps, data_wait_pct=100 * wait["wait"] / seconds,
                first_step_s=first, warmup_s=first + rest, status="ok", device=str(run.device))
     row.update(peak_memory_mb(run.device))

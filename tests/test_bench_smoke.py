@@ -66,12 +66,13 @@ def test_bench_sharded_head_tiny(tmp_path):
     assert rows[0]["loss"] == pytest.approx(rows[1]["loss"], rel=1e-5)
 
 
-def test_gpu_check_fails_fast_without_cuda(tmp_path):
+@pytest.mark.parametrize("script", ["bench/gpu_check.sh", "bench/gpu_speed.sh"])
+def test_gpu_check_fails_fast_without_cuda(tmp_path, script):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the script would run the real GPU check")
-    res = subprocess.run(["bash", "bench/gpu_check.sh"], cwd=REPO, capture_output=True, text=True, timeout=120,
+    res = subprocess.run(["bash", script], cwd=REPO, capture_output=True, text=True, timeout=120,
                          env={"OUT": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert res.returncode == 2
     assert "CUDA is not available" in res.stderr
