@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from models.magface import MagFaceHead, MagMargin, magnitude_terms, target_cosine
+from models.magface import MagFaceHead, MagMargin, head_outputs, magnitude_terms, target_cosine
 
 _NORM_EPS = 1e-12  # F.normalize's default
 
@@ -147,11 +147,4 @@ class ChunkedMagFaceHead(MagFaceHead):
         loss_id, _, arg = _ChunkedMagFaceLoss.apply(F.normalize(f, dim=1), self.weight.float(), terms["margin"],
                                                     labels, cfg, self.chunk)
         loss_g = terms["g"].mean()
-        return {
-            "loss": loss_id + cfg.lambda_g * loss_g,
-            "loss_id": loss_id,
-            "loss_g": loss_g,
-            "x_norm": terms["x_norm"],
-            "margin": terms["margin"],
-            "accuracy": (arg == labels).float().mean(),
-        }
+        return head_outputs(loss_id, loss_g, terms, (arg == labels).float().mean(), cfg)

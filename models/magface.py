@@ -103,6 +103,19 @@ def magnitude_terms(embeddings: torch.Tensor, cfg: MagMargin) -> dict[str, torch
     return {"x_norm": x_norm, "a": a, "margin": adaptive_margin(a, cfg), "g": regularizer(a, cfg)}
 
 
+def head_outputs(loss_id: torch.Tensor, loss_g: torch.Tensor, terms: dict[str, torch.Tensor],
+                 accuracy: torch.Tensor, cfg: MagMargin) -> dict[str, torch.Tensor]:
+    """The dict every MagFace head returns (see ``MagFaceHead``)."""
+    return {
+        "loss": loss_id + cfg.lambda_g * loss_g,
+        "loss_id": loss_id,
+        "loss_g": loss_g,
+        "x_norm": terms["x_norm"],
+        "margin": terms["margin"],
+        "accuracy": accuracy,
+    }
+
+
 class MagFaceHead(nn.Module):
     """Class-weight matrix + MagFace loss; ``forward(embeddings, labels)`` returns the loss terms.
 
@@ -154,11 +167,4 @@ class MagFaceHead(nn.Module):
         loss_g = terms["g"].mean()
         with torch.no_grad():
             accuracy = (cos.argmax(dim=1) == labels.squeeze(1)).float().mean()
-        return {
-            "loss": loss_id + cfg.lambda_g * loss_g,
-            "loss_id": loss_id,
-            "loss_g": loss_g,
-            "x_norm": terms["x_norm"],
-            "margin": terms["margin"],
-            "accuracy": accuracy,
-        }
+        return head_outputs(loss_id, loss_g, terms, accuracy, cfg)

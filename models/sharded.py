@@ -36,7 +36,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from models.magface import MagMargin, magnitude_terms, target_cosine
+from models.magface import MagMargin, head_outputs, magnitude_terms, target_cosine
 from utils.dist import all_gather_no_grad, all_gather_with_grad, gather_row_shards, shard_range
 
 _INIT_BLOCK = 65536
@@ -253,14 +253,7 @@ class ShardedMagFaceHead(nn.Module):
         loss_id, best, arg = _ShardedMarginCrossEntropy.apply(cos, penalised, local_target, cfg.scale,
                                                                self.distributed)
         loss_g = self._regulariser(terms["g"], local_batch)
-        return {
-            "loss": loss_id + cfg.lambda_g * loss_g,
-            "loss_id": loss_id,
-            "loss_g": loss_g,
-            "x_norm": terms["x_norm"],
-            "margin": terms["margin"],
-            "accuracy": self._accuracy(best, arg, labels),
-        }
+        return head_outputs(loss_id, loss_g, terms, self._accuracy(best, arg, labels), cfg)
 
     def _regulariser(self, g: torch.Tensor, local_batch: int) -> torch.Tensor:
         """mean g(a) over the global batch; its gradient flows only through this rank's own rows.
