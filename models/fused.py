@@ -85,11 +85,13 @@ class _ChunkedMagFaceLoss(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight)
         grad_penalised = unit.new_zeros(batch)
         for start in range(0, weight.shape[0], ctx.chunk):
-            z, (w_c, norm_c, keep), (rows, cols) = _chunk_logits(unit, weight, start, ctx.chunk, labels,
-                                                                target_logit, cfg.scale)
+            z, (w_c, norm_c, keep), (inside, cols) = _chunk_logits(unit, weight, start, ctx.chunk, labels,
+                                                                  target_logit, cfg.scale)
             probs = z.sub_(row_max.unsqueeze(1)).exp_().div_(sum_exp.unsqueeze(1))
-            grad_penalised[rows] = probs[rows, cols] - 1.0  # d L_id / d z_iy, before the factor
-            probs[rows, cols] = 0.0  # the target entry's gradient goes to the margin path, not to cos
+            at_target = probs.gather(1, cols).squeeze(1)
+            # d L_id / d z_iy (before the factor) goes to the margin path; the target entry gives cos nothing
+            grad_penalised = torch.where(inside, at_target - 1.0, grad_penalised)
+            probs.scatter_(1, cols, torch.where(inside, 0.0, at_target).unsqueeze(1))
             d_cos = probs.mul_(keep).mul_(factor)
             grad_unit.addmm_(d_cos, w_c)
             grad_weight[start : start + w_c.shape[0]] = _normalise_backward(d_cos.t() @ unit, w_c, norm_c)
@@ -105,8 +107,9 @@ def _chunk_logits(unit: torch.Tensor, weight: torch.Tensor, start: int, chunk: i
                   arg: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple, tuple]:
     """s * clamp(cos) of the classes [start, start + chunk), target entries set to the penalised logit.
 
-    Also returns (unit rows of W, their norms, clamp's pass-through mask) and the (row, column) of the
-    targets inside the chunk; with ``best``/``arg`` given, updates the running top-1 (first index on ties).
+    Also returns (unit rows of W, their norms, clamp's pass-through mask) and which rows have their target
+    in the chunk with its column there (clamped into the chunk elsewhere); with ``best``/``arg`` given,
+    updates the running top-1 (first index on ties). Masks, not index lists: no host synchronisation.
     """
     w_c, norm_c = _normalise_rows(weight[start : start + chunk])
     raw = unit @ w_c.t()
@@ -118,11 +121,10 @@ def _chunk_logits(unit: torch.Tensor, weight: torch.Tensor, start: int, chunk: i
         best.copy_(torch.where(better, chunk_best, best))
         arg.copy_(torch.where(better, chunk_arg + start, arg))
     inside = (labels >= start) & (labels < start + w_c.shape[0])
-    rows = torch.nonzero(inside).squeeze(1)
-    cols = labels[rows] - start
+    cols = (labels - start).clamp(0, w_c.shape[0] - 1).unsqueeze(1)
     z.mul_(scale)
-    z[rows, cols] = target_logit[rows]
-    return z, (w_c, norm_c, keep), (rows, cols)
+    z.scatter_(1, cols, torch.where(inside, target_logit, z.gather(1, cols).squeeze(1)).unsqueeze(1))
+    return z, (w_c, norm_c, keep), (inside, cols)
 
 
 class ChunkedMagFaceHead(MagFaceHead):
@@ -140,7 +142,10 @@ class ChunkedMagFaceHead(MagFaceHead):
     def _forward_fp32(self, f: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         labels = labels.long().view(-1).to(f.device)
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+        # checked where it is free; on a GPU it would cost a host synchronisation per step (the dense head
+        # does not check either: the datasets validate labels before training)
+        if f.device.type == "cpu" and labels.numel() and (int(labels.min()) < 0
+                                                          or int(labels.max()) >= self.num_classes):
             raise ValueError(f"labels must lie in [0, {self.num_classes}), got values in "
                              f"[{int(labels.min())}, {int(labels.max())}]")
         terms = magnitude_terms(f, cfg)
