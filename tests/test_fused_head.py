@@ -164,3 +164,16 @@ def test_the_loop_marks_each_step_for_cuda_graphs(monkeypatch) -> None:
                           lr_fn=lambda s: 0.01, cudagraph_steps=flag)
         train_one_epoch(backbone, head, [opt], torch.amp.GradScaler("cpu", enabled=False), batches, 0, 0, state)
         assert len(marks) == expected
+
+
+def test_speed_options_are_not_hyper_parameters() -> None:
+    """A run resumed with another head implementation or compile mode is the same optimisation, and a
+    checkpoint written before these options existed resumes without a complaint."""
+    from run.config import config_differences
+
+    saved = TrainConfig(synthetic=8).to_dict()
+    now = TrainConfig(synthetic=8, head_impl="fused", head_chunk=4096, compile_mode="reduce-overhead")
+    assert config_differences(saved, now) == []
+    old = {k: v for k, v in saved.items() if k not in ("head_impl", "head_chunk", "compile_mode")}
+    assert config_differences(old, now) == []
+    assert config_differences(saved, TrainConfig(synthetic=8, lr=0.2)) == ["lr: checkpoint 0.1 -> now 0.2"]
