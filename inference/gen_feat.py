@@ -34,40 +34,10 @@ from utils.checkpoint import load_backbone  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.convention import InputConvention, parse_convention, read_aligned_face  # noqa: E402
 from utils.dist import resolve_device  # noqa: E402
+from utils.image_list import read_image_list  # noqa: E402,F401  (re-exported: calibrate, eval use it from here)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 GPU_FLUSH_BATCHES = 64  # features copied back to the host every N batches (one sync each time)
-
-
-def read_image_list(path: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """(paths as listed, paths resolved); the first token of each line.
-
-    A relative path resolves against the list's folder, or else against the current folder (the seed's
-    lists, e.g. ``toy_imgs/0.jpg`` in ``toy_imgs/img.list``, are relative to where gen_feat runs).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image list not found: {path}")
-    listed, resolved, lines = [], [], []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            tokens = line.split()
-            if not tokens:
-                continue
-            listed.append(tokens[0])
-            lines.append(lineno)
-            p = Path(tokens[0])
-            beside = p if p.is_absolute() else path.parent / p
-            resolved.append(str(p if not os.path.exists(beside) and os.path.exists(p) else beside))
-    if not listed:
-        raise ValueError(f"image list {path} is empty")
-    missing = [i for i, p in enumerate(resolved) if not os.path.exists(p)]
-    if missing:
-        i = missing[0]
-        where = "" if Path(listed[i]).is_absolute() else " (nor relative to the current folder)"
-        raise FileNotFoundError(f"{path}:{lines[i]}: image {resolved[i]} not found{where} "
-                                f"({len(missing)} of {len(resolved)} listed images are missing)")
-    return listed, resolved
 
 
 class FaceImages(Dataset):
@@ -102,9 +72,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="expected embedding size (checked against the checkpoint)")
     p.add_argument("--cpu-mode", action="store_true", help="the seed's flag: same as --device cpu")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
+    p.add_argument("--dtype", choices=[*sorted(DTYPES), "int8"], default="fp32",
                    help="compute precision; bf16 is ~2x faster on CPUs with AVX512-BF16/AMX and on GPUs "
-                   "(cosine >= 0.999 to fp32)")
+                   "(cosine >= 0.999 to fp32); int8: onnxruntime static quantization on the CPU, calibrated and "
+                   "cached on first use (inference.int8)")
+    p.add_argument("--calib-list", default=None,
+                   help="int8: aligned faces to calibrate on (default: the --inf_list being embedded)")
+    p.add_argument("--calib-count", type=int, default=256, help="int8: calibration faces (the first N of the list)")
     p.add_argument("--flip", action="store_true", help="add the embedding of the mirrored face")
     p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--fuse", choices=("on", "off"), default="on",
@@ -170,9 +144,40 @@ def run_model(model: torch.nn.Module, loader: DataLoader, num_images: int, emb: 
     return feats
 
 
+def extract_int8(args: argparse.Namespace, listed: list[str], resolved: list[str], t_start: float) -> dict:
+    """``--dtype int8``: the checkpoint's cached quantized model (``inference.int8``) on onnxruntime."""
+    from inference.int8 import int8_model
+    from inference.ort_embed import OrtModel, embed_files
+
+    if args.flip or (args.device not in ("auto", "cpu") and not args.cpu_mode):
+        raise ValueError("--dtype int8 runs on the CPU without --flip (onnxruntime); drop --device/--flip")
+    if args.calib_count < 1:
+        raise ValueError(f"--calib-count must be at least 1, got {args.calib_count}")
+    calib = read_image_list(args.calib_list)[1] if args.calib_list else resolved
+    conv = parse_convention(args.input_convention) if args.input_convention else None
+    model = OrtModel(int8_model(args.resume, calib[:args.calib_count], arch=args.arch, convention=conv),
+                     threads=args.threads)
+    emb = int(model.metadata.get("embedding_size", 0))
+    if args.embedding_size and emb and args.embedding_size != emb:
+        raise ValueError(f"--embedding_size {args.embedding_size} but {args.resume} gives {emb}-d embeddings")
+    batch_size = args.batch_size or 64
+    t0 = time.perf_counter()
+    feats = embed_files(model, resolved, batch_size, args.print_freq)
+    wall = time.perf_counter() - t0
+    mags = np.linalg.norm(feats, axis=1)
+    write_features(args.feat_list, listed, feats, mags)
+    total = time.perf_counter() - t_start
+    print(f"wrote {len(listed)} features ({feats.shape[1]}-d, int8, onnxruntime cpu) to {args.feat_list} in "
+          f"{wall:.1f}s ({len(listed) / wall:.1f} img/s; {total:.1f}s in all); magnitude mean {mags.mean():.2f}")
+    return {"num_images": len(listed), "wall_s": wall, "total_s": total, "feat_list": str(args.feat_list),
+            "batch_size": batch_size, "workers": 0, "device": "cpu"}
+
+
 def extract(args: argparse.Namespace) -> dict:
     t_start = time.perf_counter()
     listed, resolved = read_image_list(args.inf_list)  # before the (possibly large) model: fail fast
+    if args.dtype == "int8":
+        return extract_int8(args, listed, resolved, t_start)
     device = resolve_device("cpu" if args.cpu_mode else args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads or usable_cores())

