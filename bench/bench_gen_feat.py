@@ -41,6 +41,7 @@ from bench.common import (  # noqa: E402
     machine_info,
     write_json,
 )
+from bench.seed_gen_feat import seed_procedure_features  # noqa: E402
 from inference import gen_feat  # noqa: E402
 from models.iresnet import build_backbone  # noqa: E402
 from utils.checkpoint import load_backbone, save_released  # noqa: E402
@@ -107,42 +108,6 @@ def seed_style_features(model: nn.Module, paths: list[str], batch_size: int, dev
         imgs = np.stack([cv2.imread(p, cv2.IMREAD_COLOR) for p in paths[start:start + batch_size]])
         x = torch.from_numpy(imgs.transpose(0, 3, 1, 2)).float().div(255.0).to(device)
         out.append(model(x).float().cpu().numpy())
-    return np.concatenate(out)
-
-
-class _SeedProcedureImages(torch.utils.data.Dataset):
-    """What the seed's inference dataset does per image: cv2 decode, a mirrored copy, and both through
-    torchvision's ToTensor + Normalize(0, 1), although only the first is embedded."""
-
-    def __init__(self, paths: list[str]) -> None:
-        from torchvision import transforms
-        self.paths = paths
-        self.to_tensor = transforms.Compose([transforms.ToTensor(),
-                                             transforms.Normalize(mean=[0.0] * 3, std=[1.0] * 3)])
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        img = cv2.imread(self.paths[i])
-        return [self.to_tensor(img), self.to_tensor(cv2.flip(img, 1))], self.paths[i]
-
-
-@torch.no_grad()
-def seed_procedure_features(model: nn.Module, paths: list[str], batch_size: int, device: torch.device,
-                            workers: int, txt_out: Path) -> np.ndarray:
-    """The seed's gen_feat.py procedure with its defaults: a DataLoader of --workers processes (4) over
-    the dataset above, the model in DataParallel, and features written as text value by value."""
-    loader = torch.utils.data.DataLoader(_SeedProcedureImages(paths), batch_size=batch_size, num_workers=workers,
-                                         pin_memory=device.type == "cuda", shuffle=False)
-    model = nn.DataParallel(model) if device.type == "cuda" else model
-    out = []
-    with open(txt_out, "w") as f:
-        for (x, _mirrored), batch_paths in loader:
-            feats = model(x.to(device)).data.cpu().numpy()
-            out.append(feats)
-            for feat, path in zip(feats, batch_paths, strict=True):
-                f.write(path + " " + "".join(f"{e} " for e in feat) + "\n")
     return np.concatenate(out)
 
 

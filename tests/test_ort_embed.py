@@ -129,18 +129,24 @@ def test_photos_are_detected_and_aligned(files, shared_data, tmp_path):
     assert result["num_images"] == 3
 
 
+def said(capsys) -> str:
+    """The error line: on stderr, or in the log once an earlier test has set up the project's logger."""
+    captured = capsys.readouterr()
+    return (captured.err + captured.out).strip()
+
+
 def test_bad_inputs_give_one_line(files, tmp_path, capsys):
     missing = ["--onnx", str(tmp_path / "nope.onnx"), "--inf_list", str(files["list"]), "--feat_list",
                str(tmp_path / "o.npz")]
     assert run_cli(ort_embed.main, missing, "ort_embed.py") == 2
-    err = capsys.readouterr().err.strip()
+    err = said(capsys)
     assert err.count("\n") == 0 and "ONNX model not found" in err and "nope.onnx" in err
     bad_list = tmp_path / "bad.list"
     lines = files["list"].read_text().splitlines()
     bad_list.write_text(f"{lines[0]}\n{tmp_path / 'missing.jpg'} 0\n")
     argv = ["--onnx", str(files["onnx"]), "--inf_list", str(bad_list), "--feat_list", str(tmp_path / "o.npz")]
     assert run_cli(ort_embed.main, argv, "ort_embed.py") == 2
-    err = capsys.readouterr().err.strip()
+    err = said(capsys)
     assert err.count("\n") == 0 and f"{bad_list}:2:" in err and "missing.jpg" in err
     import onnx
 
@@ -150,7 +156,7 @@ def test_bad_inputs_give_one_line(files, tmp_path, capsys):
     argv[1] = str(tmp_path / "bare.onnx")
     argv[3] = str(files["list"])
     assert run_cli(ort_embed.main, argv, "ort_embed.py") == 2
-    assert "'input_convention'" in capsys.readouterr().err
+    assert "'input_convention'" in said(capsys)
     assert not (tmp_path / "o.npz").exists()
 
 
@@ -176,8 +182,8 @@ def test_int8_bad_inputs(files, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MAGFACE_CACHE", str(tmp_path / "cache"))
     base = ["--inf_list", str(files["list"]), "--feat_list", str(tmp_path / "o.npz"), "--dtype", "int8"]
     assert run_cli(gen_feat.main, ["--resume", str(tmp_path / "none.pth"), *base], "gen_feat.py") == 2
-    err = capsys.readouterr().err.strip()
+    err = said(capsys)
     assert err.count("\n") == 0 and "none.pth" in err
     assert run_cli(gen_feat.main, ["--resume", str(files["ckpt"]), "--flip", *base], "gen_feat.py") == 2
-    assert "--flip" in capsys.readouterr().err
+    assert "--flip" in said(capsys)
     assert not os.path.exists(tmp_path / "o.npz")
