@@ -136,7 +136,7 @@ def embed_bin(
     ``device`` "auto" takes the GPU when there is one; ``dtype`` fp32 (default), bf16 or fp16.
     """
     from inference.extract import embed_array
-    from inference.gen_feat import DTYPES
+    from inference.feat_torch import DTYPES
     from utils.checkpoint import load_backbone
     from utils.convention import parse_convention
     from utils.dist import resolve_device

@@ -33,12 +33,8 @@ from eval.feature_io import write_features  # noqa: E402
 from utils.atomic import atomic_write  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.convention import FACE_SIZE, InputConvention, parse_convention, read_aligned_face  # noqa: E402
-from utils.image_list import read_image_list  # noqa: E402
+from utils.image_list import read_image_list, usable_cores  # noqa: E402
 from utils.quality_scale import OFIQ, Calibration, load_calibration, logistic_quality, side_file  # noqa: E402
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def model_input(images: np.ndarray, convention: InputConvention) -> np.ndarray:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inference import gen_feat
+from inference import feat_torch, gen_feat
 from inference.fuse import ShiftedInputConv, fuse_iresnet
 from models.iresnet import build_backbone
 from utils.atomic import FAULT_ENV
@@ -133,9 +133,9 @@ def test_full_disk_during_the_feature_dump_keeps_the_previous_file(faces, model_
 
 def test_static_batch_padding_keeps_rows(faces, model_and_ckpt, reference):
     list_path, listed = faces
-    model = gen_feat.prepare_model(model_and_ckpt[0], "cpu")
-    loader = gen_feat.make_loader([str(list_path.parent / p) for p in listed], 16, 0, torch.device("cpu"))
-    feats = gen_feat.run_model(model, loader, N_FACES, 512, torch.device("cpu"), convention=MAGFACE,
+    model = feat_torch.prepare_model(model_and_ckpt[0], "cpu")
+    loader = feat_torch.make_loader([str(list_path.parent / p) for p in listed], 16, 0, torch.device("cpu"))
+    feats = feat_torch.run_model(model, loader, N_FACES, 512, torch.device("cpu"), convention=MAGFACE,
                                static_batch=16, print_freq=100)
     assert np.abs(feats - reference).max() / np.abs(reference).max() < 1e-4
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
+from bench.bench_gen_feat import random_model
 from inference import gen_feat, ort_embed
 from inference.export_onnx import export_onnx
-from models.iresnet import build_backbone
 from utils.checkpoint import save_released
 from utils.cli import run_cli
 from utils.convention import INSIGHTFACE, MAGFACE
@@ -31,15 +31,8 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def model() -> nn.Module:
-    """Random weights with non-trivial BatchNorm statistics (so a dropped or misplaced BN shows)."""
-    torch.manual_seed(0)
-    net = build_backbone(ARCH)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-    return net.eval()
+    """Random weights and BatchNorm statistics (so a dropped or misplaced BN shows)."""
+    return random_model(ARCH)
 
 
 @pytest.fixture(scope="module")
@@ -161,14 +154,21 @@ def test_bad_inputs_give_one_line(files, tmp_path, capsys):
 
 
 def test_int8_parity_and_cache(files, torch_feats, tmp_path, monkeypatch):
-    """gen_feat --dtype int8: cosine >= 0.99 to fp32 on real faces; the second run reuses the cached model."""
+    """gen_feat --dtype int8: cosine >= 0.99 to fp32 on real faces; the second run reuses the cached model
+    without importing torch."""
     monkeypatch.setenv("MAGFACE_CACHE", str(tmp_path / "cache"))
     argv = ["--resume", str(files["ckpt"]), "--inf_list", str(files["list"]), "--dtype", "int8"]
     gen_feat.main(argv + ["--feat_list", str(tmp_path / "a.npz")])
     cached = list((tmp_path / "cache").glob("*.int8.onnx"))
     assert len(cached) == 1 and not list((tmp_path / "cache").glob("tmp*"))
     stamp = cached[0].stat().st_mtime_ns
-    gen_feat.main(argv + ["--feat_list", str(tmp_path / "b.npz")])
+    code = ("import sys; from inference import gen_feat; "
+            f"gen_feat.main({argv + ['--feat_list', str(tmp_path / 'b.npz')]!r}); "
+            "print('HEAVY', sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'sklearn')))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "MAGFACE_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout  # a cached int8 run starts without torch
     assert list((tmp_path / "cache").glob("*.int8.onnx")) == cached and cached[0].stat().st_mtime_ns == stamp
     with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
         np.testing.assert_array_equal(a["features"], b["features"])

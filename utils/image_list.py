@@ -38,3 +38,8 @@ def read_image_list(path: str | os.PathLike) -> tuple[list[str], list[str]]:
         raise FileNotFoundError(f"{path}:{lines[i]}: image {resolved[i]} not found{where} "
                                 f"({len(missing)} of {len(resolved)} listed images are missing)")
     return listed, resolved
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under taskset or a batch scheduler)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
