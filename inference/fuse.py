@@ -17,6 +17,7 @@ import copy
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import skip_init  # no random initialisation of weights that are overwritten at once
 
 from models.iresnet import IBasicBlock, IResNet
 
@@ -40,7 +41,7 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     if conv.out_channels != bn.num_features:
         raise ValueError(f"cannot fold {bn} into {conv}: channel counts differ")
     a, b = _bn_affine(bn)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+    fused = skip_init(nn.Conv2d, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                       conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
     weight = conv.weight.double() * a.view(-1, 1, 1, 1)
     bias = b if conv.bias is None else conv.bias.double() * a + b
@@ -75,13 +76,22 @@ class ShiftedInputConv(nn.Module):
         interior = shift_w.sum(dim=(1, 2, 3))
         bias = interior if conv.bias is None else conv.bias.double() + interior
         self.size = tuple(size)
-        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, 3, 1, 1, bias=True).to(conv.weight.device)
+        self.conv = skip_init(nn.Conv2d, conv.in_channels, conv.out_channels, 3, 1, 1, bias=True,
+                              device=conv.weight.device)
         self.conv.weight.data = (w * a.view(1, -1, 1, 1).to(w)).to(conv.weight.dtype)
         self.conv.bias.data = bias.to(conv.weight.dtype)
-        ones = torch.ones(1, conv.in_channels, *size, dtype=torch.float64, device=w.device)
-        ring = F.conv2d(ones, shift_w, padding=1) - interior.view(1, -1, 1, 1)
-        for name, part in (("top", ring[:, :, 0, :]), ("bottom", ring[:, :, -1, :]),
-                           ("left", ring[:, :, 1:-1, 0]), ("right", ring[:, :, 1:-1, -1])):
+        # on a 3x3 map every output pixel is a corner, an edge or the interior: the ring of any size follows
+        ones = torch.ones(1, conv.in_channels, 3, 3, dtype=torch.float64, device=w.device)
+        o = (F.conv2d(ones, shift_w, padding=1) - interior.view(1, -1, 1, 1))[0]
+        h, w_ = size
+
+        def edge(first: torch.Tensor, middle: torch.Tensor, last: torch.Tensor, n: int) -> torch.Tensor:
+            return torch.cat([first[:, None], middle[:, None].expand(-1, n - 2), last[:, None]], dim=1)[None]
+
+        for name, part in (("top", edge(o[:, 0, 0], o[:, 0, 1], o[:, 0, 2], w_)),
+                           ("bottom", edge(o[:, 2, 0], o[:, 2, 1], o[:, 2, 2], w_)),
+                           ("left", o[None, :, 1, 0, None].expand(1, -1, h - 2)),
+                           ("right", o[None, :, 1, 2, None].expand(1, -1, h - 2))):
             self.register_buffer(name, part.float().contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,7 +122,7 @@ def fold_head(bn2: nn.BatchNorm2d, fc: nn.Linear, features: nn.BatchNorm1d, spat
     w = fc.weight.double()
     bias = (w @ b_in + (fc.bias.double() if fc.bias is not None else 0.0)) * a_out + b_out
     weight = w * a_in.view(1, -1) * a_out.view(-1, 1)
-    out = Fp32Linear(fc.in_features, fc.out_features)
+    out = skip_init(Fp32Linear, fc.in_features, fc.out_features)
     out.weight.data = weight.float().contiguous()
     out.bias.data = bias.float()
     return out.to(fc.weight.device)
