@@ -32,7 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 COLUMNS = ("method", "seconds", "img_s", "vs_seed", "rel_err_vs_seed", "min_cos_vs_fp32", "load_1min")
 STARTUP = {"python (nothing)": "pass", "seed (torch, torchvision)": "import torch, torchvision",
-           "gen_feat imports": "import inference.gen_feat", "ort_embed imports": "import inference.ort_embed"}
+           "gen_feat imports (torch path)": "import inference.gen_feat, inference.feat_torch",
+           "gen_feat imports (int8 / onnxruntime)": "import inference.gen_feat, inference.int8, inference.ort_embed",
+           "ort_embed imports": "import inference.ort_embed"}
 PACKAGES = {"torch path": ("torch", "torchvision", "numpy", "opencv-python-headless"),
             "torch-free path": ("onnxruntime", "numpy", "opencv-python-headless")}
 
@@ -128,6 +130,8 @@ def run_rows(ckpt: Path, lst: Path, tmp: Path, arch: str, env: dict) -> tuple[li
             ("gen_feat fp32", gen, "fp32.txt"), ("gen_feat --dtype bf16", gen + ["--dtype", "bf16"], "bf16.txt"),
             ("gen_feat --dtype int8 (first run: quantize)", gen + ["--dtype", "int8"], "int8_cold.txt"),
             ("gen_feat --dtype int8 (cached)", gen + ["--dtype", "int8"], "int8.txt"),
+            ("gen_feat --backend onnxruntime (first run: export)", gen + ["--backend", "onnxruntime"], "ortb_cold.txt"),
+            ("gen_feat --backend onnxruntime (cached)", gen + ["--backend", "onnxruntime"], "ortb.txt"),
             ("ort_embed fp32 (no torch)", [PY, "-m", "inference.ort_embed", "--onnx", str(onnx), "--inf_list",
                                            str(lst)], "ort_fp32.txt")]
     rows, outs = [], {}

@@ -98,16 +98,19 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib_paths: list[str], conve
     onnx.save(quantized, str(out_path))
 
 
-def int8_model(resume: str | os.PathLike, calib_paths: list[str], *, arch: str | None = None,
+def int8_model(resume: str | os.PathLike, calib_paths: list[str] | None, *, arch: str | None = None,
                convention: InputConvention | None = None, cache: Path | None = None,
                log=print) -> Path:
-    """The cached int8 ONNX file of ``resume`` (made on first use: export + calibration, then cached)."""
-    if not calib_paths:
+    """The cached int8 ONNX file of ``resume`` (made on first use: export + calibration, then cached);
+    with ``calib_paths`` None, the cached fp32 export instead (``gen_feat --backend onnxruntime``)."""
+    if calib_paths is not None and not calib_paths:
         raise ValueError("int8 calibration needs at least one aligned face")
     if not Path(resume).is_file():
         raise FileNotFoundError(f"checkpoint not found: {resume}")
     cache = cache or cache_dir()
-    out = cache / f"{Path(resume).name}.{cache_key(file_sha256(resume), arch, convention, calib_paths)}.int8.onnx"
+    kind = "fp32" if calib_paths is None else "int8"
+    key = cache_key(file_sha256(resume), arch, convention, calib_paths or [])
+    out = cache / f"{Path(resume).name}.{key}.{kind}.onnx"
     if out.is_file():
         return out
     from utils.checkpoint import load_backbone  # torch: only the first run of a checkpoint needs it
@@ -116,13 +119,15 @@ def int8_model(resume: str | os.PathLike, calib_paths: list[str], *, arch: str |
     from inference.export_onnx import export_onnx
 
     cache.mkdir(parents=True, exist_ok=True)
-    log(f"int8: quantizing {resume} (calibration on {len(calib_paths)} faces; once per checkpoint) -> {out}")
+    what = "exporting" if calib_paths is None else f"quantizing (calibration on {len(calib_paths)} faces)"
+    log(f"{kind}: {what} {resume} once per checkpoint -> {out}")
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         metadata = {"arch": info["arch"], "embedding_size": str(info["embedding_size"]),
                     "model_input_size": str(info["input_size"])}
         export_onnx(model, fp32, conv, metadata=metadata)
-        staged = Path(tmp) / "int8.onnx"
-        quantize_onnx(fp32, staged, calib_paths, conv)
+        staged = fp32 if calib_paths is None else Path(tmp) / "int8.onnx"
+        if calib_paths is not None:
+            quantize_onnx(fp32, staged, calib_paths, conv)
         os.replace(staged, out)  # same folder: atomic
     return out

@@ -182,6 +182,15 @@ def test_int8_parity_and_cache(files, torch_feats, tmp_path, monkeypatch):
     assert json.loads(meta["input_convention"]) == MAGFACE.to_dict() and meta["calibration_faces"] == str(N_FACES)
 
 
+def test_gen_feat_onnxruntime_backend_equals_torch(files, torch_feats, tmp_path, monkeypatch):
+    monkeypatch.setenv("MAGFACE_CACHE", str(tmp_path / "cache"))
+    gen_feat.main(["--resume", str(files["ckpt"]), "--inf_list", str(files["list"]), "--backend", "onnxruntime",
+                   "--feat_list", str(tmp_path / "a.npz")])
+    assert len(list((tmp_path / "cache").glob("*.fp32.onnx"))) == 1
+    with np.load(tmp_path / "a.npz") as a:
+        assert np.abs(a["features"] - torch_feats).max() <= 1e-5 * np.abs(torch_feats).max()
+
+
 def test_int8_bad_inputs(files, tmp_path, monkeypatch, capsys, caplog):
     monkeypatch.setenv("MAGFACE_CACHE", str(tmp_path / "cache"))
     base = ["--inf_list", str(files["list"]), "--feat_list", str(tmp_path / "o.npz"), "--dtype", "int8"]
