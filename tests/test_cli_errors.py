@@ -1,6 +1,7 @@
 """Every entry point fails with one line naming the file at fault, no traceback unless --debug/MAGFACE_DEBUG."""
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from utils import cli
+from utils.logger import get_logger
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,6 +89,8 @@ def test_gen_feat_missing_image_names_the_line_and_debug_shows_the_traceback(lfw
 
 def test_run_cli_codes_and_debug(capsys, monkeypatch):
     monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    # no logger set up (an earlier test in this process may have left the trainers' handlers behind)
+    monkeypatch.setattr(get_logger(), "handlers", [])
 
     def bad_input(argv):
         raise ValueError(f"data.list:7: bad label ({argv})")
@@ -107,6 +111,20 @@ def test_run_cli_codes_and_debug(capsys, monkeypatch):
     monkeypatch.setenv(cli.DEBUG_ENV, "1")
     with pytest.raises(IndexError):
         cli.run_cli(bug, [], "tool")
+
+
+def test_run_cli_reports_to_the_log_once_a_logger_is_set_up(capsys, monkeypatch):
+    """A trainer's failure line goes to its log handlers (console and file), not a second time to stderr."""
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    monkeypatch.setattr(get_logger(), "handlers", [Keep()])
+    assert cli.run_cli(lambda argv: int("x"), [], "train") == 2  # bad input
+    assert len(records) == 1 and records[0].startswith("train: error: invalid literal")
+    assert capsys.readouterr().err == ""
 
 
 def test_split_debug_keeps_everything_else(monkeypatch):
