@@ -34,22 +34,28 @@ UA40 = ["--l_a", "10", "--u_a", "40", "--lambda_g", "100"]  # feasibility bound 
 # fine-tuning the ArcFace model arc6 with the seed's recipe [l_a, u_a, l_m, u_m, lambda_g] = [1, 51, 0.45, 1, 5]
 FT_SEED = ["--pretrained", "{runs}/arc6/00006.pth", "--l_a", "1", "--u_a", "51", "--l_margin", "0.45",
            "--u_margin", "1", "--lambda_g", "5", "--lr", "0.02", "--warmup-epochs", "0.25"]
+
+
+def with_flag(flags: list[str], name: str, value: str) -> list[str]:
+    """A copy of ``flags`` with the value after ``name`` replaced."""
+    i = flags.index(name)
+    return [*flags[:i + 1], value, *flags[i + 2:]]
+
+
 # name -> (epochs, extra flags, what it tests). "{runs}" in a flag is replaced by the runs folder.
 CONFIGS: dict[str, tuple[int, list[str], str]] = {
     "base6": (6, [], "the demo recipe (l_a 10, u_a 110, lambda_g 35)"),
     "ua40": (6, UA40, "[l_a, u_a] narrowed to [10, 40] so short training uses the margin range"),
     "arc6": (6, ["--l_margin", "0.5", "--u_margin", "0.5", "--lambda_g", "0"], "constant margin (ArcFace)"),
     "ua40deg": (6, [*UA40, "--degrade-prob", "0.5"], "ua40 + every damage kind on half the faces"),
-    "ftarc": (2, ["--pretrained", "{runs}/arc6/00006.pth", "--l_a", "1", "--u_a", "51", "--l_margin", "0.45",
-                  "--u_margin", "1", "--lambda_g", "5", "--lr", "0.02", "--warmup-epochs", "0.25"],
-              "arc6 fine-tuned 2 epochs with the seed's recipe [1, 51, 0.45, 1, 5]"),
-    "ftarc4": (4, ["--pretrained", "{runs}/arc6/00006.pth", "--l_a", "1", "--u_a", "51", "--l_margin", "0.45",
-                   "--u_margin", "1", "--lambda_g", "5", "--lr", "0.02", "--warmup-epochs", "0.25"],
-               "ftarc, 4 epochs of fine-tuning"),
+    "ftarc": (2, FT_SEED, "arc6 fine-tuned 2 epochs with the seed's recipe [1, 51, 0.45, 1, 5]"),
+    "ftarc4": (4, FT_SEED, "ftarc, 4 epochs of fine-tuning"),
     "ftarc4deg": (4, [*FT_SEED, "--degrade-prob", "0.5"],
                   "ftarc4 + every damage kind on half the fine-tuning faces"),
     "ftarc8": (8, FT_SEED, "ftarc, 8 epochs of fine-tuning"),
     "ftarc8deg": (8, [*FT_SEED, "--degrade-prob", "0.5"], "ftarc8 + every damage kind on half the faces"),
+    "ftarc8g35": (8, with_flag(FT_SEED, "--lambda_g", "35"),
+                  "ftarc8 with lambda_g 35 (7x the seed's pull of the regulariser on the magnitude)"),
     "ftua25": (2, ["--pretrained", "{runs}/arc6/00006.pth", "--l_a", "5", "--u_a", "25", "--l_margin", "0.45",
                    "--u_margin", "1", "--lambda_g", "50", "--lr", "0.02", "--warmup-epochs", "0.25"],
                "arc6 fine-tuned with [l_a, u_a] = [5, 25] around its magnitudes (lambda_min 45.8)"),
@@ -118,13 +124,20 @@ def make_row(name: str, ckpt: Path, train_s: float, scored: dict, machine: str) 
     }
 
 
-def export_reference(ckpt: Path, out: Path) -> None:
-    """The backbone alone (no classifier, no optimizer), loadable by utils.checkpoint.load_backbone."""
+def export_reference(ckpt: Path, out: Path, runs: Path) -> None:
+    """The backbone alone (no classifier, no optimizer), loadable by utils.checkpoint.load_backbone.
+
+    Paths in the recorded config are made portable: the repository becomes relative and the runs folder
+    ``{runs}``, so the shipped file names no folder of the machine that trained it.
+    """
     from utils.checkpoint import load_backbone, read_checkpoint, save_released
 
     model, conv, info = load_backbone(ckpt)
-    save_released(out, model, None, int(info["epoch"] or 0), info["arch"],
-                  config=read_checkpoint(ckpt).get("config") or {}, convention=conv)
+    config = dict(read_checkpoint(ckpt).get("config") or {})
+    for key, value in config.items():
+        if isinstance(value, str):
+            config[key] = value.replace(str(REPO) + "/", "").replace(str(runs.resolve()), "{runs}")
+    save_released(out, model, None, int(info["epoch"] or 0), info["arch"], config=config, convention=conv)
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -164,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.export:
         epochs = CONFIGS[args.export[0]][0]
-        export_reference(Path(args.runs) / args.export[0] / f"{epochs:05d}.pth", Path(args.export[1]))
+        runs = Path(args.runs)
+        export_reference(runs / args.export[0] / f"{epochs:05d}.pth", Path(args.export[1]), runs)
         return 0
     names = [n for n in args.only.split(",") if n] or list(CONFIGS)
     unknown = [n for n in names if n not in CONFIGS]

@@ -27,3 +27,29 @@ def test_log_seconds(tmp_path):
     log = tmp_path / "train.log"
     log.write_text("2026-12-03 07:28:01 [rank 0] INFO a\nno stamp\n2026-12-03 07:34:31 [rank 0] INFO b\n")
     assert log_seconds(log) == 390.0
+
+
+def test_export_keeps_the_backbone_only_and_names_no_local_folder(tmp_path):
+    import torch
+
+    from bench.quality_study import REPO, export_reference
+    from models import build_backbone
+    from utils.checkpoint import load_backbone, save_released
+
+    torch.manual_seed(0)
+    model = build_backbone("iresnet18_w16", 32, input_size=56).eval()
+    runs = tmp_path / "runs"
+    src = runs / "x" / "00001.pth"
+    src.parent.mkdir(parents=True)
+    config = {"input_size": 56, "train_list": str(REPO / "raw" / "demo_data" / "celeba" / "train.list"),
+              "pretrained": str(runs / "arc6" / "00006.pth"), "lr": 0.02}
+    save_released(src, model, torch.randn(32, 7), 1, "iresnet18_w16", config=config)
+    out = tmp_path / "ref.pth"
+    export_reference(src, out, runs)
+    obj = torch.load(out, map_location="cpu", weights_only=False)
+    assert not any(k.endswith("fc.weight") and "features" not in k for k in obj["state_dict"])
+    assert obj["config"]["train_list"] == "raw/demo_data/celeba/train.list"
+    assert obj["config"]["pretrained"] == "{runs}/arc6/00006.pth" and obj["config"]["lr"] == 0.02
+    loaded, _, info = load_backbone(out)
+    x = torch.rand(2, 3, 56, 56)
+    assert info["input_size"] == 56 and torch.equal(loaded(x), model(x))
