@@ -63,7 +63,7 @@ def load_images(paths: Sequence[Path]) -> np.ndarray:
     return np.stack([read_aligned_face(path) for path in paths])
 
 
-def _save(fig: Figure, path: str | os.PathLike) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     """Render to a temporary name, then rename: a reader never sees half a PNG."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +90,7 @@ def render_magnitude_grid(
         ax.set_title(f"{magnitudes[index]:.2f}", fontsize=9)
         ax.axis("off")
     fig.suptitle("sorted by magnitude (ascending)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def cosine_matrix(features: np.ndarray) -> np.ndarray:
@@ -119,7 +119,7 @@ def render_similarity(features: np.ndarray, labels: Sequence[str], path: str | o
                 ink = "white" if abs(sim[i, j]) > 0.6 else "black"
                 ax.text(j, i, f"{sim[i, j]:.2f}", ha="center", va="center", fontsize=7, color=ink)
     ax.set_title("cosine similarity of the embeddings")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -5,8 +5,11 @@
 
 It trains a narrow iResNet with the MagFace loss on 4,837 CelebA faces (253 identities), then
 measures 10-fold verification accuracy on 2,400 held-out LFW pairs for the trained model and for
-the same network untrained, dumps features and magnitudes, draws the error-versus-reject curve and
-a grid of faces sorted by magnitude, and writes ``demo_summary.json``. On a GPU it uses the GPU.
+the same network untrained, dumps features and magnitudes and draws the error-versus-reject curve.
+Then the quality half (run/demo_quality.py): the second face of every pair is damaged at a known
+severity, the trained model and the shipped reference model (raw/reference) are scored on how their
+magnitudes fall with damage, and the better one draws the damage ladder, the ERC on the damaged pairs
+and the faces sorted by magnitude. Everything lands in ``demo_summary.json``. On a GPU it uses the GPU.
 """
 from __future__ import annotations
 
@@ -19,12 +22,11 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "raw" / "demo_data"
+REFERENCE = REPO / "raw" / "reference" / "magface_iresnet18_w32_56.pth"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -42,6 +44,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=str(DATA), help="folder with celeba/train.list and lfw/{img,pair}.list")
+    p.add_argument("--reference", default=str(REFERENCE),
+                   help="a second checkpoint scored for quality beside the trained one ('none': only the trained one)")
     return p
 
 
@@ -73,19 +77,6 @@ def untrained_checkpoint(args: argparse.Namespace, path: Path) -> None:
     save_released(path, model, None, 0, args.arch, config={"input_size": args.input_size})
 
 
-def face_grid(feats_npz: Path, data: Path, out: Path, count: int = 32) -> Path:
-    """A grid of faces at evenly spaced magnitude quantiles, lowest first."""
-    from inference.toy_example import render_magnitude_grid
-
-    z = np.load(feats_npz)
-    paths, mags = [str(p) for p in z["paths"]], z["magnitudes"]
-    unique = {p: i for i, p in enumerate(paths)}
-    order = sorted(unique.values(), key=lambda i: mags[i])
-    pick = [order[int(round(q))] for q in np.linspace(0, len(order) - 1, count)]
-    images = np.stack([cv2.imread(str(data / "lfw" / paths[i])) for i in pick])
-    return render_magnitude_grid(images, mags[pick], out / "faces_by_magnitude.png", cols=8)
-
-
 def train(args: argparse.Namespace, out: Path, device: str) -> tuple[Path, float]:
     from run import train as train_entry
 
@@ -102,10 +93,25 @@ def train(args: argparse.Namespace, out: Path, device: str) -> tuple[Path, float
     return Path(result["checkpoints"][-1]), time.perf_counter() - t0
 
 
+def reference_of(args: argparse.Namespace) -> Path | None:
+    """The --reference checkpoint, checked before any work starts; None for 'none'."""
+    if args.reference.lower() == "none":
+        return None
+    reference = Path(args.reference)
+    if not reference.is_file():
+        raise FileNotFoundError(f"--reference {reference}: no such checkpoint (pass --reference none to skip it)")
+    return reference
+
+
 def main(argv: list[str] | None = None) -> dict:
+    from eval import quality
+    from eval.metrics import write_json_atomic
+    from run.demo_quality import quality_stage
+
     args = get_args_parser().parse_args(argv)
     t0 = time.perf_counter()
     out, data = Path(args.out).resolve(), Path(args.data)
+    reference = reference_of(args)
     out.mkdir(parents=True, exist_ok=True)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     untrained = out / "untrained.pth"
@@ -113,13 +119,17 @@ def main(argv: list[str] | None = None) -> dict:
     before, _ = verify(untrained, data, out, "untrained", device)
     ckpt, train_s = train(args, out, device)
     after, feats = verify(ckpt, data, out, "trained", device)
-    from eval import quality
-
     erc_json, erc_png = out / "erc.json", out / "erc.png"
     _run(quality.main, ["--feat-list", str(feats), "--pair-list", str(data / "lfw" / "pair.list"),
                         "--image-root", str(data / "lfw"), "--fmr", "1e-2", "--plot", str(erc_png),
                         "--json", str(erc_json)])
-    grid = face_grid(feats, data, out)
+    candidates, accuracy = {"trained": ckpt}, {"trained": after["accuracy_mean"]}
+    if reference is not None:
+        candidates["reference"] = reference
+        accuracy["reference"] = verify(reference, data, out, "reference", device)[0]["accuracy_mean"]
+    qual = quality_stage(candidates, data, out, device)
+    for name, acc in accuracy.items():
+        qual["quality_candidates"][name]["accuracy"] = acc
     erc = json.loads(erc_json.read_text())
     summary = {
         "trained_accuracy": after["accuracy_mean"], "trained_accuracy_std": after["accuracy_std"],
@@ -128,9 +138,9 @@ def main(argv: list[str] | None = None) -> dict:
         "erc_fmr": erc.get("fmr"), "erc_auc": erc.get("auc"), "train_wall_s": round(train_s, 1),
         "wall_s": round(time.perf_counter() - t0, 1), "device": device, "arch": args.arch,
         "input_size": args.input_size, "epochs": args.epochs, "checkpoint": str(ckpt),
-        "features": str(feats), "erc_plot": str(erc_png), "face_grid": str(grid),
+        "features": str(feats), "erc_plot": str(erc_png), **qual,
     }
-    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(out / "demo_summary.json", summary)
     print_summary(summary, out)
     return summary
 
@@ -142,9 +152,23 @@ def print_summary(s: dict, out: Path) -> None:
     print(f"  trained   {s['arch']}: {100 * s['trained_accuracy']:.2f}% +- {100 * s['trained_accuracy_std']:.2f}")
     aucs = ", ".join(f"{k} {v:.4f}" for k, v in (s["erc_auc"] or {}).items() if v is not None)
     print(f"error-versus-reject area (FNMR at FMR {s['erc_fmr']}, lower is better): {aucs}")
+    print_quality(s)
     print(f"training {s['train_wall_s']}s, total {s['wall_s']}s on {s['device']}")
-    print(f"pictures: {s['erc_plot']}\n          {s['face_grid']}")
+    pictures = (s[k] for k in ("erc_plot", "damage_ladder", "damage_erc_plot", "face_grid"))
+    print("pictures: " + "\n          ".join(pictures))
     print(f"summary:  {out / 'demo_summary.json'}")
+
+
+def print_quality(s: dict) -> None:
+    print("magnitude as quality, on the same pairs with the second face damaged (blur, downscale, jpeg, dark,")
+    print("bright, noise, occlusion at severities in [0, 1); Spearman rho of magnitude vs severity, -1 is ideal):")
+    for name, c in s["quality_candidates"].items():
+        rho, erc = c["spearman"], next(iter(c["erc_auc"].values()))
+        kinds = ", ".join(f"{k} {v:+.2f}" for k, v in rho.items() if k != "overall")
+        print(f"  {name:9s} clean {100 * c['accuracy']:.2f}%  rho {rho['overall']:+.3f} ({kinds})")
+        print(f"            ERC area on damaged pairs: magnitude {erc['magnitude']:.4f}, random {erc['random']:.4f}, "
+              f"sharpness {erc['sharpness']:.4f}")
+    print(f"  pictures drawn with the {s['quality_model']} model ({s['quality_checkpoint']})")
 
 
 if __name__ == "__main__":
