@@ -54,6 +54,7 @@ CONFIGS: dict[str, tuple[int, list[str], str]] = {
                   "ftarc4 + every damage kind on half the fine-tuning faces"),
     "ftarc8": (8, FT_SEED, "ftarc, 8 epochs of fine-tuning"),
     "ftarc8deg": (8, [*FT_SEED, "--degrade-prob", "0.5"], "ftarc8 + every damage kind on half the faces"),
+    "ftarc8s1": (8, [*FT_SEED, "--seed", "1"], "ftarc8 with training seed 1 (run-to-run spread)"),
     "ftarc8g35": (8, with_flag(FT_SEED, "--lambda_g", "35"),
                   "ftarc8 with lambda_g 35 (7x the seed's pull of the regulariser on the magnitude)"),
     "ftua25": (2, ["--pretrained", "{runs}/arc6/00006.pth", "--l_a", "5", "--u_a", "25", "--l_margin", "0.45",
