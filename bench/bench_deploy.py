@@ -8,7 +8,9 @@ released-format checkpoint of random weights (``bench.bench_gen_feat.random_mode
 procedure (``bench/seed_gen_feat.py``), ``python inference/gen_feat.py`` with the seed's flags and text
 output at fp32 / bf16 / int8 (int8 twice: the first run of a checkpoint quantizes and calibrates, the
 second uses the cached file), and ``python -m inference.ort_embed`` on the exported fp32 and the cached
-int8 ONNX files. Parity: relative error of fp32 against the seed, minimum cosine to our fp32.
+int8 ONNX files. The ONNX rows run on what ``auto`` picks here (OpenVINO on a CPU with AMX, else
+onnxruntime; the row names say which), with onnxruntime rows beside them for comparison. Parity:
+relative error of fp32 against the seed, minimum cosine to our fp32.
 Breakdown: start-up (``import``) times of each entry point, model load, decoding, and the compute rate
 in-process. ``--demo-ckpt``: the 10-fold accuracy (MagFace protocol) of that checkpoint on the 2,400 demo
 LFW pairs at fp32 and int8. Sizes: installed size of the packages each path needs.
@@ -36,7 +38,8 @@ STARTUP = {"python (nothing)": "pass", "seed (torch, torchvision)": "import torc
            "gen_feat imports (int8 / onnxruntime)": "import inference.gen_feat, inference.int8, inference.ort_embed",
            "ort_embed imports": "import inference.ort_embed"}
 PACKAGES = {"torch path": ("torch", "torchvision", "numpy", "opencv-python-headless"),
-            "torch-free path": ("onnxruntime", "numpy", "opencv-python-headless")}
+            "torch-free path": ("onnxruntime", "numpy", "opencv-python-headless"),
+            "torch-free path on openvino": ("openvino", "numpy", "opencv-python-headless")}
 
 
 def timed(cmd: list[str], env: dict | None = None) -> float:
@@ -104,6 +107,9 @@ def demo_accuracy(ckpt: str, tmp: Path, env: dict) -> dict:
         e0, e1, same = features_pairs(str(out), str(pairs), None)
         result[f"{dtype}_accuracy"] = float(kfold_accuracy(e0, e1, same).accuracies.mean())
         result[f"{dtype}_feats"] = load_feats(out)
+    from inference.ov_model import choose_runtime
+
+    result["int8_runtime"] = choose_runtime("auto")
     result["min_cos_int8_vs_fp32"] = cos_min(result.pop("int8_feats"), result.pop("fp32_feats"))
     return result
 
@@ -122,28 +128,36 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def run_rows(ckpt: Path, lst: Path, tmp: Path, arch: str, env: dict) -> tuple[list[dict], dict[str, Path]]:
     gen = [PY, "inference/gen_feat.py", "--arch", arch, "--resume", str(ckpt), "--inf_list", str(lst)]
+    from inference.ov_model import choose_runtime
+
+    auto = f"auto: {choose_runtime('auto')}"  # what --onnx-runtime / --runtime auto picks on this machine
     onnx = tmp / "model.onnx"
     subprocess.run([PY, "-m", "inference.export_onnx", "--resume", str(ckpt), "--out", str(onnx)], cwd=ROOT,
                    check=True, capture_output=True)
     runs = [("seed gen_feat procedure (-b 256 -j 4)", [PY, "bench/seed_gen_feat.py", "--arch", arch, "--resume",
                                                        str(ckpt), "--inf_list", str(lst)], "seed.txt"),
             ("gen_feat fp32", gen, "fp32.txt"), ("gen_feat --dtype bf16", gen + ["--dtype", "bf16"], "bf16.txt"),
-            ("gen_feat --dtype int8 (first run: quantize)", gen + ["--dtype", "int8"], "int8_cold.txt"),
-            ("gen_feat --dtype int8 (cached)", gen + ["--dtype", "int8"], "int8.txt"),
-            ("gen_feat --backend onnxruntime (first run: export)", gen + ["--backend", "onnxruntime"], "ortb_cold.txt"),
-            ("gen_feat --backend onnxruntime (cached)", gen + ["--backend", "onnxruntime"], "ortb.txt"),
-            ("ort_embed fp32 (no torch)", [PY, "-m", "inference.ort_embed", "--onnx", str(onnx), "--inf_list",
-                                           str(lst)], "ort_fp32.txt")]
+            (f"gen_feat --dtype int8 (first run: quantize; {auto})", gen + ["--dtype", "int8"], "int8_cold.txt"),
+            (f"gen_feat --dtype int8 (cached; {auto})", gen + ["--dtype", "int8"], "int8.txt"),
+            ("gen_feat --dtype int8 --onnx-runtime onnxruntime (cached)",
+             gen + ["--dtype", "int8", "--onnx-runtime", "onnxruntime"], "int8_ort.txt"),
+            (f"gen_feat --backend onnxruntime (first run: export; {auto})", gen + ["--backend", "onnxruntime"],
+             "ortb_cold.txt"),
+            (f"gen_feat --backend onnxruntime (cached; {auto})", gen + ["--backend", "onnxruntime"], "ortb.txt"),
+            (f"ort_embed fp32 (no torch; {auto})", [PY, "-m", "inference.ort_embed", "--onnx", str(onnx),
+                                                    "--inf_list", str(lst)], "ort_fp32.txt")]
     rows, outs = [], {}
     for name, cmd, out in runs:
         outs[name] = tmp / out
         seconds = timed(cmd + ["--feat_list", str(outs[name])], env)
         rows.append({"method": name, "seconds": seconds, "load_1min": load_average()[0]})
     int8_onnx = next(Path(env["MAGFACE_CACHE"]).glob("*.int8.onnx"))
-    outs["ort_embed int8 (no torch)"] = tmp / "ort_int8.txt"
-    rows.append({"method": "ort_embed int8 (no torch)", "load_1min": load_average()[0],
-                 "seconds": timed([PY, "-m", "inference.ort_embed", "--onnx", str(int8_onnx), "--inf_list", str(lst),
-                                   "--feat_list", str(outs["ort_embed int8 (no torch)"])], env)})
+    for name, extra in ((f"ort_embed int8 (no torch; {auto})", []),
+                        ("ort_embed int8 (no torch) --runtime onnxruntime", ["--runtime", "onnxruntime"])):
+        outs[name] = tmp / f"ort_int8_{len(extra)}.txt"
+        rows.append({"method": name, "load_1min": load_average()[0],
+                     "seconds": timed([PY, "-m", "inference.ort_embed", "--onnx", str(int8_onnx), "--inf_list",
+                                       str(lst), "--feat_list", str(outs[name]), *extra], env)})
     return rows, outs
 
 
@@ -179,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"installed size, {path}: {sum(d.values()):.0f} MB ({', '.join(f'{k} {v:.0f}' for k, v in d.items())})")
     if demo:
         print(f"demo checkpoint {args.demo_ckpt}, 2,400 LFW pairs, 10-fold accuracy: fp32 {demo['fp32_accuracy']:.4f}, "
-              f"int8 {demo['int8_accuracy']:.4f} (min cosine int8 vs fp32 over 4,800 faces "
+              f"int8 {demo['int8_accuracy']:.4f} ({demo['int8_runtime']}; min cosine int8 vs fp32 over 4,800 faces "
               f"{demo['min_cos_int8_vs_fp32']:.4f})")
     report = {"machine": info, "args": vars(args), "results": rows, "breakdown": parts, "sizes_mb": sizes,
               "demo": demo}
