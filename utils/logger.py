@@ -13,24 +13,35 @@ LOGGER_NAME = "magface"
 
 
 def setup_logger(log_file: str | Path | None = None, rank: int = 0, level: int = logging.INFO) -> logging.Logger:
-    """Console (rank 0 only, others at WARNING) plus an optional file; idempotent."""
+    """Console (rank 0 only, others at WARNING) plus an optional file; idempotent.
+
+    Its handlers are marked (``run_handlers``) so that handlers others attach to the logger (a test runner's
+    capture handler, say) are neither removed here nor taken for a set-up run by ``utils.cli``.
+    """
     logger = logging.getLogger(LOGGER_NAME)
     logger.setLevel(level)
     logger.propagate = False
-    for h in list(logger.handlers):
+    for h in run_handlers(logger):
         logger.removeHandler(h)
         h.close()
     fmt = logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
     console = logging.StreamHandler(sys.stdout)
     console.setLevel(level if rank == 0 else logging.WARNING)
-    console.setFormatter(fmt)
-    logger.addHandler(console)
+    handlers = [console]
     if log_file is not None and rank == 0:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(log_file)
-        fh.setFormatter(fmt)
-        logger.addHandler(fh)
+        handlers.append(logging.FileHandler(log_file))
+    for h in handlers:
+        h.setFormatter(fmt)
+        h.magface_run = True
+        logger.addHandler(h)
     return logger
+
+
+def run_handlers(logger: logging.Logger | None = None) -> list[logging.Handler]:
+    """The handlers ``setup_logger`` attached (console and file of a run), none of anyone else's."""
+    logger = logger or get_logger()
+    return [h for h in logger.handlers if getattr(h, "magface_run", False)]
 
 
 def get_logger() -> logging.Logger:
