@@ -10,7 +10,7 @@ from dataloader.image_list import ImageListDataset, TrainList, read_train_list
 from dataloader.recordio import RecordIODataset, RecordIOWriter, pack_payload, read_idx, unpack_payload
 from dataloader.sampler import EpochShuffleSampler
 from dataloader.synthetic import SyntheticDataset, TensorImageDataset
-from dataloader.transforms import BadSample, BadSampleError, decode_face, hflip_chw, to_chw_tensor
+from dataloader.transforms import BadSample, BadSampleError, decode_face, to_chw_tensor
 
 __all__ = [
     "BadCount",
@@ -28,7 +28,6 @@ __all__ = [
     "build_train_loader",
     "collate_faces",
     "decode_face",
-    "hflip_chw",
     "pack_payload",
     "read_idx",
     "read_train_list",

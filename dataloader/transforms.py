@@ -83,15 +83,3 @@ def to_chw_tensor(img: np.ndarray, flip: bool = False) -> torch.Tensor:
 def random_flip() -> bool:
     """A fair coin from Python's RNG (30x cheaper than torch's), which the DataLoader seeds per worker."""
     return random.random() < 0.5
-
-
-def hflip_chw(images: torch.Tensor) -> torch.Tensor:
-    """Mirror CHW or NCHW images left-right (the last axis is the width)."""
-    return images.flip(-1)
-
-
-def random_hflip_chw(image: torch.Tensor, p: float = 0.5) -> torch.Tensor:
-    """Mirror a CHW uint8 image with probability ``p``."""
-    if p > 0 and bool(torch.rand(()) < p):
-        return image.flip(-1)
-    return image

@@ -48,25 +48,6 @@ def get_logger() -> logging.Logger:
     return logging.getLogger(LOGGER_NAME)
 
 
-class AverageMeter:
-    """Mean of the values seen since the last reset (a window between log lines)."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.total = 0.0
-        self.count = 0
-
-    def update(self, value: float, n: int = 1) -> None:
-        self.total += float(value) * n
-        self.count += n
-
-    @property
-    def avg(self) -> float:
-        return self.total / max(self.count, 1)
-
-
 class Throughput:
     """Images/s over the last window and the ETA for the remaining steps."""
 
