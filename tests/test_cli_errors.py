@@ -1,6 +1,7 @@
 """Every entry point fails with one line naming the file at fault, no traceback unless --debug/MAGFACE_DEBUG."""
 from __future__ import annotations
 
+import io
 import logging
 import os
 import subprocess
@@ -127,6 +128,18 @@ def test_run_cli_reports_to_the_log_once_a_logger_is_set_up(capsys, monkeypatch)
     assert cli.run_cli(lambda argv: int("x"), [], "train") == 2  # bad input
     assert len(records) == 1 and records[0].startswith("train: error: invalid literal")
     assert capsys.readouterr().err == ""
+
+
+def test_error_label_is_red_only_on_a_terminal(monkeypatch):
+    class Tty:
+        def isatty(self):
+            return True
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert cli.error_label(Tty()).startswith("\x1b[") and "error:" in cli.error_label(Tty())
+    assert cli.error_label(io.StringIO()) == "error:"
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert cli.error_label(Tty()) == "error:"
 
 
 def test_split_debug_keeps_everything_else(monkeypatch):

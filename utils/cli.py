@@ -6,6 +6,9 @@ argparse error. Anything else is a bug or an environment problem: one line with 
 message and the innermost file:line it came from, exit 1. Extra ``codes`` map further exception types to
 their own statuses (the trainers: diverged 3, distributed failure 4).
 
+On a terminal the ``error:`` label is red (termcolor; not with ``NO_COLOR`` set, nor when stderr is a
+file or a pipe, so logs and tests see plain text).
+
 The traceback comes back with ``--debug`` anywhere on the command line (removed before ``main`` parses
 it) or with the environment variable ``MAGFACE_DEBUG=1``: then the exception propagates unchanged.
 """
@@ -62,13 +65,23 @@ def origin(error: BaseException) -> str:
     return f"{path}:{frame.lineno}"
 
 
+def error_label(stream=None) -> str:
+    """``error:``, in red on a terminal that allows colour."""
+    stream = stream or sys.stderr
+    if not getattr(stream, "isatty", lambda: False)() or os.environ.get("NO_COLOR"):
+        return "error:"
+    from termcolor import colored
+
+    return colored("error:", "red", attrs=["bold"], force_color=True)
+
+
 def _report(prog: str, message: str) -> None:
     from utils.logger import get_logger, run_handlers  # a run set up by setup_logger logs to its file too
 
     if run_handlers():
         get_logger().error(f"{prog}: error: {message}")
     else:
-        print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+        print(f"{prog}: {error_label()} {message}", file=sys.stderr, flush=True)
 
 
 def run_cli(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None, prog: str | None = None,
