@@ -47,6 +47,7 @@ from run.config import TrainConfig  # noqa: E402
 from run.engine import LoopState, train_one_epoch  # noqa: E402
 from run.trainer import build_run, uses_cudagraphs  # noqa: E402
 from utils.dist import DistInfo  # noqa: E402
+from utils.precision import amp_dtype  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 RAW = Path(__file__).resolve().parents[1] / "raw" / "demo_data"
@@ -128,7 +129,7 @@ def build_bench_run(cfg: TrainConfig, dataset, steps: int, lr: float = 0.1):
                                 persistent_workers=False)
     state = LoopState(device=run.device, steps_per_epoch=1, total_steps=steps, batch_size=cfg.batch_size,
                       lr_fn=lambda step: lr, cudagraph_steps=uses_cudagraphs(cfg, run.device),
-                      amp_dtype={"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp],
+                      amp_dtype=amp_dtype(cfg.amp),
                       channels_last=run.channels_last, print_freq=10**9)
     return run, loader, state
 

@@ -34,6 +34,7 @@ from bench.class_fit import HEAD_KINDS, largest_fitting, step_fits  # noqa: E402
 from bench.common import csv_arg, format_machine, format_table, machine_info, write_json  # noqa: E402
 from models import build_backbone  # noqa: E402
 from run.engine import train_one_epoch  # noqa: E402
+from utils.precision import amp_dtype  # noqa: E402
 
 LEVERS: dict[str, dict] = {
     "baseline": {},
@@ -129,7 +130,7 @@ def _fits(model, arch: str, kind: str, args: argparse.Namespace, device: torch.d
 def run_fit(args: argparse.Namespace) -> list[dict]:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
-    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    amp = amp_dtype(args.amp)
     results = []
     for arch in args.fit_archs:
         backbone = build_backbone(arch, args.embedding_size, 0.0, args.input_size).to(device)

@@ -136,10 +136,10 @@ def embed_bin(
     ``device`` "auto" takes the GPU when there is one; ``dtype`` fp32 (default), bf16 or fp16.
     """
     from inference.extract import embed_array
-    from inference.feat_torch import DTYPES
     from utils.checkpoint import load_backbone
     from utils.convention import parse_convention
     from utils.dist import resolve_device
+    from utils.precision import DTYPES
 
     images, issame = read_bin(bin_path)
     conv = parse_convention(convention) if convention else None

@@ -22,8 +22,8 @@ from utils.checkpoint import load_backbone
 from utils.convention import InputConvention, parse_convention, read_aligned_face
 from utils.dist import resolve_device
 from utils.image_list import usable_cores
+from utils.precision import DTYPES
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 GPU_FLUSH_BATCHES = 64  # features copied back to the host every N batches (one sync each time)
 
 

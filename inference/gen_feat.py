@@ -29,7 +29,7 @@ from utils.cli import run_cli  # noqa: E402
 from utils.convention import parse_convention  # noqa: E402
 from utils.image_list import read_image_list, usable_cores  # noqa: E402,F401  (usable_cores: re-exported)
 
-DTYPE_NAMES = ("bf16", "fp16", "fp32")  # the PyTorch precisions (inference.feat_torch.DTYPES); int8: onnxruntime
+DTYPE_NAMES = ("bf16", "fp16", "fp32")  # the PyTorch precisions (utils.precision.DTYPES); int8: onnxruntime
 
 
 def get_args_parser() -> argparse.ArgumentParser:

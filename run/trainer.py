@@ -32,6 +32,7 @@ from utils.checkpoint import backbone_state, load_backbone_state, read_checkpoin
 from utils.convention import parse_convention
 from utils.dist import DistInfo, resolve_device, shard_range
 from utils.logger import TensorBoard, get_logger, setup_logger
+from utils.precision import amp_dtype
 
 
 def init_head_rows(weight: torch.Tensor, start: int, seed: int) -> None:
@@ -171,7 +172,7 @@ def _loop_state(cfg: TrainConfig, run: Run, steps_per_epoch: int, per_rank: int,
         device=run.device, steps_per_epoch=steps_per_epoch, total_steps=total_steps, batch_size=per_rank,
         lr_fn=lambda s: lr_at(s, steps_per_epoch, cfg.lr, cfg.epochs, cfg.schedule, cfg.lr_drop_epoch,
                               cfg.lr_drop_ratio, cfg.warmup_epochs),
-        amp_dtype={"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp],
+        amp_dtype=amp_dtype(cfg.amp),
         channels_last=run.channels_last, cudagraph_steps=uses_cudagraphs(cfg, run.device), grad_clip=cfg.grad_clip,
         seed=cfg.seed, print_freq=cfg.print_freq,
         global_step=pos.global_step, guard=NonFiniteGuard(cfg.max_nonfinite), grad_norm_fn=grad_norm,

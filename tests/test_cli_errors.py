@@ -146,3 +146,14 @@ def test_split_debug_keeps_everything_else(monkeypatch):
     monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
     assert cli.split_debug(["--a", "1", "--debug", "--b"]) == (["--a", "1", "--b"], True)
     assert cli.split_debug(["--a", "--", "--debug"])[1] is False
+
+
+def test_one_precision_table():
+    import torch
+
+    from utils.precision import DTYPES, amp_dtype
+
+    assert amp_dtype("none") is None and amp_dtype("bf16") is torch.bfloat16 and amp_dtype("fp16") is torch.float16
+    assert DTYPES["fp32"] is torch.float32
+    with pytest.raises(ValueError, match="--amp 'fp32': expected none, bf16 or fp16"):
+        amp_dtype("fp32")
