@@ -27,6 +27,7 @@ from dataloader.image_list import ImageListDataset, read_train_list
 from dataloader.pack_rec import pack_train_list
 from dataloader.recordio import RecordIODataset
 from dataloader.sampler import EpochShuffleSampler
+from utils.image_list import usable_cores
 
 DEFAULT_LIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "celeba112" / "train.list"
 
@@ -57,7 +58,7 @@ def time_getitem(dataset, n: int = 2000) -> float:
 
 
 def machine() -> str:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = usable_cores()
     return (f"{platform.processor() or platform.machine()}, {cpus} usable cores, python "
             f"{platform.python_version()}, torch {torch.__version__}, opencv {cv2.__version__}")
 

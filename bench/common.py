@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from utils.image_list import usable_cores
+
 
 def cpu_model() -> str:
     """The ``model name`` line of /proc/cpuinfo (platform's guess elsewhere)."""
@@ -30,10 +32,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def cpu_flags() -> list[str]:

@@ -8,7 +8,6 @@ to ``BadSampleCounter``, which logs each one and stops the run once too large a 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Callable
 
@@ -130,4 +129,6 @@ def build_train_loader(dataset: Dataset, batch_size: int, workers: int, sampler:
 
 def default_workers() -> int:
     """A worker count that leaves one core to the training process."""
-    return max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2) - 1)
+    from utils.image_list import usable_cores
+
+    return max(1, usable_cores() - 1)

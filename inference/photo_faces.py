@@ -13,7 +13,6 @@ in parallel (each worker builds its own onnxruntime session on first use).
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,7 +135,9 @@ def iter_photo_faces(paths: list[str], options: FaceOptions, workers: int = 0):
 
 
 def default_workers() -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    from utils.image_list import usable_cores
+
+    cores = usable_cores()
     return 0 if cores <= 2 else min(8, cores // 2)
 
 
