@@ -25,6 +25,7 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 
 from eval.feature_io import write_features  # noqa: E402
+from inference.ort_embed import RUNTIMES  # noqa: E402  (torch-free: numpy, OpenCV, utils)
 from utils.cli import run_cli  # noqa: E402
 from utils.convention import parse_convention  # noqa: E402
 from utils.image_list import read_image_list, usable_cores  # noqa: E402,F401  (usable_cores: re-exported)
@@ -58,7 +59,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="fp32 on the CPU: onnxruntime runs the checkpoint's ONNX export, made and cached on first "
                    "use (inference.int8; 1.2-1.3x faster end to end on a 2-core EPYC, features equal to 1e-5); "
                    "int8 always uses it")
-    p.add_argument("--onnx-runtime", choices=("auto", "onnxruntime", "openvino"), default="auto",
+    p.add_argument("--onnx-runtime", choices=RUNTIMES, default="auto",
                    help="what runs the ONNX model of --dtype int8 / --backend onnxruntime; auto: openvino when it "
                    "is installed and the CPU has AMX (int8 ~4x faster there), else onnxruntime")
     p.add_argument("--calib-list", default=None,

@@ -63,6 +63,19 @@ class OnnxFaceModel:
         self.path, self.metadata = path, metadata
         self.convention = convention or self._stored_convention()
 
+    @staticmethod
+    def model_file(path: str | os.PathLike) -> Path:
+        """``path`` as a Path, or FileNotFoundError naming it (checked before a runtime parses anything)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model not found: {path}")
+        return path
+
+    @staticmethod
+    def not_loadable(path: Path, error: Exception) -> ValueError:
+        """The one-line error for a file the runtime refused (runtimes raise their own exception types)."""
+        return ValueError(f"{path}: not a loadable ONNX model ({str(error).splitlines()[0]})")
+
     def _stored_convention(self) -> InputConvention:
         text = self.metadata.get("input_convention")
         if text is None:
@@ -92,15 +105,13 @@ class OrtModel(OnnxFaceModel):
                  convention: InputConvention | None = None) -> None:
         import onnxruntime as ort
 
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"ONNX model not found: {path}")
+        path = self.model_file(path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or usable_cores()
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own types for a damaged or foreign file
-            raise ValueError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0]})") from None
+            raise self.not_loadable(path, e) from None
         self.input_name = self.session.get_inputs()[0].name
         super().__init__(path, dict(self.session.get_modelmeta().custom_metadata_map), convention)
 

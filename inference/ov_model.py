@@ -61,14 +61,12 @@ class OvModel(OnnxFaceModel):
                  convention: InputConvention | None = None) -> None:
         import openvino as ov
 
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"ONNX model not found: {path}")
+        path = self.model_file(path)
         core = ov.Core()
         try:
             model = core.read_model(str(path))
         except Exception as e:  # OpenVINO raises its own types for a damaged or foreign file
-            raise ValueError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0]})") from None
+            raise self.not_loadable(path, e) from None
         info = model.get_rt_info()
         framework = info["framework"] if "framework" in info else {}
         metadata = {str(k): str(getattr(v, "value", v)) for k, v in dict(framework).items()}
