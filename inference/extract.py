@@ -6,7 +6,6 @@ folded into the convs (``inference.fuse``), channels-last memory and, optionally
 """
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 
@@ -17,13 +16,7 @@ from torch import nn
 from inference.fuse import fuse_iresnet
 from models.iresnet import IResNet
 from utils.convention import MAGFACE, InputConvention, to_model_input
-
-
-def autocast_for(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    """Autocast for bf16/fp16 inference; a no-op for fp32."""
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+from utils.precision import autocast
 
 
 def prepare_model(
@@ -76,7 +69,7 @@ def embed_batch(
     x = to_model_input(images, convention)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with autocast_for(x.device, dtype):
+    with autocast(x.device, dtype):
         feats = model(x).float()
         if flip:
             feats = feats + model(x.flip(3)).float()

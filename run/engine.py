@@ -10,7 +10,6 @@ step k therefore replays exactly what an uninterrupted run does from step k on.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -25,6 +24,7 @@ from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 from run.faults import Faults
 from utils.convention import MAGFACE, InputConvention, to_model_input
 from utils.logger import TensorBoard, Throughput, format_eta, get_logger
+from utils.precision import autocast
 
 METRICS = ("loss", "loss_id", "loss_g_weighted", "accuracy", "mag_mean", "mag_min", "mag_max", "margin")
 
@@ -152,12 +152,6 @@ def prepare_batch(images: torch.Tensor, labels: torch.Tensor, state: LoopState) 
     return x, labels
 
 
-def _autocast(state: LoopState) -> contextlib.AbstractContextManager:
-    if state.amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=state.device.type, dtype=state.amp_dtype)
-
-
 def _step_metrics(out: dict[str, torch.Tensor], lambda_g: float) -> torch.Tensor:
     x = out["x_norm"].detach()
     return torch.stack([
@@ -260,7 +254,7 @@ def _guarded_forward(backbone: nn.Module, head: nn.Module, x: torch.Tensor, y: t
     """Forward pass; when the loss is not finite the BatchNorm statistics it touched are put back."""
     if buffers:
         torch._foreach_copy_(saved, buffers)
-    with _autocast(state):
+    with autocast(state.device, state.amp_dtype):
         emb = backbone(x)
     out = head(emb, y)
     finite = bool(torch.isfinite(out["loss"]))

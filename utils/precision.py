@@ -5,6 +5,8 @@ trainers and the benchmarks) reads ``amp_dtype``, where ``none`` means full fp32
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -17,3 +19,10 @@ def amp_dtype(name: str) -> torch.dtype | None:
     if name not in DTYPES or name == "fp32":
         raise ValueError(f"--amp {name!r}: expected none, bf16 or fp16")
     return DTYPES[name]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype`` on ``device``'s type; a no-op for None (``--amp none``) and fp32."""
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
