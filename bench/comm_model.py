@@ -13,7 +13,7 @@ What one training step sends, per rank, with ``run/train_dist.py`` (DDP backbone
   labels; five all-reduces of one number per global row (row max, target logit, sum of exp, and the
   best cosine and its class for the accuracy).
 - sharded head, backward: the embedding gradient of the global batch (n b D fp32) is all-reduced
-  (``utils.dist._AllGatherWithGrad``); a reduce-scatter would move half of it.
+  (``models.collectives._AllGatherWithGrad``); a reduce-scatter would move half of it.
 - one int32 all-reduce per step (the preemption verdict, ``run.preempt``).
 
 Costs (ring algorithms, bus bandwidth ``bw`` per GPU): all-reduce of S bytes 2 (n-1)/n S / bw,

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from models.magface import MagFaceHead, MagMargin, head_outputs, magnitude_terms, target_cosine
+from models.magface import MagFaceConfig, MagFaceHead, head_outputs, magnitude_terms, target_cosine
 
 _NORM_EPS = 1e-12  # F.normalize's default
 
@@ -47,7 +47,7 @@ class _ChunkedMagFaceLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, unit: torch.Tensor, weight: torch.Tensor, margin: torch.Tensor, labels: torch.Tensor,
-                cfg: MagMargin, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                cfg: MagFaceConfig, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch = unit.shape[0]
         w_y, norm_y = _normalise_rows(weight[labels])
         raw_y = (unit * w_y).sum(dim=1)
@@ -130,8 +130,9 @@ def _chunk_logits(unit: torch.Tensor, weight: torch.Tensor, start: int, chunk: i
 class ChunkedMagFaceHead(MagFaceHead):
     """``MagFaceHead`` (same parameters, loss and outputs) computed ``chunk`` classes at a time."""
 
-    def __init__(self, embedding_size: int, num_classes: int, chunk: int = 16384, **margin_kw: Any) -> None:
-        super().__init__(embedding_size, num_classes, **margin_kw)
+    def __init__(self, embedding_size: int, num_classes: int, config: MagFaceConfig | None = None,
+                 chunk: int = 16384, init_seed: int = 0) -> None:
+        super().__init__(embedding_size, num_classes, config, init_seed)
         if chunk < 1:
             raise ValueError(f"the head's class chunk must be >= 1, got {chunk}")
         self.chunk = chunk
@@ -140,7 +141,7 @@ class ChunkedMagFaceHead(MagFaceHead):
         return f"{super().extra_repr()}, chunk={self.chunk}"
 
     def _forward_fp32(self, f: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        cfg = self.cfg
+        cfg = self.config
         labels = labels.long().view(-1).to(f.device)
         # checked where it is free; on a GPU it would cost a host synchronisation per step (the dense head
         # does not check either: the datasets validate labels before training)
@@ -149,7 +150,7 @@ class ChunkedMagFaceHead(MagFaceHead):
             raise ValueError(f"labels must lie in [0, {self.num_classes}), got values in "
                              f"[{int(labels.min())}, {int(labels.max())}]")
         terms = magnitude_terms(f, cfg)
-        loss_id, _, arg = _ChunkedMagFaceLoss.apply(F.normalize(f, dim=1), self.weight.float(), terms["margin"],
+        loss_id, _, arg = _ChunkedMagFaceLoss.apply(F.normalize(f, dim=1), self.weight.float(), terms["m_a"],
                                                     labels, cfg, self.chunk)
         loss_g = terms["g"].mean()
         return head_outputs(loss_id, loss_g, terms, (arg == labels).float().mean(), cfg)

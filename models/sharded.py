@@ -28,18 +28,14 @@ Every rank must pass the same local batch size (use drop_last=True in the sample
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
 
-from models.magface import MagMargin, head_outputs, magnitude_terms, target_cosine
-from utils.dist import all_gather_no_grad, all_gather_with_grad, gather_row_shards, shard_range
-
-_INIT_BLOCK = 65536
+from models.collectives import all_gather_no_grad, all_gather_with_grad
+from models.magface import ClassWeightHead, MagFaceConfig, head_outputs, magnitude_terms, target_cosine
 
 
 def _all_reduce(tensor: torch.Tensor, op: Any, distributed: bool) -> torch.Tensor:
@@ -123,93 +119,26 @@ class _ShardedMarginCrossEntropy(torch.autograd.Function):
         return grad_cos, grad_penalised, None, None, None
 
 
-def init_rows(start: int, end: int, dim: int, seed: int) -> torch.Tensor:
-    """N(0, 0.01) rows [start, end) of a [C, D] matrix whose values do not depend on the sharding.
-
-    Rows are drawn in fixed blocks, each from its own seeded generator, so ranks never share an
-    initialisation and a head resharded at another world size starts from the same matrix.
-    """
-    out = torch.empty(end - start, dim)
-    for block in range(start // _INIT_BLOCK, (end + _INIT_BLOCK - 1) // _INIT_BLOCK):
-        gen = torch.Generator().manual_seed(seed * 7919 + block)
-        rows = torch.randn(_INIT_BLOCK, dim, generator=gen) * 0.01
-        lo, hi = max(start, block * _INIT_BLOCK), min(end, (block + 1) * _INIT_BLOCK)
-        out[lo - start : hi - start] = rows[lo - block * _INIT_BLOCK : hi - block * _INIT_BLOCK]
-    return out
-
-
-def full_weight_from_shards(shards: Sequence[torch.Tensor], num_classes: int) -> torch.Tensor:
-    """Concatenate per-rank weight slices (rank order) into the [C, D] matrix, checking their sizes."""
-    world_size = len(shards)
-    if world_size == 0:
-        raise ValueError("full_weight_from_shards needs at least one shard")
-    dims = {tuple(s.shape[1:]) for s in shards}
-    if len(dims) != 1 or any(s.dim() != 2 for s in shards):
-        shapes = [tuple(s.shape) for s in shards]
-        raise ValueError(f"shards must be 2-D with one embedding size, got {shapes}")
-    for rank, shard in enumerate(shards):
-        start, end = shard_range(num_classes, world_size, rank)
-        if shard.shape[0] != end - start:
-            raise ValueError(
-                f"shard {rank} of {world_size} has {shard.shape[0]} rows, expected {end - start} "
-                f"for {num_classes} classes"
-            )
-    return torch.cat(list(shards), dim=0)
-
-
-class ShardedMagFaceHead(nn.Module):
+class ShardedMagFaceHead(ClassWeightHead):
     """This rank's slice of the MagFace class weights; the loss is computed across all ranks.
 
-    ``forward(local_embeddings, local_labels)`` returns the keys of ``MagFaceHead``: ``loss``,
-    ``loss_id``, ``loss_g`` (identical on every rank), and ``x_norm``, ``margin`` for the global
-    batch (rank 0's samples first) and ``accuracy`` over the global batch. See the module docstring
+    ``forward(local_embeddings, local_labels)`` returns the keys of ``ClassWeightHead``: ``loss``,
+    ``loss_id``, ``loss_g``, ``loss_g_weighted`` (identical on every rank), and ``x_norm``, ``m_a`` for the
+    global batch (rank 0's samples first) and ``accuracy`` over the global batch. See the module docstring
     for the gradient contract with DDP. The initial rows depend on ``init_seed`` only, not on the
-    sharding (``init_rows``).
+    sharding (``models.magface.init_rows``).
     """
 
-    def __init__(
-        self,
-        embedding_size: int,
-        num_classes: int,
-        rank: int,
-        world_size: int,
-        l_a: float = 10.0,
-        u_a: float = 110.0,
-        l_margin: float = 0.45,
-        u_margin: float = 0.8,
-        lambda_g: float = 35.0,
-        scale: float = 64.0,
-        margin: str = "arc",
-        easy_margin: bool = True,
-        compensate_ddp_average: bool = True,
-        init_seed: int = 0,
-    ) -> None:
-        super().__init__()
-        if num_classes < 1 or embedding_size < 1:
-            raise ValueError(
-                f"need num_classes >= 1 and embedding_size >= 1, got {num_classes}, {embedding_size}"
-            )
-        self.cfg = MagMargin(l_a, u_a, l_margin, u_margin, lambda_g, scale, margin, easy_margin)
-        self.cfg.check_feasible()
-        self.embedding_size = embedding_size
-        self.num_classes = num_classes
-        self.rank = rank
-        self.world_size = world_size
-        self.start, self.end = shard_range(num_classes, world_size, rank)
+    def __init__(self, embedding_size: int, num_classes: int, rank: int, world_size: int,
+                 config: MagFaceConfig | None = None, compensate_ddp_average: bool = True, init_seed: int = 0) -> None:
+        super().__init__(embedding_size, num_classes, config, rank, world_size, init_seed)
         self.compensate_ddp_average = compensate_ddp_average
-        self.weight = nn.Parameter(init_rows(self.start, self.end, embedding_size, init_seed))
-
-    def extra_repr(self) -> str:
-        return (
-            f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, "
-            f"classes=[{self.start}, {self.end}), rank={self.rank}/{self.world_size}, {self.cfg}"
-        )
 
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
 
-    def _check_group(self) -> None:
+    def check_group(self) -> None:
         """The collectives use the default process group: it must match the head's rank and world."""
         if not (dist.is_available() and dist.is_initialized()):
             if self.distributed:
@@ -228,12 +157,12 @@ class ShardedMagFaceHead(nn.Module):
             raise ValueError(
                 f"embeddings must be (b, {self.embedding_size}), got {tuple(local_embeddings.shape)}"
             )
-        self._check_group()
+        self.check_group()
         with torch.autocast(device_type=local_embeddings.device.type, enabled=False):
             return self._forward_fp32(local_embeddings.float(), local_labels)
 
     def _forward_fp32(self, f_local: torch.Tensor, labels_local: torch.Tensor) -> dict[str, torch.Tensor]:
-        cfg, local_batch = self.cfg, f_local.shape[0]
+        cfg, local_batch = self.config, f_local.shape[0]
         if self.compensate_ddp_average and self.distributed:
             f_local = _ScaleGrad.apply(f_local, float(self.world_size))
         f = all_gather_with_grad(f_local)
@@ -249,7 +178,7 @@ class ShardedMagFaceHead(nn.Module):
             cos_y = cos.gather(1, local_target.clamp_min(0).unsqueeze(1)).squeeze(1).clamp(-1.0, 1.0)
         else:
             cos_y = cos.new_zeros(cos.shape[0])
-        penalised = target_cosine(cos_y, terms["margin"], cfg)
+        penalised = target_cosine(cos_y, terms["m_a"], cfg)
         loss_id, best, arg = _ShardedMarginCrossEntropy.apply(cos, penalised, local_target, cfg.scale,
                                                                self.distributed)
         loss_g = self._regulariser(terms["g"], local_batch)
@@ -277,17 +206,3 @@ class ShardedMagFaceHead(nn.Module):
         pred = torch.where(best == top, arg, torch.full_like(arg, self.num_classes))
         pred = _all_reduce(pred, dist.ReduceOp.MIN, self.distributed)
         return (pred == labels).float().mean()
-
-    @torch.no_grad()
-    def gather_full_weight(self, dst: int | None = 0) -> torch.Tensor | None:
-        """The whole [C, D] weight on rank ``dst`` (None elsewhere), or on every rank if dst is None."""
-        self._check_group()
-        return gather_row_shards(self.weight, self.num_classes, dst)
-
-    @torch.no_grad()
-    def load_full_weight(self, full_weight: torch.Tensor) -> None:
-        """Take this rank's rows of a whole [C, D] weight (e.g. from a checkpoint of any world size)."""
-        expected = (self.num_classes, self.embedding_size)
-        if tuple(full_weight.shape) != expected:
-            raise ValueError(f"full head weight must have shape {expected}, got {tuple(full_weight.shape)}")
-        self.weight.copy_(full_weight[self.start : self.end])

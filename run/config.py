@@ -11,11 +11,13 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from dataloader.augment import DegradeAugment, parse_kinds
+from models.magface import VARIANTS, MagFaceConfig
 from run.preempt import parse_signals
 from utils.atomic import atomic_write
 from utils.convention import parse_convention
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+_HEAD = MagFaceConfig()  # the published loss defaults live there; the flags below take them from it
 
 
 @dataclass
@@ -51,14 +53,15 @@ class TrainConfig:
     dropout: float = 0.0
     input_size: int = 112
     input_convention: str = "magface"
-    l_a: float = 10.0
-    u_a: float = 110.0
-    l_margin: float = 0.45
-    u_margin: float = 0.8
-    lambda_g: float = 35.0
-    arc_scale: float = 64.0
-    margin: str = "arc"
-    easy_margin: bool = True
+    # the MagFace loss (models.magface.MagFaceConfig; --margin is its variant, --arc-scale its scale)
+    l_a: float = _HEAD.l_a
+    u_a: float = _HEAD.u_a
+    l_margin: float = _HEAD.l_margin
+    u_margin: float = _HEAD.u_margin
+    lambda_g: float = _HEAD.lambda_g
+    arc_scale: float = _HEAD.scale
+    margin: str = _HEAD.variant
+    easy_margin: bool = _HEAD.easy_margin
     # execution
     device: str = "auto"
     amp: str = "none"
@@ -98,7 +101,7 @@ class TrainConfig:
         if sources != 1:
             raise ValueError("give exactly one data source: --train_list LIST, --rec DIR or --synthetic N")
         choices = {"schedule": ("step", "cosine"), "amp": ("none", "bf16", "fp16"),
-                   "margin": ("arc", "cos"), "channels_last": ("auto", "on", "off"),
+                   "margin": VARIANTS, "channels_last": ("auto", "on", "off"),
                    "compile": ("auto", "on", "off"), "on_save_error": ("stop", "continue"),
                    "compile_mode": COMPILE_MODES, "head_impl": ("dense", "fused")}
         for key, allowed in choices.items():
@@ -129,6 +132,11 @@ class TrainConfig:
         for path in self.val_bin:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"--val-bin: verification set not found: {path}")
+
+    def head_config(self) -> MagFaceConfig:
+        """The loss hyper-parameters as the heads take them."""
+        return MagFaceConfig(self.l_a, self.u_a, self.l_margin, self.u_margin, self.lambda_g, self.arc_scale,
+                             self.margin, self.easy_margin)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -152,11 +152,11 @@ def prepare_batch(images: torch.Tensor, labels: torch.Tensor, state: LoopState) 
     return x, labels
 
 
-def _step_metrics(out: dict[str, torch.Tensor], lambda_g: float) -> torch.Tensor:
+def _step_metrics(out: dict[str, torch.Tensor]) -> torch.Tensor:
     x = out["x_norm"].detach()
     return torch.stack([
-        out["loss"].detach(), out["loss_id"].detach(), lambda_g * out["loss_g"].detach(),
-        out["accuracy"].detach().float(), x.mean(), x.min(), x.max(), out["margin"].detach().mean(),
+        out["loss"].detach(), out["loss_id"].detach(), out["loss_g_weighted"].detach(),
+        out["accuracy"].detach().float(), x.mean(), x.min(), x.max(), out["m_a"].detach().mean(),
     ]).float()
 
 
@@ -308,7 +308,7 @@ def train_one_epoch(
                 state.hooks.on_forward(epoch, step, emb, y, head)
             scaler.scale(out["loss"]).backward()
             optimizer_step(optimizers, scaler, params, state)
-            meters.add(_step_metrics(out, head.cfg.lambda_g))
+            meters.add(_step_metrics(out))
         speed.update(state.batch_size * state.world_size)
         step += 1
         state.global_step += 1

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as tdist
 from torch import nn
 
+from models.magface import ClassWeightHead
 from run.config import TrainConfig, config_differences
 from utils.checkpoint import (
     FORMAT_VERSION,
@@ -27,7 +27,7 @@ from utils.checkpoint import (
     released_state_dict,
 )
 from utils.convention import parse_convention
-from utils.dist import DistInfo, broadcast_object, gather_row_shards, shard_range
+from utils.dist import DistInfo, broadcast_object
 from utils.logger import get_logger
 
 KIND = "magface-resume"
@@ -38,18 +38,6 @@ class Position:
     epoch: int = 0
     step_in_epoch: int = 0
     global_step: int = 0
-
-
-def gather_rows(local: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Concatenate per-rank row slices (shard_range layout) into the full tensor on every rank."""
-    return gather_row_shards(local, num_classes, dst=None)
-
-
-def local_rows(full: torch.Tensor, num_classes: int) -> torch.Tensor:
-    if not (tdist.is_available() and tdist.is_initialized()):
-        return full
-    s, e = shard_range(num_classes, tdist.get_world_size(), tdist.get_rank())
-    return full[s:e]
 
 
 def rng_state() -> dict:
@@ -71,18 +59,18 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
 
 
-def _head_momentum(opt_head: torch.optim.Optimizer, head: nn.Module) -> torch.Tensor | None:
+def _head_momentum(opt_head: torch.optim.Optimizer, head: ClassWeightHead) -> torch.Tensor | None:
     return opt_head.state.get(head.weight, {}).get("momentum_buffer")
 
 
-def save_training_state(path: str | Path, backbone: nn.Module, head: nn.Module, opt_backbone: torch.optim.Optimizer,
-                        opt_head: torch.optim.Optimizer, scaler: torch.amp.GradScaler, pos: Position,
-                        arch: str, config: dict, is_main: bool) -> None:
-    """Collective when distributed (every rank calls it); rank 0 writes the file atomically."""
-    num_classes = head.num_classes
-    full_w = gather_rows(head.weight.detach().float(), num_classes)
+def save_training_state(path: str | Path, backbone: nn.Module, head: ClassWeightHead,
+                        opt_backbone: torch.optim.Optimizer, opt_head: torch.optim.Optimizer,
+                        scaler: torch.amp.GradScaler, pos: Position, arch: str, config: dict, is_main: bool) -> None:
+    """Collective when distributed (every rank calls it): the head's weight and momentum are gathered whole on
+    rank 0, which writes the file atomically."""
+    full_w = head.gather_full_weight(dst=0)
     mom = _head_momentum(opt_head, head)
-    full_mom = None if mom is None else gather_rows(mom.float(), num_classes)
+    full_mom = None if mom is None else head.gather_rows(mom.float(), dst=0)
     if not is_main:
         return
     head_groups = [{k: v for k, v in g.items() if k != "params"} for g in opt_head.state_dict()["param_groups"]]
@@ -103,9 +91,9 @@ def save_training_state(path: str | Path, backbone: nn.Module, head: nn.Module, 
     atomic_save(obj, path)
 
 
-def load_training_state(path: str | Path, backbone: nn.Module, head: nn.Module, opt_backbone: torch.optim.Optimizer,
-                        opt_head: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                        restore_rng: bool = True) -> tuple[Position, dict]:
+def load_training_state(path: str | Path, backbone: nn.Module, head: ClassWeightHead,
+                        opt_backbone: torch.optim.Optimizer, opt_head: torch.optim.Optimizer,
+                        scaler: torch.amp.GradScaler, restore_rng: bool = True) -> tuple[Position, dict]:
     """Restore everything ``save_training_state`` wrote; returns the position and the saved config."""
     obj = read_checkpoint(path)
     if obj.get("kind") != KIND:
@@ -122,14 +110,13 @@ def load_training_state(path: str | Path, backbone: nn.Module, head: nn.Module, 
         got = None if full_w is None else tuple(full_w.shape)
         raise ValueError(f"resume file {path}: head weight {got} does not fit "
                          f"[{head.num_classes}, {head.embedding_size}] (--last-fc-size / --embedding-size)")
-    with torch.no_grad():
-        head.weight.copy_(local_rows(full_w, head.num_classes).to(head.weight))
+    head.load_full_weight(full_w)
     opt_backbone.load_state_dict(obj["optimizer"])
     head_opt = obj["head_optimizer"]
     groups = [dict(g, params=[i]) for i, g in enumerate(head_opt["param_groups"])]
     state = {}
     if head_opt["momentum"] is not None:
-        state[0] = {"momentum_buffer": local_rows(head_opt["momentum"], head.num_classes).to(head.weight)}
+        state[0] = {"momentum_buffer": head.local_rows(head_opt["momentum"])}
     opt_head.load_state_dict({"state": state, "param_groups": groups})
     if scaler.is_enabled() and obj["scaler"]:
         scaler.load_state_dict(obj["scaler"])
@@ -161,7 +148,7 @@ def _resume_file(resume: str, out_dir: Path) -> Path | None:
     return Path(resume)
 
 
-def resume_training(cfg: TrainConfig, dist: DistInfo, backbone: nn.Module, head: nn.Module,
+def resume_training(cfg: TrainConfig, dist: DistInfo, backbone: nn.Module, head: ClassWeightHead,
                     opt_backbone: torch.optim.Optimizer, opt_head: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, steps_per_epoch: int) -> Position | None:
     """Apply ``--resume`` (collective): None when there is nothing to resume, else the position.

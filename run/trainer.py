@@ -17,46 +17,36 @@ from torch import nn
 
 from dataloader import BadSampleCounter, EpochShuffleSampler, build_train_dataset, build_train_loader
 from dataloader.augment import DegradeAugment, parse_kinds
-from models import MagFaceHead, build_backbone
+from models import ClassWeightHead, MagFaceHead, build_backbone
 from models.fused import ChunkedMagFaceHead
-from models.sharded import ShardedMagFaceHead, init_rows
+from models.sharded import ShardedMagFaceHead
 from run.config import TrainConfig
 from run.engine import LoopState, NonFiniteError, NonFiniteGuard, lr_at, sharded_grad_norm, train_one_epoch
 from run.failures import WorkerDied, data_fault, is_space_error, shared_save
 from run.faults import Faults
 from run.hooks import build_hooks
 from run.preempt import PREEMPT_EXIT, Preempted, PreemptWatch, ignore_in_worker, parse_signals, raise_preempted
-from run.state import Position, gather_rows, remove_stale_temporaries, resume_training, save_training_state
+from run.state import Position, remove_stale_temporaries, resume_training, save_training_state
 from utils import cli
 from utils.checkpoint import backbone_state, load_backbone_state, read_checkpoint, save_released
 from utils.convention import parse_convention
-from utils.dist import DistInfo, resolve_device, shard_range
+from utils.dist import DistInfo, resolve_device
 from utils.logger import TensorBoard, get_logger, setup_logger
 from utils.precision import amp_dtype
 
 
-def init_head_rows(weight: torch.Tensor, start: int, seed: int) -> None:
-    """Initialise rows [start, start+len) as the dense head would (``models.sharded.init_rows``), so the
-    initial classifier is the same whatever the world size."""
-    with torch.no_grad():
-        weight.copy_(init_rows(start, start + weight.shape[0], weight.shape[1], seed))
-
-
-def build_head(cfg: TrainConfig, dist: DistInfo, device: torch.device) -> nn.Module:
-    kw = dict(l_a=cfg.l_a, u_a=cfg.u_a, l_margin=cfg.l_margin, u_margin=cfg.u_margin, lambda_g=cfg.lambda_g,
-              scale=cfg.arc_scale, margin=cfg.margin, easy_margin=cfg.easy_margin)
+def build_head(cfg: TrainConfig, dist: DistInfo, device: torch.device) -> ClassWeightHead:
+    """The dense, fused or class-sharded head; its initial rows depend on --seed only, not on the world size."""
+    config, dim, classes = cfg.head_config(), cfg.embedding_size, cfg.last_fc_size
     if dist.distributed and cfg.head_impl != "dense":
         raise ValueError(f"--head-impl {cfg.head_impl} is for single-process training; the distributed trainer's "
                          "class-sharded head already fuses the margin and the cross-entropy")
     if dist.distributed:
-        head = ShardedMagFaceHead(cfg.embedding_size, cfg.last_fc_size, dist.rank, dist.world_size, **kw)
-        start = shard_range(cfg.last_fc_size, dist.world_size, dist.rank)[0]
+        head = ShardedMagFaceHead(dim, classes, dist.rank, dist.world_size, config, init_seed=cfg.seed)
+    elif cfg.head_impl == "fused":
+        head = ChunkedMagFaceHead(dim, classes, config, chunk=cfg.head_chunk, init_seed=cfg.seed)
     else:
-        head = ChunkedMagFaceHead(cfg.embedding_size, cfg.last_fc_size, chunk=cfg.head_chunk, **kw) \
-            if cfg.head_impl == "fused" else MagFaceHead(cfg.embedding_size, cfg.last_fc_size, **kw)
-        start = 0
-    if head.weight.shape[0]:
-        init_head_rows(head.weight.data, start, cfg.seed)
+        head = MagFaceHead(dim, classes, config, init_seed=cfg.seed)
     return head.to(device)
 
 
@@ -67,7 +57,7 @@ class Run:
     device: torch.device
     backbone: nn.Module
     model: nn.Module
-    head: nn.Module
+    head: ClassWeightHead
     opt_backbone: torch.optim.Optimizer
     opt_head: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
@@ -97,7 +87,7 @@ class Run:
         path = self.out_dir / (name or f"{epoch_done:05d}.pth")
 
         def write() -> None:
-            full = gather_rows(self.head.weight.detach().float(), self.cfg.last_fc_size)
+            full = self.head.gather_full_weight(dst=0)
             if self.dist.is_main:
                 save_released(path, self.backbone, full, epoch_done, self.cfg.arch, self.opt_backbone.state_dict(),
                               self.config, parse_convention(self.cfg.input_convention))

@@ -29,8 +29,9 @@ from eval.bin_io import read_bin
 from eval.metrics import write_json_atomic
 from eval.verification import evaluate_pairs
 from inference.extract import embed_array
+from models.collectives import gather_row_shards, shard_range
 from utils.convention import InputConvention
-from utils.dist import broadcast_object, gather_row_shards, get_world_size, shard_range
+from utils.dist import broadcast_object, get_world_size
 from utils.logger import TensorBoard, get_logger
 
 METRICS_FILE = "val_metrics.json"

@@ -24,8 +24,8 @@ import torch.distributed as tdist
 import torch.nn.functional as F
 from torch import nn
 
+from models.collectives import all_gather_no_grad, shard_range
 from utils.atomic import atomic_write
-from utils.dist import all_gather_no_grad, shard_range
 from utils.logger import TensorBoard, get_logger
 
 CHUNK_ROWS = 64  # rows of the [B, C] logits held at once
@@ -113,15 +113,15 @@ class MagnitudeVisualizer:
         if self.distributed:
             embeddings, labels = all_gather_no_grad(embeddings.detach().float()), all_gather_no_grad(labels)
             first = shard_range(self.num_classes, tdist.get_world_size(), tdist.get_rank())[0]
-        stats = target_statistics(embeddings, labels, head.weight, head.cfg.scale, first, self.distributed)
+        stats = target_statistics(embeddings, labels, head.weight, head.config.scale, first, self.distributed)
         if not self.is_main:
             return None
         x_norm, prob, scaled_cos = (t.cpu().numpy() for t in stats)
         path = self.vis_dir / f"epoch_{epoch}_iter{step}.npz"
         with atomic_write(path, "wb") as f:
             np.savez(f, x_norm, prob, scaled_cos)
-        fig = scatter_figure(x_norm, prob, scaled_cos / head.cfg.scale, f"epoch {epoch} iter {step}",
-                             head.cfg.l_a, head.cfg.u_a)
+        fig = scatter_figure(x_norm, prob, scaled_cos / head.config.scale, f"epoch {epoch} iter {step}",
+                             head.config.l_a, head.config.u_a)
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
         with atomic_write(path.with_suffix(".png"), "wb") as f:

@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-from models import MagFaceHead, build_backbone
+from models import MagFaceConfig, MagFaceHead, build_backbone
 from models.fused import ChunkedMagFaceHead
 from run import train as train_entry
 from run import trainer
@@ -21,8 +21,8 @@ C, D = 37, 16
 
 
 def _pair(chunk: int, **kw) -> tuple[MagFaceHead, ChunkedMagFaceHead]:
-    dense = MagFaceHead(D, C, **kw)
-    fused = ChunkedMagFaceHead(D, C, chunk=chunk, **kw)
+    dense = MagFaceHead(D, C, MagFaceConfig(**kw))
+    fused = ChunkedMagFaceHead(D, C, MagFaceConfig(**kw), chunk=chunk)
     fused.load_state_dict(dense.state_dict())
     return dense, fused
 
@@ -45,13 +45,13 @@ def _run(head, f, labels):
 @pytest.mark.parametrize("chunk,margin,easy", [(1, "arc", True), (8, "arc", True), (C, "arc", False),
                                                (100, "cos", True), (5, "arc", False)])
 def test_fused_head_equals_dense(chunk: int, margin: str, easy: bool) -> None:
-    dense, fused = _pair(chunk, margin=margin, easy_margin=easy)
+    dense, fused = _pair(chunk, variant=margin, easy_margin=easy)
     f, labels = _inputs()
     with torch.no_grad():  # sample 2 points away from its class: theta + m > pi on the non-easy branch
         f[2] = -fused.weight[5] / fused.weight[5].norm() * 40.0 + 0.01 * f[2]
     out_d, gf_d, gw_d = _run(dense, f, labels)
     out_f, gf_f, gw_f = _run(fused, f, labels)
-    for key in ("loss", "loss_id", "loss_g", "x_norm", "margin", "accuracy"):
+    for key in ("loss", "loss_id", "loss_g", "loss_g_weighted", "x_norm", "m_a", "accuracy"):
         torch.testing.assert_close(out_f[key], out_d[key], rtol=1e-5, atol=1e-5)
     # fp32 sums in another order: entries that cancel get an absolute tolerance relative to the largest
     torch.testing.assert_close(gf_f, gf_d, rtol=1e-4, atol=1e-5 * float(gf_d.abs().max()))

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.magface import MagFaceHead, MagMargin
+from models.magface import MagFaceConfig, MagFaceHead
 
 S, L_A, U_A, L_M, U_M, LAMBDA_G = 64.0, 10.0, 110.0, 0.45, 0.8, 35.0
 
@@ -46,7 +46,7 @@ def _np_loss(f: np.ndarray, w: np.ndarray, y: np.ndarray, margin: str = "arc", e
     top = logits.max(axis=1)
     ce = top + np.log(np.exp(logits - top[:, None]).sum(axis=1)) - logits[rows, y]
     return {"loss": ce.mean() + lambda_g * g.mean(), "loss_id": ce.mean(), "loss_g": g.mean(),
-            "x_norm": x_norm, "margin": m, "target": target}
+            "loss_g_weighted": lambda_g * g.mean(), "x_norm": x_norm, "m_a": m, "target": target}
 
 
 def _numeric_grad(fn, x: np.ndarray, h: float = 1e-6) -> np.ndarray:
@@ -59,7 +59,7 @@ def _numeric_grad(fn, x: np.ndarray, h: float = 1e-6) -> np.ndarray:
 
 
 def _run_head(f: np.ndarray, w: np.ndarray, y: np.ndarray, **kwargs) -> tuple[dict, np.ndarray, np.ndarray]:
-    head = MagFaceHead(f.shape[1], w.shape[0], **kwargs)
+    head = MagFaceHead(f.shape[1], w.shape[0], MagFaceConfig(**kwargs))
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(w))
     x = torch.tensor(f, dtype=torch.float32, requires_grad=True)
@@ -71,7 +71,7 @@ def _run_head(f: np.ndarray, w: np.ndarray, y: np.ndarray, **kwargs) -> tuple[di
 TOY_CASES = {
     "arc_easy": {},
     "arc_hard": {"easy_margin": False},
-    "cos": {"margin": "cos", "l_margin": 0.35, "lambda_g": 150.0},
+    "cos": {"variant": "cos", "l_margin": 0.35, "lambda_g": 150.0},
 }
 
 
@@ -79,11 +79,11 @@ TOY_CASES = {
 def test_loss_and_gradients_match_formulas(case: str) -> None:
     kwargs = TOY_CASES[case]
     f, w, y = _polar(SAMPLE_DEG, SAMPLE_NORM), _polar(CLASS_DEG, CLASS_NORM), np.array(LABELS)
-    ref_kwargs = {"margin": kwargs.get("margin", "arc"), "easy": kwargs.get("easy_margin", True),
+    ref_kwargs = {"margin": kwargs.get("variant", "arc"), "easy": kwargs.get("easy_margin", True),
                   "l_m": kwargs.get("l_margin", L_M), "lambda_g": kwargs.get("lambda_g", LAMBDA_G)}
     ref = _np_loss(f, w, y, **ref_kwargs)
     out, f_grad, w_grad = _run_head(f, w, y, **kwargs)
-    for key in ("loss", "loss_id", "loss_g", "x_norm", "margin"):
+    for key in ("loss", "loss_id", "loss_g", "loss_g_weighted", "x_norm", "m_a"):
         np.testing.assert_allclose(out[key].detach().double().numpy(), ref[key], rtol=2e-6, err_msg=key)
     ref_f_grad = _numeric_grad(lambda v: _np_loss(v, w, y, **ref_kwargs)["loss"], f)
     ref_w_grad = _numeric_grad(lambda v: _np_loss(f, v, y, **ref_kwargs)["loss"], w)
@@ -97,7 +97,7 @@ def test_toy_values_by_hand() -> None:
     f, w, y = _polar(SAMPLE_DEG, SAMPLE_NORM), _polar(CLASS_DEG, CLASS_NORM), np.array(LABELS)
     out, _, _ = _run_head(f, w, y)
     # clamped magnitudes a = 10, 50, 110, 10.5
-    np.testing.assert_allclose(out["margin"].detach().numpy(), [0.45, 0.59, 0.8, 0.45175], rtol=1e-6)
+    np.testing.assert_allclose(out["m_a"].detach().numpy(), [0.45, 0.59, 0.8, 0.45175], rtol=1e-6)
     g = [10 / 12100 + 1 / 10, 50 / 12100 + 1 / 50, 110 / 12100 + 1 / 110, 10.5 / 12100 + 1 / 10.5]
     assert out["loss_g"].item() == pytest.approx(sum(g) / 4, rel=1e-6)
     # nearest classes: 8 deg -> class 0 (right), 30 -> class 1, 100 -> class 2, 40 -> class 2
@@ -135,7 +135,7 @@ def test_reduces_to_arcface_and_cosface(kind: str, easy: bool, m: float) -> None
     w = torch.randn(6, 8, generator=gen)
     y = torch.randint(0, 6, (16,), generator=gen)
     f[0] = -w[y[0]] * 40 + 0.3 * torch.randn(8, generator=gen)  # theta near pi: the fallback branch
-    head = MagFaceHead(8, 6, l_margin=m, u_margin=m, lambda_g=0.0, margin=kind, easy_margin=easy)
+    head = MagFaceHead(8, 6, MagFaceConfig(l_margin=m, u_margin=m, lambda_g=0.0, variant=kind, easy_margin=easy))
     with torch.no_grad():
         head.weight.copy_(w)
     x1, x2 = f.clone().requires_grad_(True), f.clone().requires_grad_(True)
@@ -160,7 +160,7 @@ def _assert_finite(out: dict, *grads: torch.Tensor) -> None:
 @pytest.mark.parametrize("kwargs", list(TOY_CASES.values()), ids=list(TOY_CASES))
 def test_no_nan_at_extremes(kwargs: dict) -> None:
     torch.manual_seed(0)
-    head = MagFaceHead(8, 5, **kwargs)
+    head = MagFaceHead(8, 5, MagFaceConfig(**kwargs))
     w = head.weight.detach()
     unit = F.normalize(w, dim=1)
     f = torch.stack([
@@ -204,29 +204,29 @@ def test_under_cpu_autocast(dtype: torch.dtype) -> None:
     assert emb.dtype == dtype  # autocast really was on
     out["loss"].backward()
     _assert_finite(out, layer.weight.grad, head.weight.grad)
-    assert out["loss"].dtype == torch.float32 and out["margin"].dtype == torch.float32
+    assert out["loss"].dtype == torch.float32 and out["m_a"].dtype == torch.float32
 
 
 def test_feasibility_warning() -> None:
     with pytest.warns(UserWarning, match="feasibility bound 22.59"):
-        MagFaceHead(8, 4, lambda_g=20.0)
+        MagFaceHead(8, 4, MagFaceConfig(lambda_g=20.0))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         MagFaceHead(8, 4)
-        MagFaceHead(8, 4, margin="cos", l_margin=0.35, lambda_g=150.0)
+        MagFaceHead(8, 4, MagFaceConfig(variant="cos", l_margin=0.35, lambda_g=150.0))
 
 
 def test_lambda_min_default() -> None:
     k = (U_M - L_M) / (U_A - L_A)
     expected = S * k * U_A**2 * L_A**2 / (U_A**2 - L_A**2)
-    assert MagMargin().lambda_min() == pytest.approx(expected)
-    assert round(MagMargin().lambda_min(), 2) == 22.59
+    assert MagFaceConfig().lambda_min() == pytest.approx(expected)
+    assert round(MagFaceConfig().lambda_min(), 2) == 22.59
 
 
 def test_invalid_hyper_parameters() -> None:
-    with pytest.raises(ValueError, match="margin"):
-        MagMargin(margin="sphere")
+    with pytest.raises(ValueError, match="margin variant"):
+        MagFaceConfig(variant="sphere")
     with pytest.raises(ValueError, match="l_a"):
-        MagMargin(l_a=20.0, u_a=10.0)
+        MagFaceConfig(l_a=20.0, u_a=10.0)
     with pytest.raises(ValueError, match="embeddings"):
         MagFaceHead(8, 4)(torch.randn(2, 7), torch.tensor([0, 1]))

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from models.collectives import shard_range
 from run import train as train_entry
 from run import train_dist
 from run.config import config_from_args, get_args_parser
@@ -29,7 +30,7 @@ from tests.test_train_support import (  # noqa: F401 (one_thread_and_restore: a 
     train_args,
     write_list,
 )
-from utils.dist import DistInfo, barrier, cleanup, exit_process, init_distributed, shard_range
+from utils.dist import DistInfo, barrier, cleanup, exit_process, init_distributed
 
 CLASSES = 5
 EXTRA = ("--dropout", "0.2", "--lr", "0.05")  # dropout draws from the global RNG: resume must replay it

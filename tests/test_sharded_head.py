@@ -17,26 +17,17 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.testing import assert_close
 
-from models.magface import MagFaceHead
-from models.sharded import ShardedMagFaceHead, full_weight_from_shards
-from utils.dist import (
-    DistInfo,
-    all_gather_with_grad,
-    barrier,
-    broadcast_object,
-    cleanup,
-    get_world_size,
-    init_distributed,
-    is_main,
-    shard_range,
-)
+from models.collectives import all_gather_with_grad, shard_range
+from models.magface import MagFaceConfig, MagFaceHead
+from models.sharded import ShardedMagFaceHead
+from utils.dist import DistInfo, barrier, broadcast_object, cleanup, get_world_size, init_distributed
 
 DIM = 8
 LOCAL_BATCH = 4
 MARGINS = {
     "arc": {},
     "arc_hard": {"easy_margin": False},
-    "cos": {"margin": "cos", "l_margin": 0.35, "u_margin": 0.8, "lambda_g": 150.0},
+    "cos": {"variant": "cos", "l_margin": 0.35, "u_margin": 0.8, "lambda_g": 150.0},
 }
 # uneven shards; 2 classes on 3 ranks leaves rank 2 without classes
 CLASS_COUNTS = {2: (10, 7), 3: (10, 2)}
@@ -71,7 +62,7 @@ def _global_case(num_classes: int, batch: int, seed: int) -> tuple[torch.Tensor,
 
 
 def _dense(weight: torch.Tensor, emb: torch.Tensor, labels: torch.Tensor, kwargs: dict) -> tuple:
-    head = MagFaceHead(DIM, weight.shape[0], **kwargs)
+    head = MagFaceHead(DIM, weight.shape[0], MagFaceConfig(**kwargs))
     with torch.no_grad():
         head.weight.copy_(weight)
     x = emb.clone().requires_grad_(True)
@@ -101,7 +92,7 @@ def _linear(weight: torch.Tensor) -> nn.Linear:
 def _sharded_case(rank: int, world: int, num_classes: int, kwargs: dict) -> dict:
     weight, emb, labels = _global_case(num_classes, LOCAL_BATCH * world, seed=10 * num_classes + world)
     rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
-    head = ShardedMagFaceHead(DIM, num_classes, rank, world, compensate_ddp_average=False, **kwargs)
+    head = ShardedMagFaceHead(DIM, num_classes, rank, world, MagFaceConfig(**kwargs), compensate_ddp_average=False)
     head.load_full_weight(weight)
     x = emb[rows].clone().requires_grad_(True)
     out = head(x, labels[rows])
@@ -145,7 +136,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     info = init_distributed(backend="gloo", timeout_s=60)
     try:
         result = {"info": (info.rank, info.world_size, info.local_rank, info.is_main, info.backend)}
-        result["helpers"] = (is_main(), get_world_size(), broadcast_object(f"from rank {rank}", src=world - 1))
+        result["helpers"] = (get_world_size(), broadcast_object(f"from rank {rank}", src=world - 1))
         barrier()
         for num_classes in CLASS_COUNTS[world]:
             for name, kwargs in MARGINS.items():
@@ -185,7 +176,7 @@ def test_init_distributed_reads_torchrun_env(runs: tuple[int, list]) -> None:
     world, results = runs
     for rank, res in enumerate(results):
         assert res["info"] == (rank, world, rank, rank == 0, "gloo")
-        assert res["helpers"] == (rank == 0, world, f"from rank {world - 1}")
+        assert res["helpers"] == (world, f"from rank {world - 1}")
 
 
 @pytest.mark.parametrize("name", list(MARGINS))
@@ -197,7 +188,7 @@ def test_sharded_equals_dense(runs: tuple[int, list], name: str) -> None:
         assert 0 < dense["accuracy"].item() < 1
         for rank, res in enumerate(r[num_classes, name] for r in results):
             msg = f"{name}, {num_classes} classes, rank {rank} of {world}"
-            for key in ("loss", "loss_id", "loss_g", "x_norm", "margin", "accuracy"):
+            for key in ("loss", "loss_id", "loss_g", "loss_g_weighted", "x_norm", "m_a", "accuracy"):
                 assert_close(res[key], dense[key].detach(), **TOL, msg=f"{key}: {msg}")
             start, end = res["range"]
             rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
@@ -262,18 +253,20 @@ def test_shard_range_examples_and_errors() -> None:
 
 
 def test_full_weight_round_trip_across_world_sizes() -> None:
+    """What resume does at another world size: every rank takes its rows of the whole weight and momentum."""
     num_classes = 11
-    full = torch.randn(num_classes, DIM)
+    full, momentum = torch.randn(num_classes, DIM), torch.randn(num_classes, DIM)
     for world in (1, 2, 3, 4, 12):
         heads = [ShardedMagFaceHead(DIM, num_classes, r, world) for r in range(world)]
         for head in heads:
             head.load_full_weight(full)
-        merged = full_weight_from_shards([h.weight.detach() for h in heads], num_classes)
-        assert torch.equal(merged, full)
+        assert torch.equal(torch.cat([h.weight.detach() for h in heads]), full)
+        assert torch.equal(torch.cat([h.local_rows(momentum) for h in heads]), momentum)
+        assert [(h.start, h.end) for h in heads] == [shard_range(num_classes, world, r) for r in range(world)]
     with pytest.raises(ValueError, match="shape"):
         heads[0].load_full_weight(full[:-1])
-    with pytest.raises(ValueError, match="shard 1"):
-        full_weight_from_shards([full[:6], full[6:10]], num_classes)
+    with pytest.raises(ValueError, match="shape"):
+        heads[0].local_rows(momentum[:, :-1])
 
 
 def test_initialisation_does_not_depend_on_sharding() -> None:
@@ -308,7 +301,7 @@ def test_cosines_beyond_one_and_a_second_backward() -> None:
     emb[0] = weight[labels[0]] * 3.0
     for name, kwargs in MARGINS.items():
         dense, dense_x_grad, dense_w_grad = _dense(weight, emb, labels, kwargs)
-        head = ShardedMagFaceHead(DIM, 10, 0, 1, **kwargs)
+        head = ShardedMagFaceHead(DIM, 10, 0, 1, MagFaceConfig(**kwargs))
         head.load_full_weight(weight)
         x = emb.clone().requires_grad_(True)
         out = head(x, labels)
@@ -335,7 +328,7 @@ def test_single_process_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(key, raising=False)
     info = init_distributed()
     assert info == DistInfo(0, 1, 0, None) and info.is_main and not info.distributed
-    assert is_main() and get_world_size() == 1
+    assert get_world_size() == 1
     barrier()
     obj = {"epoch": 3}
     assert broadcast_object(obj) is obj

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.distributed import DistNetworkError
 
+from models.magface import init_rows
 from run.train_dist import explain_dist_error
-from run.trainer import init_head_rows
 from tests.test_train_support import child_env, run_python, state_dict_of, torchrun, train_args, write_list
 from utils.checkpoint import load_backbone
 from utils.convention import MAGFACE, to_model_input
@@ -32,8 +32,7 @@ def test_torchrun_two_ranks_end_to_end(celeba_dir, tmp_path):
     assert head.shape == (64, CLASSES) and torch.isfinite(head).all()
     torch.testing.assert_close(state_dict_of(out / "last.pth")["module.fc.weight"], head, rtol=0, atol=0)
     # both ranks' shards (classes 0-2 on rank 0, 3-4 on rank 1) were gathered and have trained
-    initial = torch.empty(CLASSES, 64)
-    init_head_rows(initial, 0, seed=5)
+    initial = init_rows(0, CLASSES, 64, seed=5)
     moved = (head.t() - initial).norm(dim=1)
     assert (moved > 1e-4).all(), f"some classes kept their initial weights: {moved}"
 

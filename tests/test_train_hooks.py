@@ -156,7 +156,8 @@ def test_monitoring_leaves_training_and_resume_bitwise_unchanged(celeba_dir, lfw
 
 
 def _shard_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    from utils.dist import cleanup, init_distributed, shard_range
+    from models.collectives import shard_range
+    from utils.dist import cleanup, init_distributed
 
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",

@@ -16,11 +16,12 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from models.collectives import shard_range
 from models.magface import MagFaceHead
 from models.sharded import ShardedMagFaceHead
 from run.engine import LoopState, optimizer_step, sharded_grad_norm
 from tests.test_train_support import free_port
-from utils.dist import cleanup, exit_process, init_distributed, shard_range
+from utils.dist import cleanup, exit_process, init_distributed
 
 WORLD, LOCAL_BATCH, DIM, CLASSES, IN = 2, 4, 8, 10, 6
 SGD = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
