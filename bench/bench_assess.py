@@ -23,9 +23,10 @@ if __package__ in (None, ""):
 import torch  # noqa: E402
 
 from bench.bench_gen_feat import random_model  # noqa: E402
-from bench.common import ForeignLoad, csv_arg, format_machine, format_table, load_average, machine_info, write_json  # noqa: E402,E501
+from bench.common import ForeignLoad, csv_arg, format_machine, format_table, load_average, machine_info  # noqa: E402
 from inference import assess  # noqa: E402
 from inference.photo_faces import FaceOptions, collect_inputs, iter_photo_faces  # noqa: E402
+from utils.atomic import write_json  # noqa: E402
 from utils.checkpoint import save_released  # noqa: E402
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(format_table(rows, COLUMNS))
     result = {"machine": info, "arch": args.arch, "torch_threads": torch.get_num_threads(), "results": rows}
     if args.json:
-        write_json(args.json, result)
+        write_json(args.json, result, default=str)
     return result
 
 

@@ -35,7 +35,7 @@ from bench.common import (
 )
 from eval.cluster_graph import METHODS, cluster, knn_graph
 from eval.cluster_metrics import cluster_scores
-from eval.metrics import write_json_atomic
+from utils.atomic import write_json
 
 COLUMNS = ["faces", "stage", "seconds", "peak_rss_mb", "growth_mb", "pairwise_f", "bcubed_f", "nmi", "clusters"]
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += new
         print(format_table(new, COLUMNS), flush=True)
     if args.json:
-        write_json_atomic(args.json, {"machine": info, "args": vars(args), "rows": rows})
+        write_json(args.json, {"machine": info, "args": vars(args), "rows": rows}, nan_as_null=True)
     return 0
 
 

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import format_machine, format_table, load_average, machine_info, write_json
+from bench.common import format_machine, format_table, load_average, machine_info
+from utils.atomic import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"machine": info, "args": vars(args), "results": rows, "breakdown": parts, "sizes_mb": sizes,
               "demo": demo}
     if args.json:
-        write_json(args.json, report)
+        write_json(args.json, report, default=str)
     return report
 
 

@@ -39,11 +39,11 @@ from bench.common import (  # noqa: E402
     generated_face_jpegs,
     load_average,
     machine_info,
-    write_json,
 )
 from bench.seed_gen_feat import seed_procedure_features  # noqa: E402
 from inference import gen_feat  # noqa: E402
 from models.iresnet import build_backbone  # noqa: E402
+from utils.atomic import write_json  # noqa: E402
 from utils.checkpoint import load_backbone, save_released  # noqa: E402
 from utils.dist import resolve_device  # noqa: E402
 
@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(format_machine(info))
     print(format_table(rows, COLUMNS), flush=True)
     if args.json:
-        write_json(args.json, {"machine": info, "args": vars(args), "device": str(device), "results": rows})
+        write_json(args.json, {"machine": info, "args": vars(args), "device": str(device), "results": rows},
+                   default=str)
     return rows
 
 

@@ -25,7 +25,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.ijb import evaluate_ijb, load_protocol
-from eval.metrics import write_json_atomic
+from utils.atomic import write_json
 
 
 def synthetic_protocol(
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"whole protocol (wall) {total_s:.2f} s; 1-min load average {result['load_average_1min']:.1f} "
           f"on {m['cores']} cores")
     if args.json:
-        write_json_atomic(args.json, result)
+        write_json(args.json, result, nan_as_null=True)
     return 0
 
 

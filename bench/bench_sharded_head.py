@@ -38,9 +38,9 @@ from bench.common import (  # noqa: E402
     machine_info,
     peak_rss_mb,
     reset_peak_rss,
-    write_json,
 )
 from models.sharded import ShardedMagFaceHead  # noqa: E402
+from utils.atomic import write_json  # noqa: E402
 
 COLUMNS = ("classes", "world", "dim", "global_batch", "shard_mb", "peak_rss_mb", "rss_growth_mb", "step_ms",
            "cpu_ms_per_rank", "loss", "status")
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(format_machine(info))
     print(format_table(rows, COLUMNS), flush=True)
     if args.json:
-        write_json(args.json, {"machine": info, "args": vars(args), "results": rows})
+        write_json(args.json, {"machine": info, "args": vars(args), "results": rows}, default=str)
     return rows
 
 

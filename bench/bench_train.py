@@ -39,13 +39,13 @@ from bench.common import (  # noqa: E402
     machine_info,
     peak_memory_mb,
     reset_peak_memory,
-    write_json,
 )
 from dataloader import RecordIODataset, TensorImageDataset, build_train_loader  # noqa: E402
 from dataloader.pack_rec import write_rec_set  # noqa: E402
 from run.config import TrainConfig  # noqa: E402
 from run.engine import LoopState, train_one_epoch  # noqa: E402
 from run.trainer import build_run, uses_cudagraphs  # noqa: E402
+from utils.atomic import write_json  # noqa: E402
 from utils.dist import DistInfo  # noqa: E402
 from utils.precision import amp_dtype  # noqa: E402
 
@@ -229,14 +229,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
                            if k != "traceback"), flush=True)
             if args.json:  # after every row: a run cut short by a time limit keeps what it measured
                 write_json(args.json, {"machine": info, "args": vars(args), "rec_dir": str(rec_dir),
-                                       "results": rows, "complete": False})
+                                       "results": rows, "complete": False}, default=str)
     print(f"\ntraining step, {args.classes} classes, batch {args.batch_size}, {args.steps} timed steps after "
           f"{args.warmup} warm-up; rec workers {args.workers}, tensor workers {tensor_workers}; data: {rec_dir}")
     print(format_machine(info))
     print(format_table(rows, COLUMNS), flush=True)
     if args.json:
         write_json(args.json, {"machine": info, "args": vars(args), "rec_dir": str(rec_dir), "results": rows,
-                               "complete": True})
+                               "complete": True}, default=str)
     return rows
 
 

@@ -38,7 +38,8 @@ if __package__ in (None, ""):
 
 import torch  # noqa: E402
 
-from bench.common import format_table, write_json  # noqa: E402
+from bench.common import format_table  # noqa: E402
+from utils.atomic import write_json  # noqa: E402
 
 GB = 1e9
 DDP_BUCKET_BYTES = 25 * 2**20  # DistributedDataParallel's default bucket_cap_mb=25
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print("\n" + format_table(rows, ("arch", "gpus", "fabric", "t1_ms", "ddp_ms", "head_ms", "eff_no_overlap",
                                      "eff_overlap")))
     if args.json:
-        write_json(args.json, {"args": vars(args), "fabrics": [f.__dict__ for f in FABRICS], "rows": rows})
+        write_json(args.json, {"args": vars(args), "fabrics": [f.__dict__ for f in FABRICS], "rows": rows}, default=str)
     return rows
 
 

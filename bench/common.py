@@ -6,14 +6,12 @@ usable cores, GPU, library versions, date, load average) and the same dict goes 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import platform
 import resource
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -107,15 +105,6 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> s
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(lines)
-
-
-def write_json(path: str | os.PathLike, payload: Mapping[str, Any]) -> None:
-    """Write atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    tmp.replace(path)
 
 
 def _busy_cpu_seconds() -> float:

@@ -31,9 +31,10 @@ import torch  # noqa: E402
 
 from bench.bench_train import bench_config, bench_one, build_bench_run, cleanup, datasets, ensure_rec  # noqa: E402
 from bench.class_fit import HEAD_KINDS, largest_fitting, step_fits  # noqa: E402
-from bench.common import csv_arg, format_machine, format_table, machine_info, write_json  # noqa: E402
+from bench.common import csv_arg, format_machine, format_table, machine_info  # noqa: E402
 from models import build_backbone  # noqa: E402
 from run.engine import train_one_epoch  # noqa: E402
+from utils.atomic import write_json  # noqa: E402
 from utils.precision import amp_dtype  # noqa: E402
 
 LEVERS: dict[str, dict] = {
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def save() -> None:
         if args.json:
-            write_json(args.json, out)
+            write_json(args.json, out, default=str)
 
     with tempfile.TemporaryDirectory() as out_dir:
         if {"levers", "curve"} & set(args.parts):

@@ -20,7 +20,6 @@ Exit code 1 when no face at all was kept, 2 on bad arguments.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from dataloader.image_list import read_train_list  # noqa: E402
 from dataloader.pack_rec import pack_train_list  # noqa: E402
 from inference.photo_faces import IMAGE_SUFFIXES, FaceOptions, add_face_args, default_workers, iter_photo_faces  # noqa: E402,E501
 from utils.align import write_jpeg_atomic  # noqa: E402
-from utils.atomic import atomic_write  # noqa: E402
+from utils.atomic import atomic_write, write_json  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.detect import POLICIES  # noqa: E402
 
@@ -110,8 +109,7 @@ def write_set(out: Path, kept: dict[str, list[str]], dropped: list[str], counts:
         f.write("".join(d + "\n" for d in dropped))
     with atomic_write(out / "identities.txt", "w") as f:
         f.write("".join(f"{label} {n} {len(kept[n])}\n" for label, n in enumerate(names)))
-    with atomic_write(out / "prepare_report.json", "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(out / "prepare_report.json", report, end="")
     status_text = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     if not lines:
         print(f"error: no face kept from {num_photos} photos ({status_text})", file=sys.stderr)

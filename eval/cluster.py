@@ -29,7 +29,8 @@ from eval.cluster_graph import METHODS, cluster, knn_graph
 from eval.cluster_labels import find_ijbb_protocol, read_labels
 from eval.cluster_metrics import cluster_scores
 from eval.feature_io import load_feature_file
-from eval.metrics import format_table, write_json_atomic
+from eval.metrics import format_table
+from utils.atomic import write_json
 from utils.cli import run_cli
 
 REJECT_SCORES = ("magnitude", "random")
@@ -185,7 +186,7 @@ def _main(argv: list[str]) -> int:
     report = run(args)
     print(format_report(report))
     if args.json:
-        write_json_atomic(args.json, report)
+        write_json(args.json, report, nan_as_null=True)
     return 0
 
 

@@ -37,7 +37,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from eval.metrics import line_of_row, read_pair_list, write_json_atomic
+from eval.metrics import line_of_row, read_pair_list
+from utils.atomic import write_json
 from utils.degrade import KINDS, damage_parameter, degrade
 
 TABLE_COLUMNS = ("row", "path", "pair", "kind", "severity", "parameter", "source")
@@ -152,7 +153,7 @@ def make_damaged_set(img_list: str | os.PathLike, pair_list: str | os.PathLike, 
     tmp.mkdir()  # not mkdtemp: the finished set gets the umask's permissions, not 0o700
     try:
         _build(tmp, img_list, resolved, i0, i1, issame, kinds, seed)
-        write_json_atomic(tmp / "manifest.json", manifest)
+        write_json(tmp / "manifest.json", manifest, nan_as_null=True)
         _swap_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

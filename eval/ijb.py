@@ -38,8 +38,8 @@ from eval.metrics import (
     line_of_row,
     read_int_table,
     tar_at_far_nearest,
-    write_json_atomic,
 )
+from utils.atomic import write_json
 from utils.cli import run_cli
 
 AGGREGATIONS = ("mean", "norm-mean", "magnitude")
@@ -270,7 +270,7 @@ def _main(argv: list[str]) -> int:
                        [[report["set"], report["aggregation"], report["num_pairs"]]
                         + [f"{v:.4f}" for v in tars.values()]]))
     if args.json:
-        write_json_atomic(args.json, report)
+        write_json(args.json, report, nan_as_null=True)
     return 0
 
 

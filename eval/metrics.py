@@ -1,12 +1,10 @@
-"""Helpers shared by the evaluation tools: angular distance, TAR at FAR, pair lists, JSON output.
+"""Helpers shared by the evaluation tools: angular distance, TAR at FAR, pair lists, tables.
 
 Everything is plain numpy over arrays so the protocols can be tested on toy inputs with known answers.
-The JSON writer is atomic: a reader sees either the previous file or a complete new one, never a
-half-written report passed off as finished.
+Reports are written with ``utils.atomic.write_json(..., nan_as_null=True)``: atomic, and strict JSON.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -15,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from utils.atomic import atomic_write
+from utils.atomic import write_json
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -57,25 +55,12 @@ def tar_at_far_nearest(fpr: np.ndarray, tpr: np.ndarray, fars: Iterable[float]) 
     return {far_key(f): float(tpr_r[int(np.argmin(np.abs(fpr_r - f)))]) for f in fars}
 
 
-def _finite_or_none(obj):
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
 def write_json_atomic(path: str | os.PathLike, obj: dict) -> None:
-    """Write strict JSON (NaN -> null) to a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_finite_or_none(obj), indent=2, allow_nan=False) + "\n"
-    with atomic_write(path, "w") as f:
-        f.write(text)
+    """Strict JSON (NaN -> null), atomically: ``utils.atomic.write_json(path, obj, nan_as_null=True)``.
+
+    Kept only for run/validate.py, which calls it by this name; new code calls write_json itself.
+    """
+    write_json(path, obj, nan_as_null=True)
 
 
 def line_of_row(path: str | os.PathLike, row: int) -> int:

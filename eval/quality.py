@@ -31,7 +31,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.feature_io import FeatureFile, load_feature_file
-from eval.metrics import angular_distance, format_table, read_pair_list, write_json_atomic
+from eval.metrics import angular_distance, format_table, read_pair_list
+from utils.atomic import write_json
 from utils.cli import run_cli
 
 REJECT_RATIOS = np.arange(0, 0.98, 0.05)
@@ -227,7 +228,7 @@ def _main(argv: list[str]) -> int:
         plot_erc(args.plot, REJECT_RATIOS, {k: np.array(v, dtype=float) for k, v in report["fnmr"].items()},
                  report["fmr"])
     if args.json:
-        write_json_atomic(args.json, report)
+        write_json(args.json, report, nan_as_null=True)
     return 0
 
 

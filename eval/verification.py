@@ -35,8 +35,8 @@ from eval.metrics import (
     format_table,
     read_pair_list,
     tar_at_far_bounded,
-    write_json_atomic,
 )
+from utils.atomic import write_json
 from utils.cli import run_cli
 
 PROTOCOLS = ("magface", "insightface")
@@ -219,7 +219,7 @@ def _main(argv: list[str]) -> int:
     report = run(args)
     print_report(report)
     if args.json:
-        write_json_atomic(args.json, report)
+        write_json(args.json, report, nan_as_null=True)
     return 0
 
 

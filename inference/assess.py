@@ -34,7 +34,7 @@ from inference.photo_faces import (  # noqa: E402
     default_workers,
     iter_photo_faces,
 )
-from inference.quality_report import contact_sheet, record_row, save_crops, write_csv, write_json  # noqa: E402
+from inference.quality_report import contact_sheet, record_row, save_crops, write_csv, write_quality_json  # noqa: E402
 from utils.checkpoint import load_backbone  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.convention import parse_convention  # noqa: E402
@@ -150,7 +150,7 @@ def write_outputs(args: argparse.Namespace, order: list[FaceRecord], feats: dict
         contact_sheet([faces[i].crop for i in ranked],
                       [f"{label}={quality[i]:.0f} {Path(faces[i].path).stem}" for i in ranked],
                       out / "contact_sheet.png")
-    write_json(out / "quality.json", rows, summary)
+    write_quality_json(out / "quality.json", rows, summary)
     write_csv(out / "quality.csv", rows)
     status_text = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     print(f"{num_photos} photos, {len(faces)} faces assessed ({status_text}) in {wall:.1f}s "

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ import numpy as np
 
 from inference.photo_faces import FaceRecord
 from utils.align import write_jpeg_atomic
-from utils.atomic import atomic_write
+from utils.atomic import atomic_write, write_json
 
 COLUMNS = (["path", "face", "status", "det_score", "box_x1", "box_y1", "box_x2", "box_y2"]
            + [f"lm_{a}{i}" for i in range(1, 6) for a in "xy"]
@@ -57,10 +56,8 @@ def write_csv(path: str | os.PathLike, rows: Sequence[dict]) -> None:
         f.write(buf.getvalue())
 
 
-def write_json(path: str | os.PathLike, rows: Sequence[dict], summary: dict) -> None:
-    with atomic_write(path, "w") as f:
-        json.dump({"summary": summary, "rows": list(rows)}, f, indent=1)
-        f.write("\n")
+def write_quality_json(path: str | os.PathLike, rows: Sequence[dict], summary: dict) -> None:
+    write_json(path, {"summary": summary, "rows": list(rows)}, indent=1)
 
 
 def crop_name(rec: FaceRecord, index: int) -> str:

@@ -105,8 +105,8 @@ def reference_of(args: argparse.Namespace) -> Path | None:
 
 def main(argv: list[str] | None = None) -> dict:
     from eval import quality
-    from eval.metrics import write_json_atomic
     from run.demo_quality import quality_stage
+    from utils.atomic import write_json
 
     args = get_args_parser().parse_args(argv)
     t0 = time.perf_counter()
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
         "input_size": args.input_size, "epochs": args.epochs, "checkpoint": str(ckpt),
         "features": str(feats), "erc_plot": str(erc_png), **qual,
     }
-    write_json_atomic(out / "demo_summary.json", summary)
+    write_json(out / "demo_summary.json", summary, nan_as_null=True)
     print_summary(summary, out)
     return summary
 

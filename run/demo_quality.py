@@ -36,7 +36,7 @@ def embed_list(ckpt: Path, img_list: Path, feats: Path, device: str) -> Path:
 def score_candidate(name: str, ckpt: Path, set_dir: Path, out: Path, device: str) -> dict:
     """The damaged-set report of one checkpoint, condensed: Spearman per kind, ERC areas, band medians."""
     from eval.damage import score_set
-    from eval.metrics import write_json_atomic
+    from utils.atomic import write_json
 
     feats = embed_list(ckpt, set_dir / "img.list", out / f"damaged_{name}.npz", device)
     report, scores, table = score_set(set_dir, feats)
@@ -47,7 +47,7 @@ def score_candidate(name: str, ckpt: Path, set_dir: Path, out: Path, device: str
                     for fmr, curves in report["erc"].items()},
         "median_magnitude_by_band": report["median_by_band"]["magnitude"],
     }
-    write_json_atomic(out / f"quality_{name}.json", result)
+    write_json(out / f"quality_{name}.json", result, nan_as_null=True)
     return {**result, "_report": report, "_scores": scores, "_table": table}
 
 

@@ -1,4 +1,4 @@
-"""utils.atomic.atomic_write: the old file or the complete new one, with open()'s permissions."""
+"""utils.atomic: the old file or the complete new one, with open()'s permissions; write_json's layouts."""
 from __future__ import annotations
 
 import errno
@@ -7,10 +7,11 @@ import os
 import re
 import stat
 
+import numpy as np
 import pytest
 
 from utils import atomic
-from utils.atomic import atomic_write
+from utils.atomic import atomic_write, write_json
 
 
 def test_new_file_gets_the_permissions_open_would_give(tmp_path):
@@ -82,3 +83,17 @@ def test_unwritable_folder_is_explained(tmp_path, monkeypatch):
         with atomic_write(tmp_path / "r.json", "w") as f:
             f.write("{}")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_write_json_keeps_each_callers_layout(tmp_path):
+    obj = {"b": float("nan"), "a": [np.float32(0.5), np.int64(3), True, None], "c": float("inf")}
+    write_json(tmp_path / "strict.json", obj, nan_as_null=True)  # the evaluation reports
+    assert (tmp_path / "strict.json").read_text() == (
+        '{\n  "b": null,\n  "a": [\n    0.5,\n    3,\n    true,\n    null\n  ],\n  "c": null\n}\n')
+    write_json(tmp_path / "plain.json", {"b": float("nan"), "a": tmp_path}, indent=1, end="", default=str)
+    assert (tmp_path / "plain.json").read_text() == f'{{\n "b": NaN,\n "a": "{tmp_path}"\n}}'
+    write_json(tmp_path / "sorted.json", {"b": 1, "a": 2}, sort_keys=True)
+    assert (tmp_path / "sorted.json").read_text() == '{\n  "a": 2,\n  "b": 1\n}\n'
+    with pytest.raises(ValueError, match="Out of range float values"):
+        write_json(tmp_path / "strict.json", [np.nan], allow_nan=False)
+    assert (tmp_path / "strict.json").read_text().endswith('"c": null\n}\n')  # the refused write changed nothing

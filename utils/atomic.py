@@ -10,18 +10,25 @@ a ``.NAME.*.tmp`` file behind; ``path`` itself is still intact.
 A full disk, an exhausted quota or a read-only folder (ENOSPC, EDQUOT, EROFS, EACCES) raises
 ``OutputWriteError``: an OSError with the same errno whose message names the path, the space the write
 needed (at least the bytes written before the failure) and the space free.
+
+``write_json(path, obj, ...)`` is the one JSON writer on top of it: every report, summary, config and
+calibration file of the project goes through it, each caller passing the layout its files have always had.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import math
 import os
 import shutil
 import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+import numpy as np
 
 # The errors that mean "this folder cannot take the file now", as opposed to a bug in the writer.
 SPACE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
@@ -120,3 +127,32 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, inf) replaced by None and numpy scalars made Python ones."""
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2, end: str = "\n",
+               nan_as_null: bool = False, **dump_kwargs: Any) -> None:
+    """``json.dumps(obj, indent=indent, **dump_kwargs) + end`` written atomically.
+
+    ``nan_as_null`` writes strict JSON (NaN and inf become null; the evaluation reports, which a metric
+    undefined on the data must not turn into a file other readers reject). Without it json's defaults
+    hold (NaN is written as ``NaN``).
+    """
+    if nan_as_null:
+        obj = finite_or_none(obj)
+        dump_kwargs["allow_nan"] = False
+    text = json.dumps(obj, indent=indent, **dump_kwargs) + end
+    with atomic_write(path, "w") as f:
+        f.write(text)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.atomic import atomic_write
+from utils.atomic import write_json
 
 OFIQ_CENTRE = 23.0
 OFIQ_WIDTH = 2.6
@@ -109,9 +109,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def save_calibration(calibration: Calibration, path: str | os.PathLike) -> None:
-    with atomic_write(path, "w") as f:
-        json.dump({"format": "magface-quality-calibration", "version": 1, **asdict(calibration)}, f, indent=2)
-        f.write("\n")
+    write_json(path, {"format": "magface-quality-calibration", "version": 1, **asdict(calibration)})
 
 
 def load_calibration(path: str | os.PathLike) -> Calibration:
