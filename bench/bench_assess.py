@@ -23,7 +23,7 @@ if __package__ in (None, ""):
 import torch  # noqa: E402
 
 from bench.bench_gen_feat import random_model  # noqa: E402
-from bench.common import ForeignLoad, csv_arg, format_machine, format_table, load_average, machine_info  # noqa: E402
+from bench.common import ForeignLoad, csv_arg, format_machine, format_rows, load_average, machine_info  # noqa: E402
 from inference import assess  # noqa: E402
 from inference.photo_faces import FaceOptions, collect_inputs, iter_photo_faces  # noqa: E402
 from utils.atomic import write_json  # noqa: E402
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
         save_released(ckpt, random_model(args.arch, embedding_size=args.embedding_size), None, 0, args.arch)
         for dtype in args.dtypes:
             rows.append(time_assess(paths, ckpt, Path(tmp), dtype, args.batch_size))
-    print(format_table(rows, COLUMNS))
+    print(format_rows(rows, COLUMNS))
     result = {"machine": info, "arch": args.arch, "torch_threads": torch.get_num_threads(), "results": rows}
     if args.json:
         write_json(args.json, result, default=str)

@@ -28,7 +28,7 @@ from bench.common import (
     csv_arg,
     current_rss_mb,
     format_machine,
-    format_table,
+    format_rows,
     machine_info,
     peak_rss_mb,
     reset_peak_rss,
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                      "peak_rss_mb": round(peak_rss_mb(), 1), "growth_mb": round(peak_rss_mb() - before, 1)})
         methods = [m for m in csv_arg(args.methods) if m != "agglomerative" or n <= args.agg_max]
         rows += [{"faces": n, **r} for r in time_methods(feats, idx, sim, labels, methods, args.threshold)]
-        print(format_table(rows[-len(methods) - 1:], COLUMNS), flush=True)
+        print(format_rows(rows[-len(methods) - 1:], COLUMNS), flush=True)
         del feats, idx, sim
     for n in [int(v) for v in csv_arg(args.graph_only)]:
         idx, sim, labels = synthetic_graph(n, args.k, args.per_id)
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         new = [{"faces": n, **r, "stage": r["stage"] + " (graph given)"}
                for r in time_methods(None, idx, sim, labels, methods, args.threshold)]
         rows += new
-        print(format_table(new, COLUMNS), flush=True)
+        print(format_rows(new, COLUMNS), flush=True)
     if args.json:
         write_json(args.json, {"machine": info, "args": vars(args), "rows": rows}, nan_as_null=True)
     return 0

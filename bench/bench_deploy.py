@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import format_machine, format_table, load_average, machine_info
+from bench.common import format_machine, format_rows, load_average, machine_info
 from utils.atomic import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = {path: {d: round(installed_mb(d), 1) for d in dists} for path, dists in PACKAGES.items()}
     print(f"\nend to end as processes: {args.arch} (random weights), {len(paths)} faces of {args.list}, text output")
     print(format_machine(info))
-    print(format_table(rows, COLUMNS))
+    print(format_rows(rows, COLUMNS))
     print("\nwhere the time goes (seconds unless img/s):")
     print("".join(f"  {k}: {v:.2f}\n" for k, v in parts.items()), end="")
     for path, d in sizes.items():

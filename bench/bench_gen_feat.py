@@ -35,7 +35,7 @@ from bench.common import (  # noqa: E402
     ForeignLoad,
     csv_arg,
     format_machine,
-    format_table,
+    format_rows,
     generated_face_jpegs,
     load_average,
     machine_info,
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"\ngen_feat end to end: {args.arch} (random weights), {len(paths)} images of {source}, device "
           f"{device}; best of {args.repeats} round(s)")
     print(format_machine(info))
-    print(format_table(rows, COLUMNS), flush=True)
+    print(format_rows(rows, COLUMNS), flush=True)
     if args.json:
         write_json(args.json, {"machine": info, "args": vars(args), "device": str(device), "results": rows},
                    default=str)

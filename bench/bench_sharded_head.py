@@ -34,7 +34,7 @@ from bench.common import (  # noqa: E402
     csv_arg,
     current_rss_mb,
     format_machine,
-    format_table,
+    format_rows,
     machine_info,
     peak_rss_mb,
     reset_peak_rss,
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"\nsharded MagFace head, forward + backward, gloo on CPU, {args.threads} thread(s) per rank, "
           f"best of {args.steps} steps after {args.warmup}")
     print(format_machine(info))
-    print(format_table(rows, COLUMNS), flush=True)
+    print(format_rows(rows, COLUMNS), flush=True)
     if args.json:
         write_json(args.json, {"machine": info, "args": vars(args), "results": rows}, default=str)
     return rows

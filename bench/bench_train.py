@@ -34,7 +34,7 @@ from torch.utils.data import RandomSampler  # noqa: E402
 from bench.common import (  # noqa: E402
     csv_arg,
     format_machine,
-    format_table,
+    format_rows,
     generated_face_jpegs,
     machine_info,
     peak_memory_mb,
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"\ntraining step, {args.classes} classes, batch {args.batch_size}, {args.steps} timed steps after "
           f"{args.warmup} warm-up; rec workers {args.workers}, tensor workers {tensor_workers}; data: {rec_dir}")
     print(format_machine(info))
-    print(format_table(rows, COLUMNS), flush=True)
+    print(format_rows(rows, COLUMNS), flush=True)
     if args.json:
         write_json(args.json, {"machine": info, "args": vars(args), "rec_dir": str(rec_dir), "results": rows,
                                "complete": True}, default=str)

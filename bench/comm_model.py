@@ -38,8 +38,9 @@ if __package__ in (None, ""):
 
 import torch  # noqa: E402
 
-from bench.common import format_table  # noqa: E402
+from bench.common import format_rows  # noqa: E402
 from utils.atomic import write_json  # noqa: E402
+from utils.table import format_markdown  # noqa: E402
 
 GB = 1e9
 DDP_BUCKET_BYTES = 25 * 2**20  # DistributedDataParallel's default bucket_cap_mb=25
@@ -159,16 +160,16 @@ def parameter_counts(archs: list[str], embedding: int) -> dict[str, int]:
     return counts
 
 
+MARKDOWN_HEADER = ("backbone", "GPUs", "fabric", "DDP MB", "head MB", "sent/GPU MB", "DDP ms", "head ms",
+                   "efficiency (no overlap / overlap)", "img/s (no overlap / overlap)")
+
+
 def markdown(rows: list[dict]) -> str:
-    head = ("| backbone | GPUs | fabric | DDP MB | head MB | sent/GPU MB | DDP ms | head ms | efficiency "
-            "(no overlap / overlap) | img/s (no overlap / overlap) |\n|---|---|---|---|---|---|---|---|---|---|")
-    lines = [head]
-    for r in rows:
-        lines.append(f"| {r['arch']} | {r['gpus']} | {r['fabric']} | {r['ddp_mb']:.1f} | {r['head_mb']:.1f} | "
-                     f"{r['sent_mb']:.1f} | {r['ddp_ms']:.2f} | {r['head_ms']:.2f} | "
-                     f"{100 * r['eff_no_overlap']:.0f}% / {100 * r['eff_overlap']:.0f}% | "
-                     f"{r['img_s_no_overlap']:,.0f} / {r['img_s_overlap']:,.0f} |")
-    return "\n".join(lines)
+    return format_markdown(MARKDOWN_HEADER, [
+        (r["arch"], r["gpus"], r["fabric"], f"{r['ddp_mb']:.1f}", f"{r['head_mb']:.1f}", f"{r['sent_mb']:.1f}",
+         f"{r['ddp_ms']:.2f}", f"{r['head_ms']:.2f}",
+         f"{100 * r['eff_no_overlap']:.0f}% / {100 * r['eff_overlap']:.0f}%",
+         f"{r['img_s_no_overlap']:,.0f} / {r['img_s_overlap']:,.0f}") for r in rows])
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = model_rows(parameter_counts(archs, args.embedding_size), gpus, args.local_batch, args.embedding_size,
                       MEASURED_IMG_S, args.backward_fraction)
     print(markdown(rows))
-    print("\n" + format_table(rows, ("arch", "gpus", "fabric", "t1_ms", "ddp_ms", "head_ms", "eff_no_overlap",
+    print("\n" + format_rows(rows, ("arch", "gpus", "fabric", "t1_ms", "ddp_ms", "head_ms", "eff_no_overlap",
                                      "eff_overlap")))
     if args.json:
         write_json(args.json, {"args": vars(args), "fabrics": [f.__dict__ for f in FABRICS], "rows": rows}, default=str)

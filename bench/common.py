@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from utils.image_list import usable_cores
+from utils.table import format_table
 
 
 def cpu_model() -> str:
@@ -90,21 +91,18 @@ def format_machine(info: Mapping[str, Any]) -> str:
             f"{info['date']}; load average {info.get('load_average')}")
 
 
-def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    """A fixed-width text table; floats get 1-4 significant decimals, missing cells a dash."""
-    def cell(v: Any) -> str:
-        if v is None:
-            return "-"
-        if isinstance(v, float):
-            return f"{v:.4g}" if abs(v) < 10 else f"{v:.1f}"
-        return str(v)
+def bench_cell(v: Any) -> str:
+    """A benchmark number as printed: floats get 1-4 significant decimals, a missing value a dash."""
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)
 
-    cells = [[cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join(lines)
+
+def format_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """The benchmarks' table (``utils.table.format_table``, right-aligned): one line per row mapping."""
+    return format_table(columns, [[bench_cell(r.get(c)) for c in columns] for r in rows], align="right")
 
 
 def _busy_cpu_seconds() -> float:

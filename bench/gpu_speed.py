@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from bench.bench_train import bench_config, bench_one, build_bench_run, cleanup, datasets, ensure_rec  # noqa: E402
 from bench.class_fit import HEAD_KINDS, largest_fitting, step_fits  # noqa: E402
-from bench.common import csv_arg, format_machine, format_table, machine_info  # noqa: E402
+from bench.common import csv_arg, format_machine, format_rows, machine_info  # noqa: E402
 from models import build_backbone  # noqa: E402
 from run.engine import train_one_epoch  # noqa: E402
 from utils.atomic import write_json  # noqa: E402
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
     out["complete"] = True
     save()
     if out["levers"]:
-        print(format_table(out["levers"], COLUMNS))
+        print(format_rows(out["levers"], COLUMNS))
     for r in out["fit"]:
         print(f"largest class count at batch {r['batch']}, {r['arch']}, {r['head']} head: {r['largest_fit']:,} "
               f"(first failure {r['smallest_fail']}; {len(r['probes'])} probes)")

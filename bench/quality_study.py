@@ -25,6 +25,7 @@ if str(REPO) not in sys.path:
 
 from bench.common import format_machine, machine_info  # noqa: E402
 from utils.atomic import atomic_write  # noqa: E402
+from utils.table import format_markdown  # noqa: E402
 
 DATA = REPO / "raw" / "demo_data"
 OUT = REPO / "bench" / "results" / "quality_study_2026-12-03"
@@ -154,16 +155,21 @@ def write_rows(out: Path, rows: list[dict]) -> None:
         f.write(markdown_table(rows) + "\n" + "\n".join(machines) + "\n")
 
 
+TABLE_HEADER = ("config", "epochs", "clean acc.", "Spearman (overall)", "per kind",
+                "ERC area mag / random, FMR 1e-2", "FMR 1e-3", "train s")
+
+
+def study_row(r: dict) -> list[str]:
+    """A row's cells: one ERC cell per FMR, largest first."""
+    kinds = ", ".join(f"{k} {v:+.2f}" for k, v in r["spearman"].items() if k != "overall")
+    erc = [" / ".join(f"{r['erc_area'][f].get(s, float('nan')):.3f}" for s in ("magnitude", "random"))
+           for f in sorted(r["erc_area"], key=lambda k: -float(k))]
+    return [f"{r['name']} ({r['what']})", str(r["epochs"]), f"{100 * r['accuracy']:.2f} %",
+            f"{r['spearman']['overall']:+.3f}", kinds, *erc, f"{r['train_s']:.0f}"]
+
+
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| config | epochs | clean acc. | Spearman (overall) | per kind | ERC area mag / random, FMR 1e-2 "
-             "| FMR 1e-3 | train s |", "|---" * 8 + "|"]
-    for r in rows:
-        kinds = ", ".join(f"{k} {v:+.2f}" for k, v in r["spearman"].items() if k != "overall")
-        erc = [" / ".join(f"{r['erc_area'][f].get(s, float('nan')):.3f}" for s in ("magnitude", "random"))
-               for f in sorted(r["erc_area"], key=lambda k: -float(k))]
-        lines.append(f"| {r['name']} ({r['what']}) | {r['epochs']} | {100 * r['accuracy']:.2f} % | "
-                     f"{r['spearman']['overall']:+.3f} | {kinds} | {' | '.join(erc)} | {r['train_s']:.0f} |")
-    return "\n".join(lines) + "\n"
+    return format_markdown(TABLE_HEADER, [study_row(r) for r in rows]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

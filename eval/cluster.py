@@ -29,9 +29,9 @@ from eval.cluster_graph import METHODS, cluster, knn_graph
 from eval.cluster_labels import find_ijbb_protocol, read_labels
 from eval.cluster_metrics import cluster_scores
 from eval.feature_io import load_feature_file
-from eval.metrics import format_table
 from utils.atomic import write_json
 from utils.cli import run_cli
+from utils.table import format_table
 
 REJECT_SCORES = ("magnitude", "random")
 CURVE_KEYS = ("pairwise_precision", "pairwise_recall", "pairwise_f", "bcubed_precision", "bcubed_recall",

@@ -32,11 +32,12 @@ if __package__ in (None, ""):
 from eval.damage_report import BAND_EDGES, BANDS, DEFAULT_FMRS, band_of, quality_report, read_score_file  # noqa: E402
 from eval.damage_set import DamageTable, make_damaged_set, read_damage_table  # noqa: E402
 from eval.feature_io import FeatureFile, load_feature_file  # noqa: E402
-from eval.metrics import format_table, line_of_row, read_pair_list  # noqa: E402
+from eval.metrics import line_of_row, read_pair_list  # noqa: E402
 from eval.quality import REJECT_RATIOS, SCORES, image_qualities  # noqa: E402
 from utils.atomic import atomic_write, write_json  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.degrade import KINDS  # noqa: E402
+from utils.table import format_table  # noqa: E402
 
 __all__ = ["make_damaged_set", "read_damage_table", "load_scores", "quality_report", "read_score_file",
            "plot_report", "score_set", "main"]

@@ -72,7 +72,7 @@ if [[ ${#JSONS[@]} -gt 0 ]]; then
 import json
 import sys
 
-from eval.metrics import format_table
+from utils.table import format_table
 
 rows = []
 for path in sys.argv[1:]:

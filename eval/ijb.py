@@ -34,13 +34,13 @@ if __package__ in (None, ""):
 
 from eval.feature_io import load_features
 from eval.metrics import (
-    format_table,
     line_of_row,
     read_int_table,
     tar_at_far_nearest,
 )
 from utils.atomic import write_json
 from utils.cli import run_cli
+from utils.table import format_table
 
 AGGREGATIONS = ("mean", "norm-mean", "magnitude")
 FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)

@@ -1,4 +1,4 @@
-"""Helpers shared by the evaluation tools: angular distance, TAR at FAR, pair lists, tables.
+"""Helpers shared by the evaluation tools: angular distance, TAR at FAR, pair lists.
 
 Everything is plain numpy over arrays so the protocols can be tested on toy inputs with known answers.
 Reports are written with ``utils.atomic.write_json(..., nan_as_null=True)``: atomic, and strict JSON.
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -122,12 +122,3 @@ def read_pair_list(path: str | os.PathLike, num_rows: int) -> tuple[np.ndarray, 
         r = int(bad[0])
         raise ValueError(f"{path}:{line_of_row(path, r)}: label must be 0 or 1, got {table[r, 2]}")
     return idx[:, 0].copy(), idx[:, 1].copy(), table[:, 2].astype(bool)
-
-
-def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A plain fixed-width text table for terminal reports."""
-    cells = [[str(h) for h in header]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)

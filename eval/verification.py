@@ -32,12 +32,12 @@ from eval.feature_io import load_feature_file
 from eval.metrics import (
     angular_distance,
     cosine_rows,
-    format_table,
     read_pair_list,
     tar_at_far_bounded,
 )
 from utils.atomic import write_json
 from utils.cli import run_cli
+from utils.table import format_table
 
 PROTOCOLS = ("magface", "insightface")
 THRESHOLDS = np.arange(0, 4, 0.01)
