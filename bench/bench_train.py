@@ -43,7 +43,7 @@ from bench.common import (  # noqa: E402
 from dataloader import RecordIODataset, TensorImageDataset, build_train_loader  # noqa: E402
 from dataloader.pack_rec import write_rec_set  # noqa: E402
 from run.config import TrainConfig  # noqa: E402
-from run.engine import LoopState, train_one_epoch  # noqa: E402
+from run.engine import BatchPrep, LoopState, train_one_epoch  # noqa: E402
 from run.trainer import build_run, uses_cudagraphs  # noqa: E402
 from utils.atomic import write_json  # noqa: E402
 from utils.dist import DistInfo  # noqa: E402
@@ -127,10 +127,9 @@ def build_bench_run(cfg: TrainConfig, dataset, steps: int, lr: float = 0.1):
     sampler = RandomSampler(dataset, num_samples=steps * cfg.batch_size, generator=torch.Generator().manual_seed(0))
     loader = build_train_loader(dataset, cfg.batch_size, cfg.workers, sampler, pin_memory=run.device.type == "cuda",
                                 persistent_workers=False)
-    state = LoopState(device=run.device, steps_per_epoch=1, total_steps=steps, batch_size=cfg.batch_size,
-                      lr_fn=lambda step: lr, cudagraph_steps=uses_cudagraphs(cfg, run.device),
-                      amp_dtype=amp_dtype(cfg.amp),
-                      channels_last=run.channels_last, print_freq=10**9)
+    prep = BatchPrep(run.device, cfg.batch_size, channels_last=run.channels_last)
+    state = LoopState(prep, steps_per_epoch=1, total_steps=steps, lr_fn=lambda step: lr,
+                      amp_dtype=amp_dtype(cfg.amp), cudagraph_steps=uses_cudagraphs(cfg, run.device), print_freq=10**9)
     return run, loader, state
 
 

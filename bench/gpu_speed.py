@@ -99,9 +99,9 @@ def loss_curve(arch: str, lever: str, args: argparse.Namespace, dataset, out_dir
     run, loader, state = build_bench_run(cfg, dataset, args.curve_steps, lr=args.curve_lr)
     batches, losses = iter(loader), []
     for _ in range(args.curve_steps):
-        metrics = train_one_epoch(run.model, run.head, [run.opt_backbone, run.opt_head], run.scaler,
-                                  itertools.islice(batches, 1), 0, 0, state)
-        losses.append(metrics["loss"])
+        result = train_one_epoch(run.model, run.head, [run.opt_backbone, run.opt_head], run.scaler,
+                                 itertools.islice(batches, 1), 0, 0, state)
+        losses.append(result.metrics["loss"])
     return losses
 
 

@@ -6,14 +6,13 @@ argparse is generated from the dataclass; the seed's flag names (``--batch-size`
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from dataloader.augment import DegradeAugment, parse_kinds
 from models.magface import VARIANTS, MagFaceConfig
 from run.preempt import parse_signals
-from utils.atomic import atomic_write
+from utils.atomic import write_json
 from utils.convention import parse_convention
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -143,8 +142,7 @@ class TrainConfig:
 
     def save_json(self, path: str | Path, **extra) -> None:
         """The resolved config (plus ``extra`` facts such as the world size), written atomically."""
-        with atomic_write(path, "w") as f:
-            f.write(json.dumps(self.to_dict() | extra, indent=2, sort_keys=True) + "\n")
+        write_json(path, self.to_dict() | extra, sort_keys=True)
 
 
 # dataclass field -> (flag spellings, help). The first spelling is the seed's where it had one.

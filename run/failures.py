@@ -1,6 +1,7 @@
 """Failures outside the model, explained in one line with what to do: refused checkpoint writes (full
-disk, quota, read-only folder) and data faults in the middle of an epoch (an undecodable record, a
-DataLoader worker killed by the out-of-memory killer).
+disk, quota, read-only folder), data faults in the middle of an epoch (an undecodable record, a
+DataLoader worker killed by the out-of-memory killer) and failed collectives; and the trainers' exit
+statuses for each (``run_cli``).
 
 A refused write never costs the previous checkpoint (``utils.atomic``); ``--on-save-error`` says whether
 training then stops (exit 5) or goes on with the older ``last.pth``. Only rank 0 writes, so its verdict
@@ -12,6 +13,11 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import torch.distributed as tdist
+
+from run.optim import NonFiniteError
+from run.preempt import PREEMPT_EXIT, Preempted
+from utils import cli
 from utils.atomic import SPACE_ERRNOS, OutputWriteError
 from utils.cli import one_line
 from utils.dist import broadcast_object
@@ -20,6 +26,32 @@ from utils.logger import get_logger
 
 class WorkerDied(RuntimeError):
     """A DataLoader worker process died (killed by a signal or exited) mid-epoch."""
+
+
+class DistFailure(RuntimeError):
+    """A collective failed or timed out: another rank hung, died or lost its connection."""
+
+
+# substrings that mark an error as coming from gloo / NCCL / the c10d store, and those that mean "too slow"
+_DIST_MARKS = ("gloo", "nccl", "c10d", "processgroup", "connection closed by peer", "connection reset")
+_TIMEOUT_MARKS = ("timed out", "timeout", "watchdog")
+
+
+def explain_dist_error(error: BaseException, rank: int, timeout_s: float, joined: bool = True) -> DistFailure | None:
+    """A one-line account of a failed collective, or None when ``error`` is something else."""
+    text = str(error)
+    first = next((line for line in text.splitlines() if line.strip()), type(error).__name__)
+    lowered = text.lower()
+    if not (isinstance(error, tdist.DistError) or any(mark in lowered for mark in _DIST_MARKS)):
+        return None
+    if not joined:
+        return DistFailure(f"rank {rank}: could not join the process group within --dist-timeout {timeout_s:g} s "
+                           f"(is MASTER_ADDR:MASTER_PORT reachable, did every node start?). Cause: {first}")
+    if any(mark in lowered for mark in _TIMEOUT_MARKS):
+        return DistFailure(f"rank {rank}: a collective operation did not complete within --dist-timeout "
+                           f"{timeout_s:g} s: another rank is hung or far slower (see its log). Cause: {first}")
+    return DistFailure(f"rank {rank}: lost the connection to another rank, which probably died (see its "
+                       f"log above). Cause: {first}")
 
 
 def is_space_error(error: BaseException) -> bool:
@@ -78,3 +110,18 @@ def data_fault(error: BaseException, epoch: int, global_step: int, last: Path,
         f"data loader worker (pid {pid.group(1) if pid else '?'}) {cause} {where}. A worker killed (SIGKILL) is "
         "usually the kernel's out-of-memory killer (see dmesg): lower --workers or the host's memory use, "
         + _resume_hint(last, saved_step))
+
+
+# exit status of the trainers' failures beyond bad input (2, utils.cli); a write that the disk refused
+# (full, quota, read-only: run.failures.is_space_error) exits with 5
+EXIT_CODES = ((NonFiniteError, 3), (DistFailure, 4), (WorkerDied, 6), (Preempted, PREEMPT_EXIT))
+WRITE_REFUSED_EXIT = 5
+
+
+def _write_refused(error: BaseException) -> int | None:
+    return WRITE_REFUSED_EXIT if is_space_error(error) else None
+
+
+def run_cli(main, argv: list[str] | None, prog: str) -> int:
+    """``utils.cli.run_cli`` with the trainers' exit statuses."""
+    return cli.run_cli(main, argv, prog, EXIT_CODES, classify=_write_refused)

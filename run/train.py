@@ -17,7 +17,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from run.config import config_from_args, get_args_parser  # noqa: E402
-from run.trainer import run_cli, train  # noqa: E402
+from run.failures import run_cli  # noqa: E402
+from run.trainer import train  # noqa: E402
 from utils.dist import DistInfo  # noqa: E402
 
 

@@ -21,32 +21,11 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-import torch.distributed as tdist  # noqa: E402
 
 from run.config import config_from_args, get_args_parser  # noqa: E402
-from run.trainer import DistFailure, run_cli, train  # noqa: E402
+from run.failures import explain_dist_error, run_cli  # noqa: E402
+from run.trainer import train  # noqa: E402
 from utils.dist import barrier, cleanup, exit_process, init_distributed, resolve_device  # noqa: E402
-
-# substrings that mark an error as coming from gloo / NCCL / the c10d store, and those that mean "too slow"
-_DIST_MARKS = ("gloo", "nccl", "c10d", "processgroup", "connection closed by peer", "connection reset")
-_TIMEOUT_MARKS = ("timed out", "timeout", "watchdog")
-
-
-def explain_dist_error(error: BaseException, rank: int, timeout_s: float, joined: bool = True) -> DistFailure | None:
-    """A one-line account of a failed collective, or None when ``error`` is something else."""
-    text = str(error)
-    first = next((line for line in text.splitlines() if line.strip()), type(error).__name__)
-    lowered = text.lower()
-    if not (isinstance(error, tdist.DistError) or any(mark in lowered for mark in _DIST_MARKS)):
-        return None
-    if not joined:
-        return DistFailure(f"rank {rank}: could not join the process group within --dist-timeout {timeout_s:g} s "
-                           f"(is MASTER_ADDR:MASTER_PORT reachable, did every node start?). Cause: {first}")
-    if any(mark in lowered for mark in _TIMEOUT_MARKS):
-        return DistFailure(f"rank {rank}: a collective operation did not complete within --dist-timeout "
-                           f"{timeout_s:g} s: another rank is hung or far slower (see its log). Cause: {first}")
-    return DistFailure(f"rank {rank}: lost the connection to another rank, which probably died (see its "
-                       f"log above). Cause: {first}")
 
 
 def main(argv: list[str] | None = None) -> dict:

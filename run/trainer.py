@@ -21,13 +21,13 @@ from models import ClassWeightHead, MagFaceHead, build_backbone
 from models.fused import ChunkedMagFaceHead
 from models.sharded import ShardedMagFaceHead
 from run.config import TrainConfig
-from run.engine import LoopState, NonFiniteError, NonFiniteGuard, lr_at, sharded_grad_norm, train_one_epoch
-from run.failures import WorkerDied, data_fault, is_space_error, shared_save
+from run.engine import BatchPrep, LoopState, Stop, lr_at, train_one_epoch
+from run.failures import data_fault, shared_save
 from run.faults import Faults
 from run.hooks import build_hooks
-from run.preempt import PREEMPT_EXIT, Preempted, PreemptWatch, ignore_in_worker, parse_signals, raise_preempted
+from run.optim import NonFiniteError, NonFiniteGuard, StepPolicy, sharded_grad_norm
+from run.preempt import PreemptWatch, ignore_in_worker, parse_signals, raise_preempted
 from run.state import Position, remove_stale_temporaries, resume_training, save_training_state
-from utils import cli
 from utils.checkpoint import backbone_state, load_backbone_state, read_checkpoint, save_released
 from utils.convention import parse_convention
 from utils.dist import DistInfo, resolve_device
@@ -157,18 +157,21 @@ def _loop_state(cfg: TrainConfig, run: Run, steps_per_epoch: int, per_rank: int,
     distributed = run.dist.distributed
     grad_norm = sharded_grad_norm(list(run.backbone.parameters()), list(run.head.parameters()), True) \
         if distributed else None
-    return LoopState(
-        convention=parse_convention(cfg.input_convention),
-        device=run.device, steps_per_epoch=steps_per_epoch, total_steps=total_steps, batch_size=per_rank,
-        lr_fn=lambda s: lr_at(s, steps_per_epoch, cfg.lr, cfg.epochs, cfg.schedule, cfg.lr_drop_epoch,
-                              cfg.lr_drop_ratio, cfg.warmup_epochs),
-        amp_dtype=amp_dtype(cfg.amp),
-        channels_last=run.channels_last, cudagraph_steps=uses_cudagraphs(cfg, run.device), grad_clip=cfg.grad_clip,
-        seed=cfg.seed, print_freq=cfg.print_freq,
-        global_step=pos.global_step, guard=NonFiniteGuard(cfg.max_nonfinite), grad_norm_fn=grad_norm,
-        rank=run.dist.rank, world_size=run.dist.world_size, sync_overflow=distributed, faults=Faults.from_env(),
+    prep = BatchPrep(
+        device=run.device, batch_size=per_rank, seed=cfg.seed, rank=run.dist.rank,
+        convention=parse_convention(cfg.input_convention), channels_last=run.channels_last,
         degrade=DegradeAugment(cfg.degrade_prob, parse_kinds(cfg.degrade_kinds), cfg.degrade_max_severity)
         if cfg.degrade_prob > 0 else None,
+        faults=Faults.from_env(),
+    )
+    return LoopState(
+        prep=prep, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+        lr_fn=lambda s: lr_at(s, steps_per_epoch, cfg.lr, cfg.epochs, cfg.schedule, cfg.lr_drop_epoch,
+                              cfg.lr_drop_ratio, cfg.warmup_epochs),
+        policy=StepPolicy(grad_clip=cfg.grad_clip, grad_norm_fn=grad_norm, sync_overflow=distributed),
+        amp_dtype=amp_dtype(cfg.amp), cudagraph_steps=uses_cudagraphs(cfg, run.device),
+        world_size=run.dist.world_size, print_freq=cfg.print_freq,
+        global_step=pos.global_step, guard=NonFiniteGuard(cfg.max_nonfinite),
     )
 
 
@@ -199,8 +202,8 @@ def train(cfg: TrainConfig, dist: DistInfo) -> dict:
     state = _loop_state(cfg, run, steps_per_epoch, per_rank, pos)
     log.info(f"training {cfg.arch} on {len(dataset)} images, {cfg.last_fc_size} classes, world size "
              f"{dist.world_size}, {per_rank}/rank x {steps_per_epoch} steps/epoch, device {run.device}, amp {cfg.amp}")
-    if state.faults is not None:
-        log.warning(f"fault injection active (test hooks): {state.faults}")
+    if state.prep.faults is not None:
+        log.warning(f"fault injection active (test hooks): {state.prep.faults}")
     tb = TensorBoard(out_dir / "tb", enabled=cfg.tensorboard and dist.is_main)
     bad = BadSampleCounter(cfg.max_bad_fraction) if cfg.skip_bad_images else None
     written: list[str] = []
@@ -221,24 +224,21 @@ def train(cfg: TrainConfig, dist: DistInfo) -> dict:
 def _epochs(run: Run, loader, sampler, state: LoopState, pos: Position, tb: TensorBoard, bad,
             per_rank: int, watch: PreemptWatch) -> list[str]:
     cfg, log, written, spe = run.cfg, get_logger(), [], state.steps_per_epoch
-    preempted = None
     for epoch in range(pos.epoch, cfg.epochs):
         first = pos.step_in_epoch if epoch == pos.epoch else 0
         sampler.set_epoch(epoch)
         sampler.set_start(first * per_rank)
-        stopped = False
 
-        def on_step_end(step: int, epoch: int = epoch) -> bool:
-            nonlocal stopped, preempted
+        def on_step_end(step: int, epoch: int = epoch) -> Stop:
             if cfg.save_every_steps and state.global_step % cfg.save_every_steps == 0 and step < spe:
                 run.save_state(Position(epoch, step, state.global_step))
-            stopped = bool(cfg.max_steps) and state.global_step >= cfg.max_steps
-            preempted = watch.agreed(run.device, run.dist.distributed)  # every rank stops after the same step
-            return stopped or preempted is not None
+            # the signal check is collective: every rank makes it after every step and stops after the same one
+            return Stop(max_steps=bool(cfg.max_steps) and state.global_step >= cfg.max_steps,
+                        signal=watch.agreed(run.device, run.dist.distributed))
 
         try:
-            metrics = train_one_epoch(run.model, run.head, [run.opt_backbone, run.opt_head], run.scaler, loader,
-                                      epoch, first, state, tb, on_step_end, bad)
+            result = train_one_epoch(run.model, run.head, [run.opt_backbone, run.opt_head], run.scaler, loader,
+                                     epoch, first, state, tb, on_step_end, bad)
         except NonFiniteError:
             # Weights are those from before the first step of the non-finite run: resume replays from there.
             g0 = state.global_step - state.guard.consecutive + 1
@@ -250,11 +250,12 @@ def _epochs(run: Run, loader, sampler, state: LoopState, pos: Position, tb: Tens
             if fault is None:
                 raise
             raise fault from error
+        stop = result.stop or Stop()
         step_reached = state.global_step - epoch * spe
         done = step_reached >= spe
         log.info(f"epoch {epoch} {'done' if done else f'stopped at step {step_reached}'}: "
-                 + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        if done and ((epoch + 1) % cfg.pth_save_epoch == 0 or epoch + 1 == cfg.epochs) or stopped:
+                 + " ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
+        if done and ((epoch + 1) % cfg.pth_save_epoch == 0 or epoch + 1 == cfg.epochs) or stop.max_steps:
             path = run.save_epoch(epoch + 1)
             if path is not None:
                 written.append(str(path))
@@ -262,29 +263,10 @@ def _epochs(run: Run, loader, sampler, state: LoopState, pos: Position, tb: Tens
         if run.saved_step != state.global_step:  # a signal during a --save-every-steps save: already written
             run.save_state(Position(epoch + 1, 0, state.global_step) if done else Position(epoch, step_reached,
                                                                                           state.global_step))
-        if preempted is not None:
-            raise_preempted(preempted.name, state.global_step, run.out_dir / "last.pth", run.saved_step,
+        if stop.signal is not None:
+            raise_preempted(stop.signal.name, state.global_step, run.out_dir / "last.pth", run.saved_step,
                             watch.repeats, requeue=cfg.slurm_requeue and run.dist.is_main)
-        if stopped:
+        if stop.max_steps:
             log.info(f"--max-steps {cfg.max_steps} reached; resumable state in {run.out_dir / 'last.pth'}")
             break
     return written
-
-
-class DistFailure(RuntimeError):
-    """A collective failed or timed out: another rank hung, died or lost its connection."""
-
-
-# exit status of the trainers' failures beyond bad input (2, utils.cli); a write that the disk refused
-# (full, quota, read-only: run.failures.is_space_error) exits with 5
-EXIT_CODES = ((NonFiniteError, 3), (DistFailure, 4), (WorkerDied, 6), (Preempted, PREEMPT_EXIT))
-WRITE_REFUSED_EXIT = 5
-
-
-def _write_refused(error: BaseException) -> int | None:
-    return WRITE_REFUSED_EXIT if is_space_error(error) else None
-
-
-def run_cli(main, argv: list[str] | None, prog: str) -> int:
-    """``utils.cli.run_cli`` with the trainers' exit statuses."""
-    return cli.run_cli(main, argv, prog, EXIT_CODES, classify=_write_refused)

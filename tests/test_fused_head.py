@@ -13,7 +13,7 @@ from models.fused import ChunkedMagFaceHead
 from run import train as train_entry
 from run import trainer
 from run.config import TrainConfig
-from run.engine import LoopState, train_one_epoch
+from run.engine import BatchPrep, LoopState, train_one_epoch
 from tests.test_train_support import one_thread_and_restore, train_args, write_list  # noqa: F401
 from utils.dist import DistInfo
 
@@ -160,7 +160,7 @@ def test_the_loop_marks_each_step_for_cuda_graphs(monkeypatch) -> None:
     opt = torch.optim.SGD([*backbone.parameters(), *head.parameters()], lr=0.01)
     batches = [(torch.randint(0, 255, (2, 3, 112, 112), dtype=torch.uint8), torch.tensor([1, 2]), 0)] * 3
     for flag, expected in ((False, 0), (True, 3)):
-        state = LoopState(device=torch.device("cpu"), steps_per_epoch=3, total_steps=3, batch_size=2,
+        state = LoopState(BatchPrep(torch.device("cpu"), batch_size=2), steps_per_epoch=3, total_steps=3,
                           lr_fn=lambda s: 0.01, cudagraph_steps=flag)
         train_one_epoch(backbone, head, [opt], torch.amp.GradScaler("cpu", enabled=False), batches, 0, 0, state)
         assert len(marks) == expected

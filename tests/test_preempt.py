@@ -19,8 +19,8 @@ import torch
 from dataloader import EpochShuffleSampler, RecordIODataset
 from dataloader.pack_rec import main as pack_main
 from run import train as train_entry
+from run.failures import run_cli
 from run.preempt import PREEMPT_EXIT, ignore_in_worker, parse_signals, slurm_job_id
-from run.trainer import run_cli
 from tests.test_train_support import (  # noqa: F401 (one_thread_and_restore: a fixture)
     assert_same_weights,
     child_env,

@@ -15,8 +15,9 @@ import torch
 
 from run import train as train_entry
 from run.config import config_from_args, get_args_parser
+from run.failures import run_cli
 from run.state import Position, remove_stale_temporaries
-from run.trainer import build_run, maybe_resume, run_cli
+from run.trainer import build_run, maybe_resume
 from tests.test_train_support import (  # noqa: F401 (one_thread_and_restore: a fixture)
     REPO,
     assert_same_weights,

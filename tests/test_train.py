@@ -12,7 +12,7 @@ import torch
 
 from models import build_backbone
 from run import train as train_entry
-from run.trainer import run_cli
+from run.failures import run_cli
 from tests.test_train_support import (  # noqa: F401 (one_thread_and_restore: a fixture)
     ARCH,
     child_env,

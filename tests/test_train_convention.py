@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from run import train
-from run.engine import LoopState, prepare_batch
+from run.engine import BatchPrep, prepare_batch
 from tests.test_train_support import one_thread_and_restore  # noqa: F401 (a fixture)
 from utils.checkpoint import load_backbone
 from utils.convention import INSIGHTFACE, MAGFACE
@@ -14,9 +14,9 @@ from utils.convention import INSIGHTFACE, MAGFACE
 def test_prepare_batch_applies_convention():
     images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
     labels = torch.tensor([0, 1])
-    base = dict(device=torch.device("cpu"), steps_per_epoch=1, total_steps=1, batch_size=2, lr_fn=lambda s: 0.1)
-    x_mag, _ = prepare_batch(images, labels, LoopState(**base, convention=MAGFACE))
-    x_ins, _ = prepare_batch(images, labels, LoopState(**base, convention=INSIGHTFACE))
+    base = dict(device=torch.device("cpu"), batch_size=2)
+    x_mag, _ = prepare_batch(images, labels, BatchPrep(**base, convention=MAGFACE), global_step=0)
+    x_ins, _ = prepare_batch(images, labels, BatchPrep(**base, convention=INSIGHTFACE), global_step=0)
     # same flips (same seed and step): insightface = RGB order, 2 * (x/255) - 1
     torch.testing.assert_close(x_ins, 2 * x_mag.flip(1) - 1)
 

@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from models.collectives import shard_range
 from models.magface import MagFaceHead
 from models.sharded import ShardedMagFaceHead
-from run.engine import LoopState, optimizer_step, sharded_grad_norm
+from run.optim import StepPolicy, optimizer_step, sharded_grad_norm
 from tests.test_train_support import free_port
 from utils.dist import cleanup, exit_process, init_distributed
 
@@ -57,9 +57,6 @@ def _sharded_setup(rank: int, case: dict, scaler_enabled: bool):
     return backbone, head, opts, scaler, (start, end)
 
 
-def _state(**kw) -> LoopState:
-    return LoopState(device=torch.device("cpu"), steps_per_epoch=1, total_steps=1, batch_size=LOCAL_BATCH,
-                     lr_fn=lambda s: SGD["lr"], **kw)
 
 
 def _gathered(value: torch.Tensor) -> list[torch.Tensor]:
@@ -95,8 +92,8 @@ def _clip_worker(rank: int, port: int) -> None:
         assert not torch.equal(*_gathered(local_only.reshape(1)))
 
         params = [p for opt in opts for g in opt.param_groups for p in g["params"]]
-        assert optimizer_step(opts, scaler, params, _state(grad_clip=clip, grad_norm_fn=norm_fn, rank=rank,
-                                                           world_size=WORLD, sync_overflow=True))
+        assert optimizer_step(opts, scaler, params, StepPolicy(grad_clip=clip, grad_norm_fn=norm_fn,
+                                                               sync_overflow=True))
         torch.testing.assert_close(backbone.weight, ref_backbone.weight, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(head.weight, ref_head.weight[start:end], rtol=1e-5, atol=1e-6)
     finally:
@@ -114,7 +111,7 @@ def _overflow_worker(rank: int, port: int, synchronise: bool) -> None:
         if rank == 1:
             head.weight.grad[0, 0] = float("inf")
         params = [p for opt in opts for g in opt.param_groups for p in g["params"]]
-        stepped = optimizer_step(opts, scaler, params, _state(rank=rank, world_size=WORLD, sync_overflow=synchronise))
+        stepped = optimizer_step(opts, scaler, params, StepPolicy(sync_overflow=synchronise))
         changed = [not torch.equal(b, a) for b, a in zip(before, (backbone.weight, head.weight), strict=True)]
         if synchronise:
             assert not stepped and changed == [False, False], (rank, stepped, changed)
