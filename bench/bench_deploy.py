@@ -58,7 +58,7 @@ def installed_mb(dist: str) -> float:
 
 
 def load_feats(path: Path) -> np.ndarray:
-    from eval.feature_io import load_feature_file
+    from utils.feature_io import load_feature_file
 
     return load_feature_file(path).features
 

@@ -28,9 +28,9 @@ if __package__ in (None, ""):
 from eval.cluster_graph import METHODS, cluster, knn_graph
 from eval.cluster_labels import find_ijbb_protocol, read_labels
 from eval.cluster_metrics import cluster_scores
-from eval.feature_io import load_feature_file
 from utils.atomic import write_json
 from utils.cli import run_cli
+from utils.feature_io import load_feature_file
 from utils.table import format_table
 
 REJECT_SCORES = ("magnitude", "random")

@@ -6,7 +6,7 @@
 
 ``make`` writes a damaged copy of a pair list (see eval/damage_set.py: the second face of every pair
 degraded by utils/degrade.py at a seeded severity, a severity table ``damage.csv``, ``img.list`` and
-``pair.list``). ``score`` reads features of that img.list (any eval/feature_io.py format) and reports, for
+``pair.list``). ``score`` reads features of that img.list (any utils/feature_io.py format) and reports, for
 the magnitude, a seeded random score, the Laplacian sharpness and any ``--score-file`` (lines ``path
 score``, higher = better): Spearman's rho against severity, medians by severity band and ERC at each FMR
 (eval/damage_report.py documents the JSON keys). Bad input: one line naming the file and line, exit 2,
@@ -31,13 +31,14 @@ if __package__ in (None, ""):
 
 from eval.damage_report import BAND_EDGES, BANDS, DEFAULT_FMRS, band_of, quality_report, read_score_file  # noqa: E402
 from eval.damage_set import DamageTable, make_damaged_set, read_damage_table  # noqa: E402
-from eval.feature_io import FeatureFile, load_feature_file  # noqa: E402
-from eval.metrics import line_of_row, read_pair_list  # noqa: E402
+from eval.metrics import read_pair_list  # noqa: E402
 from eval.quality import REJECT_RATIOS, SCORES, image_qualities  # noqa: E402
 from utils.atomic import atomic_write, write_json  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.degrade import KINDS  # noqa: E402
+from utils.feature_io import FeatureFile, load_feature_file  # noqa: E402
 from utils.table import format_table  # noqa: E402
+from utils.text_lines import line_of_row  # noqa: E402
 
 __all__ = ["make_damaged_set", "read_damage_table", "load_scores", "quality_report", "read_score_file",
            "plot_report", "score_set", "main"]

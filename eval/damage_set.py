@@ -37,9 +37,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from eval.metrics import line_of_row, read_pair_list
+from eval.metrics import read_pair_list
 from utils.atomic import write_json
 from utils.degrade import KINDS, damage_parameter, degrade
+from utils.text_lines import line_of_row
 
 TABLE_COLUMNS = ("row", "path", "pair", "kind", "severity", "parameter", "source")
 CLEAN = "none"

@@ -32,15 +32,15 @@ from sklearn.metrics import roc_curve
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.feature_io import load_features
 from eval.metrics import (
-    line_of_row,
     read_int_table,
     tar_at_far_nearest,
 )
 from utils.atomic import write_json
 from utils.cli import run_cli
+from utils.feature_io import load_features
 from utils.table import format_table
+from utils.text_lines import line_of_row
 
 AGGREGATIONS = ("mean", "norm-mean", "magnitude")
 FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)

@@ -14,6 +14,7 @@ import numpy as np
 from sklearn.metrics import roc_curve
 
 from utils.atomic import write_json
+from utils.text_lines import line_of_row
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -61,18 +62,6 @@ def write_json_atomic(path: str | os.PathLike, obj: dict) -> None:
     Kept only for run/validate.py, which calls it by this name; new code calls write_json itself.
     """
     write_json(path, obj, nan_as_null=True)
-
-
-def line_of_row(path: str | os.PathLike, row: int) -> int:
-    """1-based line number of the ``row``-th non-blank line (numpy's text readers skip blank lines)."""
-    seen, number = -1, 1
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                seen += 1
-                if seen == row:
-                    return number
-    return number
 
 
 def _first_bad_line(path: Path, ncols: int) -> str:

@@ -30,10 +30,10 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.feature_io import FeatureFile, load_feature_file
 from eval.metrics import angular_distance, read_pair_list
 from utils.atomic import write_json
 from utils.cli import run_cli
+from utils.feature_io import FeatureFile, load_feature_file
 from utils.table import format_table
 
 REJECT_RATIOS = np.arange(0, 0.98, 0.05)

@@ -28,7 +28,6 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.bin_io import read_bin
-from eval.feature_io import load_feature_file
 from eval.metrics import (
     angular_distance,
     cosine_rows,
@@ -37,6 +36,7 @@ from eval.metrics import (
 )
 from utils.atomic import write_json
 from utils.cli import run_cli
+from utils.feature_io import load_feature_file
 from utils.table import format_table
 
 PROTOCOLS = ("magface", "insightface")
@@ -135,6 +135,7 @@ def embed_bin(
 
     ``device`` "auto" takes the GPU when there is one; ``dtype`` fp32 (default), bf16 or fp16.
     """
+    # torch and the model code load only for --bin: scoring a feature file needs neither
     from inference.extract import embed_array
     from utils.checkpoint import load_backbone
     from utils.convention import parse_convention

@@ -24,7 +24,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from eval.feature_io import write_features  # noqa: E402
 from inference.extract import embed_batch, prepare_model  # noqa: E402
 from inference.photo_faces import (  # noqa: E402
     FaceOptions,
@@ -40,6 +39,7 @@ from utils.cli import run_cli  # noqa: E402
 from utils.convention import parse_convention  # noqa: E402
 from utils.detect import POLICIES  # noqa: E402
 from utils.dist import resolve_device  # noqa: E402
+from utils.feature_io import write_features  # noqa: E402
 from utils.image_list import usable_cores  # noqa: E402
 from utils.precision import DTYPES  # noqa: E402
 from utils.quality_scale import SCALES, logistic_quality, resolve_scale  # noqa: E402

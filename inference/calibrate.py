@@ -19,13 +19,13 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from eval.feature_io import load_feature_file  # noqa: E402
 from inference.extract import prepare_model  # noqa: E402
 from inference.feat_torch import make_loader, run_model  # noqa: E402
 from utils.checkpoint import load_backbone  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.convention import parse_convention  # noqa: E402
 from utils.dist import resolve_device  # noqa: E402
+from utils.feature_io import load_feature_file  # noqa: E402
 from utils.image_list import read_image_list, usable_cores  # noqa: E402
 from utils.precision import DTYPES  # noqa: E402
 from utils.quality_scale import OFIQ, file_sha256, fit_calibration, logistic_quality, save_calibration, side_file  # noqa: E402,E501

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from eval.feature_io import write_features
 from inference.extract import embed_batch, prepare_model
 from utils.checkpoint import load_backbone
 from utils.convention import InputConvention, parse_convention, read_aligned_face
 from utils.dist import resolve_device
+from utils.feature_io import write_features
 from utils.image_list import usable_cores
 from utils.precision import DTYPES
 

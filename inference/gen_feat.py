@@ -24,10 +24,10 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
-from eval.feature_io import write_features  # noqa: E402
 from inference.ort_embed import RUNTIMES  # noqa: E402  (torch-free: numpy, OpenCV, utils)
 from utils.cli import run_cli  # noqa: E402
 from utils.convention import parse_convention  # noqa: E402
+from utils.feature_io import write_features  # noqa: E402
 from utils.image_list import read_image_list, usable_cores  # noqa: E402,F401  (usable_cores: re-exported)
 
 DTYPE_NAMES = ("bf16", "fp16", "fp32")  # the PyTorch precisions (utils.precision.DTYPES); int8: onnxruntime

@@ -31,10 +31,10 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
-from eval.feature_io import write_features  # noqa: E402
 from utils.atomic import atomic_write  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.convention import FACE_SIZE, InputConvention, parse_convention, read_aligned_face  # noqa: E402
+from utils.feature_io import write_features  # noqa: E402
 from utils.image_list import read_image_list, usable_cores  # noqa: E402
 from utils.quality_scale import OFIQ, Calibration, load_calibration, logistic_quality, side_file  # noqa: E402
 

@@ -14,7 +14,7 @@ from eval import cluster as C
 from eval.cluster_graph import METHODS, cluster, knn_graph
 from eval.cluster_labels import read_labels
 from eval.cluster_metrics import bcubed_prf, cluster_scores, pairwise_prf
-from eval.feature_io import write_features
+from utils.feature_io import write_features
 
 TRUE = np.array([0, 0, 1, 1, 1])
 

@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import roc_curve
 
 from eval import ijb
-from eval.feature_io import write_features
+from utils.feature_io import write_features
 
 # Hand-made protocol in 2-D. Rows of face_tid_mid: (image, template, media, feature).
 FACES = [

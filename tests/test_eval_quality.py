@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage
 
 from eval import quality as Q
-from eval.feature_io import FeatureFile, write_features
+from utils.feature_io import FeatureFile, write_features
 
 
 def _seed_walk_index(n_imp: int, k: int):

@@ -11,8 +11,8 @@ import pytest
 
 from eval import verification as V
 from eval.bin_io import read_bin, read_bin_raw, write_bin
-from eval.feature_io import write_features
 from eval.metrics import tar_at_far_bounded, tar_at_far_nearest
+from utils.feature_io import write_features
 
 # ---------------------------------------------------------------- reference (plain loops)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eval.feature_io import load_feature_file, load_features, read_text_features, write_features
+from utils.feature_io import load_feature_file, load_features, read_text_features, write_features
 
 
 def _feats(n=7, d=5, seed=0):

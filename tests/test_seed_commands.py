@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from eval import ijb, verification
-from eval.feature_io import load_feature_file
 from eval.metrics import read_pair_list
 from models import build_backbone
 from utils.checkpoint import save_released
+from utils.feature_io import load_feature_file
 
 REPO = Path(__file__).resolve().parents[1]
 NL = "18_w16"  # ./eval.sh CKPT SUFFIX NL -> --arch iresnet18_w16

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from utils.atomic import atomic_write
+from utils.text_lines import line_of_row
 
 TEXT_FORMAT = "%.9g"
 WRITE_BLOCK = 1024
@@ -65,8 +66,6 @@ def read_text_features(path: str | os.PathLike, dtype=np.float32) -> tuple[list[
     if not paths:
         raise ValueError(f"feature file {path} is empty")
     if dim < 1:
-        from eval.metrics import line_of_row  # sklearn: imported only on this error path
-
         raise ValueError(f"{path}:{line_of_row(path, 0)}: a path with no feature values")
     try:
         table = np.loadtxt(path, dtype=dtype, comments=None, ndmin=2, converters={0: lambda s: 0})
@@ -104,8 +103,6 @@ def check_finite(feats: np.ndarray, paths: Sequence[str], source: str | os.PathL
     bad = ~np.isfinite(feats).all(axis=1)
     if bad.any():
         r = int(np.flatnonzero(bad)[0])
-        from eval.metrics import line_of_row  # not at import: writing features needs no sklearn
-
         where = f"{source}:{line_of_row(source, r)}" if Path(source).suffix not in (".npz", ".npy") else source
         raise ValueError(f"{where}: features of row {r} ({paths[r]}) contain NaN or inf "
                          f"({int(bad.sum())} bad rows in all)")
