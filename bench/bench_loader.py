@@ -3,7 +3,8 @@
     python -m bench.bench_loader [--train_list ../shared/data/celeba112/train.list] [--workers 2]
 
 Packs the list into a temporary RecordIO set first, then times full passes of ImageListDataset and
-RecordIODataset (flip on, as in training). The first pass of each warms the page cache and the
+RecordIODataset as training uses them (read + decode + CHW; the mirroring happens later, on the device,
+in ``run.engine.prepare_batch``). The first pass of each warms the page cache and the
 workers and is not counted.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from dataloader.builder import build_train_loader
 from dataloader.image_list import ImageListDataset, read_train_list
 from dataloader.pack_rec import pack_train_list
-from dataloader.recordio import RecordIODataset
+from dataloader.rec_dataset import RecordIODataset
 from dataloader.sampler import EpochShuffleSampler
 from utils.image_list import usable_cores
 
@@ -47,7 +48,7 @@ def time_loader(dataset, batch_size: int, workers: int, passes: int) -> float:
 
 
 def time_getitem(dataset, n: int = 2000) -> float:
-    """Images per second of bare ``dataset[i]`` calls in this process (read + decode + flip + CHW)."""
+    """Images per second of bare ``dataset[i]`` calls in this process (read + decode + CHW)."""
     n = min(n, len(dataset))
     for i in range(n):
         dataset[i]
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
         datasets = {"ImageListDataset": ImageListDataset(tl), "RecordIODataset": RecordIODataset(tmp)}
         single = {name: time_getitem(ds) for name, ds in datasets.items()}
         loader = {name: time_loader(ds, args.batch_size, args.workers, args.passes) for name, ds in datasets.items()}
-    print(f"flip on; train.rec {rec_mb:.1f} MiB; DataLoader with {args.workers} workers, batch {args.batch_size}")
+    print(f"no host-side flip (training mirrors on the device); train.rec {rec_mb:.1f} MiB; "
+          f"DataLoader with {args.workers} workers, batch {args.batch_size}")
     for name in datasets:
         print(f"{name:>18}: {loader[name]:6.0f} images/s through the DataLoader, "
               f"{single[name]:6.0f} images/s single process")

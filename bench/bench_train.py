@@ -162,7 +162,7 @@ def cleanup() -> None:
 
 def datasets(kinds: list[str], rec_dir: Path, classes: int):
     """The ``rec`` dataset and, when asked, its pre-decoded in-memory copy."""
-    rec = RecordIODataset(rec_dir, flip=False, num_classes=classes)
+    rec = RecordIODataset(rec_dir, num_classes=classes)
     out = {}
     for kind in kinds:
         if kind == "rec":

@@ -7,7 +7,8 @@ from dataloader.builder import (
     collate_faces,
 )
 from dataloader.image_list import ImageListDataset, TrainList, read_train_list
-from dataloader.recordio import RecordIODataset, RecordIOWriter, pack_payload, read_idx, unpack_payload
+from dataloader.rec_dataset import RecordIODataset
+from dataloader.recordio import RecordIOWriter, pack_payload, read_idx, unpack_payload
 from dataloader.sampler import EpochShuffleSampler
 from dataloader.synthetic import SyntheticDataset, TensorImageDataset
 from dataloader.transforms import BadSample, BadSampleError, decode_face, to_chw_tensor

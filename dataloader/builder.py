@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data._utils.collate import default_collate
 
 from dataloader.image_list import ImageListDataset, read_train_list
-from dataloader.recordio import RecordIODataset
+from dataloader.rec_dataset import RecordIODataset
 from dataloader.synthetic import SyntheticDataset
 from dataloader.transforms import FACE_SIZE, BadSample
 
@@ -88,15 +88,15 @@ class BadSampleCounter:
 
 
 def build_train_dataset(train_list: str | None = None, rec: str | None = None, synthetic: int | None = None,
-                        num_classes: int | None = None, skip_bad: bool = False, flip: bool = True) -> Dataset:
+                        num_classes: int | None = None, skip_bad: bool = False) -> Dataset:
     """Exactly one source: a ``--train_list`` file, a RecordIO folder / ``.rec``, or N synthetic samples."""
     given = [name for name, v in (("train_list", train_list), ("rec", rec), ("synthetic", synthetic)) if v]
     if len(given) != 1:
         raise ValueError(f"give exactly one training source (train_list, rec, synthetic), got {given or 'none'}")
     if train_list:
-        return ImageListDataset(read_train_list(train_list, num_classes), flip=flip, skip_bad=skip_bad)
+        return ImageListDataset(read_train_list(train_list, num_classes), skip_bad=skip_bad)
     if rec:
-        return RecordIODataset(rec, flip=flip, skip_bad=skip_bad, num_classes=num_classes)
+        return RecordIODataset(rec, skip_bad=skip_bad, num_classes=num_classes)
     if num_classes is None:
         raise ValueError("synthetic data needs num_classes")
     return SyntheticDataset(int(synthetic), num_classes)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dataloader.transforms import BadSample, BadSampleError, decode_face, random_flip, to_chw_tensor
+from dataloader.transforms import BadSample, BadSampleError, decode_face, to_chw_tensor
 
 
 class PathTable(Sequence):
@@ -139,9 +139,8 @@ def read_train_list(path: str | os.PathLike, num_classes: int | None = None,
 class ImageListDataset(Dataset):
     """Faces read from files named by a ``TrainList``: (uint8 BGR (3, 112, 112), int label)."""
 
-    def __init__(self, train_list: TrainList, flip: bool = True, skip_bad: bool = False) -> None:
+    def __init__(self, train_list: TrainList, skip_bad: bool = False) -> None:
         self.train_list = train_list
-        self.flip = flip
         self.skip_bad = skip_bad
 
     def __len__(self) -> int:
@@ -163,4 +162,4 @@ class ImageListDataset(Dataset):
                 return BadSample(self.train_list.where(i), reason)
             err = FileNotFoundError if isinstance(e, FileNotFoundError) else ValueError
             raise err(f"bad training image {self.train_list.where(i)}: {reason}") from None
-        return to_chw_tensor(img, self.flip and random_flip()), int(self.train_list.labels[i])
+        return to_chw_tensor(img), int(self.train_list.labels[i])

@@ -1,5 +1,7 @@
 """insightface / MXNet RecordIO (``train.rec`` + ``train.idx``) read and written natively, without mxnet.
 
+The training dataset over such a set is ``dataloader.rec_dataset.RecordIODataset``.
+
 Format (docs/FORMATS.md): records of ``uint32 magic 0xced7230a, uint32 lrec`` (low 29 bits length,
 high 3 bits continuation flag), payload, zero padding to 4 bytes. A payload holding the magic word at
 a 4-byte aligned position is split there by dmlc's writer (flags 1 start, 2 middle, 3 end) and the
@@ -9,7 +11,6 @@ whose first label bounds the image keys: 1 .. int(label[0]) - 1.
 """
 from __future__ import annotations
 
-import math
 import os
 import struct
 import warnings
@@ -17,10 +18,8 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
-from dataloader.transforms import BadSample, BadSampleError, decode_face, random_flip, to_chw_tensor
+from dataloader.transforms import BadSampleError
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -199,112 +198,3 @@ def read_property(folder: str) -> int | None:
         return int(text.split(",")[0])
     except ValueError:
         raise ValueError(f"{prop}: expected 'num_classes,112,112', got {text[:80]!r}") from None
-
-
-def _label_of(header: IRHeader, labels: np.ndarray | None) -> int:
-    value = float(labels[0]) if labels is not None else header.label
-    if not (math.isfinite(value) and value >= 0 and value == int(value)):
-        raise BadSampleError(f"label {value} is not a non-negative integer")
-    return int(value)
-
-
-class RecordIODataset(Dataset):
-    """Faces from an insightface RecordIO set: (uint8 BGR (3, 112, 112), int label).
-
-    ``num_classes`` is the identity count the set declares (``property`` file or meta record),
-    None when it declares none; the ``num_classes`` argument is the FC size labels must fit.
-    """
-
-    def __init__(self, path: str | os.PathLike, flip: bool = True, skip_bad: bool = False,
-                 num_classes: int | None = None) -> None:
-        self.rec_path, self.idx_path = resolve_rec_paths(path)
-        self.flip, self.skip_bad, self.fc_size = flip, skip_bad, num_classes
-        self.rec_size = os.path.getsize(self.rec_path)
-        self._fd: int | None = None
-        self._fd_pid: int | None = None
-        keys, offsets = read_idx(self.idx_path, self.rec_size)
-        self.keys, self.offsets, self.num_classes = self._image_keys(keys, offsets)
-        self.close()
-        if len(self.keys) == 0:
-            raise ValueError(f"{self.rec_path} holds no images")
-        if num_classes is not None and self.num_classes is not None and self.num_classes > num_classes:
-            raise ValueError(
-                f"{self.rec_path}: the set has {self.num_classes} identities, more than {num_classes}; "
-                "--last-fc-size is too small"
-            )
-
-    def _image_keys(self, keys: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, int | None]:
-        """Image keys per the meta record 0 (when its flag > 0), else every key in ``.idx`` order."""
-        classes = read_property(os.path.dirname(self.rec_path))
-        where0 = np.flatnonzero(keys == 0)
-        if not len(where0):
-            return keys, offsets, classes
-        try:
-            header, labels, _ = self._payload(int(offsets[where0[0]]))
-        except BadSampleError as e:
-            raise ValueError(f"{self.rec_path}: meta record 0 at offset {offsets[where0[0]]}: {e}") from None
-        if header.flag == 0 or labels is None:
-            return keys, offsets, classes
-        end = float(labels[0])
-        if not (math.isfinite(end) and 1 <= end <= len(keys) + 1):
-            raise ValueError(f"{self.rec_path}: meta record 0 claims {end - 1} images, the .idx lists {len(keys)}")
-        end = int(end)
-        order = np.argsort(keys, kind="stable")
-        wanted = np.arange(1, end, dtype=np.int64)
-        pos = np.searchsorted(keys[order], wanted).clip(max=len(keys) - 1)
-        absent = np.flatnonzero(keys[order][pos] != wanted)
-        if len(absent):
-            raise ValueError(
-                f"{self.idx_path}: meta record 0 says images are keys 1..{end - 1}, but key "
-                f"{wanted[absent[0]]} is missing ({len(absent)} missing)"
-            )
-        if classes is None and len(labels) > 1 and int(labels[1]) > end:
-            classes = int(labels[1]) - end
-        return wanted, offsets[order][pos], classes
-
-    def _file(self) -> int:
-        """This process's descriptor: opened lazily so that each DataLoader worker owns its own."""
-        if self._fd_pid != os.getpid():
-            self._fd = os.open(self.rec_path, os.O_RDONLY)
-            self._fd_pid = os.getpid()
-        return self._fd  # type: ignore[return-value]
-
-    def _payload(self, offset: int) -> tuple[IRHeader, np.ndarray | None, memoryview]:
-        return unpack_payload(read_record(self._file(), offset, self.rec_size))
-
-    def close(self) -> None:
-        if self._fd is not None and self._fd_pid == os.getpid():
-            os.close(self._fd)
-        self._fd = self._fd_pid = None
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: the descriptor goes with the process
-            pass
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_fd"] = state["_fd_pid"] = None
-        return state
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | BadSample:
-        key, offset = int(self.keys[i]), int(self.offsets[i])
-        try:
-            header, labels, image = self._payload(offset)
-            label = _label_of(header, labels)
-            img = decode_face(image)
-        except BadSampleError as e:
-            where = f"{self.rec_path} key {key} at offset {offset}"
-            if self.skip_bad:
-                return BadSample(where, str(e))
-            raise ValueError(f"bad training record {where}: {e}") from None
-        if self.fc_size is not None and label >= self.fc_size:
-            raise ValueError(
-                f"{self.rec_path} key {key}: identity {label} >= {self.fc_size} classes; "
-                "--last-fc-size is too small"
-            )
-        return to_chw_tensor(img, self.flip and random_flip()), label

@@ -11,8 +11,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dataloader.transforms import random_flip
-
 
 class SyntheticDataset(Dataset):
     """``num_samples`` deterministic uint8 (3, size, size) images; label ``i % num_classes``."""
@@ -43,12 +41,12 @@ class SyntheticDataset(Dataset):
 class TensorImageDataset(Dataset):
     """Pre-decoded uint8 (N, 3, H, W) images and int64 (N,) labels held in memory."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, flip: bool = False) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected uint8 images (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
         if labels.shape != (images.shape[0],):
             raise ValueError(f"expected {images.shape[0]} labels, got shape {tuple(labels.shape)}")
-        self.images, self.labels, self.flip = images, labels.long(), flip
+        self.images, self.labels = images, labels.long()
 
     @classmethod
     def random(cls, num_samples: int, num_classes: int, image_size: int = 112,
@@ -58,11 +56,11 @@ class TensorImageDataset(Dataset):
         return cls(images, torch.arange(num_samples) % num_classes)
 
     @classmethod
-    def from_dataset(cls, dataset: Dataset, limit: int | None = None, flip: bool = False) -> TensorImageDataset:
-        """Decode the first ``limit`` samples of a dataset (made with ``flip=False``) into memory."""
+    def from_dataset(cls, dataset: Dataset, limit: int | None = None) -> TensorImageDataset:
+        """Decode the first ``limit`` samples of a dataset into memory."""
         n = len(dataset) if limit is None else min(limit, len(dataset))
         pairs = [dataset[i] for i in range(n)]
-        return cls(torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs]), flip=flip)
+        return cls(torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs]))
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -72,7 +70,4 @@ class TensorImageDataset(Dataset):
         return int(self.labels.max()) + 1
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        img = self.images[i]
-        if self.flip and random_flip():
-            img = img.flip(-1)
-        return img, int(self.labels[i])
+        return self.images[i], int(self.labels[i])

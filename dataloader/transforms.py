@@ -8,7 +8,6 @@ that ``collate_faces`` (builder.py) drops and counts.
 """
 from __future__ import annotations
 
-import random
 from typing import NamedTuple
 
 import cv2
@@ -70,16 +69,9 @@ def decode_face(buf: bytes | memoryview | np.ndarray, size: int = FACE_SIZE) -> 
     return img
 
 
-def to_chw_tensor(img: np.ndarray, flip: bool = False) -> torch.Tensor:
-    """uint8 HWC -> contiguous uint8 CHW tensor, mirrored left-right when ``flip``.
+def to_chw_tensor(img: np.ndarray) -> torch.Tensor:
+    """uint8 HWC -> contiguous uint8 CHW tensor (training mirrors on the device: ``run.engine.flip_mask``).
 
     cv2.split + stack is ~3x quicker than a strided numpy transpose copy at 112x112x3.
     """
-    if flip:
-        img = cv2.flip(img, 1)
     return torch.from_numpy(np.stack(cv2.split(img)))
-
-
-def random_flip() -> bool:
-    """A fair coin from Python's RNG (30x cheaper than torch's), which the DataLoader seeds per worker."""
-    return random.random() < 0.5

@@ -184,7 +184,7 @@ def train(cfg: TrainConfig, dist: DistInfo) -> dict:
     per_rank = cfg.batch_size // dist.world_size
     dataset = build_train_dataset(train_list=cfg.train_list or None, rec=cfg.rec or None,
                                   synthetic=cfg.synthetic or None, num_classes=cfg.last_fc_size,
-                                  skip_bad=cfg.skip_bad_images, flip=False)
+                                  skip_bad=cfg.skip_bad_images)
     sampler = EpochShuffleSampler(len(dataset), dist.world_size, dist.rank, shuffle=True, seed=cfg.seed)
     steps_per_epoch = sampler.per_rank // per_rank
     if steps_per_epoch == 0:

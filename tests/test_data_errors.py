@@ -107,7 +107,7 @@ def test_list_file_missing(tmp_path):
 def test_bad_image_named(tmp_path, bad_files, celeba_dir, kind, what):
     real = _faces(celeba_dir, 1)[0]
     lst = _write_list(tmp_path / "l.txt", [(str(real), 0), (bad_files[kind].name, 1)])
-    ds = ImageListDataset(read_train_list(lst), flip=False)
+    ds = ImageListDataset(read_train_list(lst))
     assert ds[0][0].shape == (3, 112, 112)
     with pytest.raises(ValueError) as e:
         ds[1]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import random
 from collections import Counter
 from pathlib import Path
 
@@ -21,6 +20,8 @@ from dataloader import (
     read_train_list,
 )
 from dataloader.image_list import PathTable, find_missing
+from run.engine import BatchPrep, flip_mask, prepare_batch
+from utils.convention import to_model_input
 
 
 def _bgr_chw(path: str) -> np.ndarray:
@@ -80,30 +81,31 @@ def small_list(tmp_path_factory, celeba_dir) -> Path:
 
 def test_image_list_pixels_equal_cv2(small_list):
     tl = read_train_list(small_list)
-    ds = ImageListDataset(tl, flip=False)
+    ds = ImageListDataset(tl)
     for i in range(len(ds)):
         img, label = ds[i]
         assert img.dtype == torch.uint8 and img.shape == (3, 112, 112) and img.is_contiguous()
         assert np.array_equal(img.numpy(), _bgr_chw(tl.paths[i])) and label == tl.labels[i]
 
 
-def test_flip_mirrors_about_half(small_list):
+def test_training_mirrors_about_half_by_seed_and_step(small_list):
+    """Datasets return faces as stored; the loop mirrors on the device where ``flip_mask(seed, step)`` says."""
     tl = read_train_list(small_list)
-    ds = ImageListDataset(tl, flip=True)
-    random.seed(0)
-    ref = _bgr_chw(tl.paths[0])
-    flips = 0
-    for _ in range(200):
-        img = ds[0][0].numpy()
-        if np.array_equal(img, ref[:, :, ::-1]):
-            flips += 1
-        else:
-            assert np.array_equal(img, ref)
-    assert 70 < flips < 130
+    ref = torch.from_numpy(_bgr_chw(tl.paths[0]).copy())
+    batch = ref.unsqueeze(0).repeat(200, 1, 1, 1)
+    prep = BatchPrep(torch.device("cpu"), batch_size=200)
+    x, _ = prepare_batch(batch, torch.zeros(200, dtype=torch.long), prep, global_step=7)
+    plain, flipped = to_model_input(ref[None])[0], to_model_input(ref.flip(2)[None])[0]
+    mirrored = torch.tensor([torch.equal(img, flipped) for img in x])
+    assert all(m or torch.equal(img, plain) for m, img in zip(mirrored, x, strict=True))
+    assert torch.equal(mirrored, flip_mask(seed=0, step=7, n=200))
+    assert 70 < int(mirrored.sum()) < 130
+    assert torch.equal(flip_mask(0, 7, 200), flip_mask(0, 7, 200))
+    assert not torch.equal(flip_mask(0, 7, 200), flip_mask(0, 8, 200))
 
 
 def test_loader_batches(small_list):
-    ds = build_train_dataset(train_list=str(small_list), num_classes=299, flip=False)
+    ds = build_train_dataset(train_list=str(small_list), num_classes=299)
     sampler = EpochShuffleSampler(len(ds), shuffle=False)
     loader = build_train_loader(ds, batch_size=16, workers=2, sampler=sampler, pin_memory=False,
                                 persistent_workers=False)
@@ -224,7 +226,7 @@ def test_synthetic_is_deterministic():
 
 
 def test_tensor_dataset(small_list):
-    ds = ImageListDataset(read_train_list(small_list), flip=False)
+    ds = ImageListDataset(read_train_list(small_list))
     mem = TensorImageDataset.from_dataset(ds, limit=5)
     assert len(mem) == 5 and torch.equal(mem[3][0], ds[3][0]) and mem[3][1] == ds[3][1]
     rnd = TensorImageDataset.random(10, 3, image_size=16)

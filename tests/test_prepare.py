@@ -11,7 +11,7 @@ import pytest
 
 from dataloader import prepare
 from dataloader.image_list import read_train_list
-from dataloader.recordio import RecordIODataset
+from dataloader.rec_dataset import RecordIODataset
 
 PHOTOS = {"Alice": ["AJ_Cook/AJ_Cook_0001.jpg", "Anders_Ebbeson/Anders_Ebbeson_0002.jpg"],
           "Bob": ["Allyson_Felix/Allyson_Felix_0005.jpg",
@@ -57,7 +57,7 @@ def test_prepare_end_to_end(root, tmp_path, lfw_dir):
     report = json.loads((out / "prepare_report.json").read_text())
     assert report["statuses"] == {"ok": 3, "no_face": 1, "unreadable": 2, "ambiguous": 2}
     assert report["identities_without_faces"] == ["Carol"]
-    rec = RecordIODataset(out / "rec", flip=False)
+    rec = RecordIODataset(out / "rec")
     assert len(rec) == 3 and rec.num_classes == 2
     image, label = rec[2]
     assert label == 1 and tuple(image.shape) == (3, 112, 112)

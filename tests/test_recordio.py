@@ -78,7 +78,7 @@ def test_pack_layout_is_insightface(packed, faces):
 
 def test_round_trip_same_pixels_with_workers(packed, faces):
     tl = read_train_list(faces)
-    ds = build_train_dataset(rec=str(packed), num_classes=15, flip=False)
+    ds = build_train_dataset(rec=str(packed), num_classes=15)
     assert isinstance(ds, RecordIODataset) and len(ds) == 50 and ds.num_classes == 15
     ds[0]  # the parent opens its descriptor before forking; workers must open their own
     loader = build_train_loader(ds, batch_size=8, workers=2, sampler=EpochShuffleSampler(50, shuffle=False),
@@ -91,7 +91,7 @@ def test_round_trip_same_pixels_with_workers(packed, faces):
 
 
 def test_pickles_without_descriptor(packed):
-    ds = RecordIODataset(packed, flip=False)
+    ds = RecordIODataset(packed)
     first = ds[0][0]
     assert ds._fd is not None
     clone = pickle.loads(pickle.dumps(ds))
@@ -102,7 +102,7 @@ def test_script_runs_as_file(tmp_path, faces):
     out = tmp_path / "viafile"
     subprocess.run([sys.executable, "dataloader/pack_rec.py", "--train_list", str(faces), "--out", str(out),
                     "--reencode", "--quality", "90", "--workers", "0"], cwd=REPO, check=True, capture_output=True)
-    ds = RecordIODataset(out, flip=False)
+    ds = RecordIODataset(out)
     img = cv2.imread(read_train_list(faces).paths[3]).transpose(2, 0, 1).astype(int)
     assert len(ds) == 50 and np.abs(ds[3][0].numpy().astype(int) - img).mean() < 3  # lossy, but close
 
@@ -139,7 +139,7 @@ def _write_plain(tmp_path: Path, faces: Path, n: int, first_key: int = 0, two_la
 @pytest.mark.parametrize("first_key, two_labels", [(0, False), (1, True)])
 def test_set_without_meta_record(tmp_path, faces, first_key, two_labels):
     """Record 0 with flag 0 is an image; without key 0 every key is; flag > 0 -> the first label."""
-    ds = RecordIODataset(_write_plain(tmp_path, faces, 5, first_key, two_labels), flip=False)
+    ds = RecordIODataset(_write_plain(tmp_path, faces, 5, first_key, two_labels))
     tl = read_train_list(faces)
     assert len(ds) == 5 and ds.num_classes is None and ds.keys.tolist() == list(range(first_key, first_key + 5))
     assert [ds[i][1] for i in range(5)] == tl.labels[:5].tolist()
@@ -173,13 +173,13 @@ def test_corrupt_records_named(tmp_path, packed):
     data[offsets[5] : offsets[5] + 4] = b"JUNK"
     struct.pack_into("<I", data, offsets[9] + 4, 10**6)  # length past the end of the file
     (tmp_path / "train.rec").write_bytes(bytes(data))
-    ds = RecordIODataset(tmp_path, flip=False)
+    ds = RecordIODataset(tmp_path)
     with pytest.raises(ValueError) as e:
         ds[4]
     assert f"{tmp_path / 'train.rec'} key 5 at offset {offsets[5]}" in str(e.value) and "bad magic" in str(e.value)
     with pytest.raises(ValueError, match=f"key 9 at offset {offsets[9]}.*runs past the end"):
         ds[8]
-    skipping = RecordIODataset(tmp_path, flip=False, skip_bad=True)
+    skipping = RecordIODataset(tmp_path, skip_bad=True)
     assert isinstance(skipping[4], BadSample) and "key 5" in skipping[4].source
     assert skipping[5][0].shape == (3, 112, 112)
 
@@ -188,7 +188,7 @@ def test_fc_size_checks(tmp_path, packed, faces):
     with pytest.raises(ValueError, match="15 identities.*--last-fc-size"):
         RecordIODataset(packed, num_classes=14)
     d = _write_plain(tmp_path, faces, 12)  # no property, no meta: checked per record
-    ds = RecordIODataset(d, num_classes=1, flip=False)
+    ds = RecordIODataset(d, num_classes=1)
     assert ds[0][1] == 0
     with pytest.raises(ValueError, match="key 5: identity 1 >= 1 classes; --last-fc-size"):
         ds[5]
@@ -211,5 +211,5 @@ def test_multi_part_image_through_dataset(tmp_path, faces):
     with RecordIOWriter(tmp_path / "train.rec", tmp_path / "train.idx") as w:
         w.write(1, pack_payload(7.0, jpeg[:2] + comment + jpeg[2:]))
     assert struct.unpack_from("<I", (tmp_path / "train.rec").read_bytes(), 4)[0] >> 29 == 1
-    img, label = RecordIODataset(tmp_path, flip=False)[0]
+    img, label = RecordIODataset(tmp_path)[0]
     assert label == 7 and np.array_equal(img.numpy(), cv2.imread(path).transpose(2, 0, 1))
