@@ -80,12 +80,6 @@ class BadSampleCounter:
                 f"the allowed {100 * self.max_fraction:.2f}%; fix the data (see the warnings above)"
             )
 
-    def state_dict(self) -> dict:
-        return {"seen": self.seen, "bad": self.bad}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.seen, self.bad = int(state["seen"]), int(state["bad"])
-
 
 def build_train_dataset(train_list: str | None = None, rec: str | None = None, synthetic: int | None = None,
                         num_classes: int | None = None, skip_bad: bool = False) -> Dataset:

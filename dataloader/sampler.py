@@ -9,14 +9,11 @@ different number of ranks when k * R divides evenly.
 """
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Sampler
-
-log = logging.getLogger(__name__)
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -80,31 +77,3 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.per_rank - self.start
-
-    def state_dict(self, samples_done: int | None = None) -> dict:
-        """State to checkpoint; ``samples_done`` = this rank's position in the current epoch's share
-        (counting any start it resumed from); None keeps the start last set."""
-        return {
-            "epoch": self.epoch,
-            "samples_done": self.start if samples_done is None else int(samples_done),
-            "seed": self.seed,
-            "num_samples": self.num_samples,
-            "num_replicas": self.num_replicas,
-            "shuffle": self.shuffle,
-            "drop_last": self.drop_last,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore epoch and position; the dataset size must match, the number of ranks may differ."""
-        if state["num_samples"] != self.num_samples:
-            raise ValueError(
-                f"sampler state is for {state['num_samples']} samples, the dataset has {self.num_samples}"
-            )
-        self.seed = int(state["seed"])
-        self.shuffle = bool(state["shuffle"])
-        self.set_epoch(state["epoch"])
-        consumed = int(state["samples_done"]) * int(state["num_replicas"])
-        if consumed % self.num_replicas:
-            log.warning("resuming %d consumed samples on %d ranks: %d samples are seen twice",
-                        consumed, self.num_replicas, consumed % self.num_replicas)
-        self.set_start(min(consumed // self.num_replicas, self.per_rank))

@@ -182,24 +182,28 @@ def test_sampler_set_start_resumes_exactly_for_one_epoch():
         s.set_start(26)
 
 
-def test_sampler_state_dict_round_trip_and_world_size_change():
+def test_sampler_resumes_mid_epoch_at_another_world_size():
+    """What resume does: set_epoch(e) and set_start(step * per-rank batch). With the same total batch the ranks of
+    a new world size together skip exactly the global prefix the old ranks consumed."""
     n = 48
     old = [EpochShuffleSampler(n, num_replicas=2, rank=r, seed=11) for r in range(2)]
     for s in old:
         s.set_epoch(3)
-    state = old[0].state_dict(samples_done=6)  # each of 2 ranks consumed 6: global prefix of 12
-    seen = {i for s in old for i in list(s)[:6]}
-    new = [EpochShuffleSampler(n, num_replicas=4, rank=r, seed=0) for r in range(4)]
+    seen = {i for s in old for i in list(s)[:6]}  # 3 steps of a total batch of 4: 6 per rank, 12 in all
+    new = [EpochShuffleSampler(n, num_replicas=4, rank=r, seed=11) for r in range(4)]
     for s in new:
-        s.load_state_dict(state)
-    assert all(s.epoch == 3 and s.start == 3 and s.seed == 11 for s in new)
+        s.set_epoch(3)
+        s.set_start(3)  # 3 steps x 1 per rank
     rest = [i for s in new for i in s]
     assert len(rest) == n - 12 and set(rest) | seen == set(range(n)) and not set(rest) & seen
-    same = EpochShuffleSampler(n, num_replicas=2, rank=1)
-    same.load_state_dict(state)
+    same = EpochShuffleSampler(n, num_replicas=2, rank=1, seed=11)
+    same.set_epoch(3)
+    same.set_start(6)
     assert list(same) == list(old[1])[6:]
-    with pytest.raises(ValueError, match="48 samples"):
-        EpochShuffleSampler(47).load_state_dict(state)
+    same.set_epoch(4)  # the start applies to its epoch only
+    assert len(same) == same.per_rank
+    with pytest.raises(ValueError, match="outside this rank's epoch share"):
+        same.set_start(25)
 
 
 def test_sampler_resume_in_dataloader():
