@@ -26,8 +26,8 @@ from bench.bench_gen_feat import random_model  # noqa: E402
 from bench.common import ForeignLoad, csv_arg, format_machine, format_rows, load_average, machine_info  # noqa: E402
 from inference import assess  # noqa: E402
 from inference.photo_faces import FaceOptions, collect_inputs, iter_photo_faces  # noqa: E402
+from models.checkpoint import save_released  # noqa: E402
 from utils.atomic import write_json  # noqa: E402
-from utils.checkpoint import save_released  # noqa: E402
 
 _ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PHOTOS = _ROOT.parent / "shared" / "data" / "photos"

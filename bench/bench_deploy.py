@@ -72,7 +72,7 @@ def breakdown(ckpt: Path, arch: str, paths: list[str]) -> dict:
     import torch
 
     from inference.extract import embed_batch, prepare_model
-    from utils.checkpoint import load_backbone
+    from models.checkpoint import load_backbone
     from utils.convention import read_aligned_face
 
     out = {name: min(timed([PY, "-c", code]) for _ in range(2)) for name, code in STARTUP.items()}
@@ -164,7 +164,7 @@ def run_rows(ckpt: Path, lst: Path, tmp: Path, arch: str, env: dict) -> tuple[li
 
 def main(argv: list[str] | None = None) -> dict:
     from bench.bench_gen_feat import random_model, write_limited_list
-    from utils.checkpoint import save_released
+    from models.checkpoint import save_released
 
     args = get_args_parser().parse_args(argv)
     info = machine_info()

@@ -42,9 +42,9 @@ from bench.common import (  # noqa: E402
 )
 from bench.seed_gen_feat import seed_procedure_features  # noqa: E402
 from inference import gen_feat  # noqa: E402
+from models.checkpoint import load_backbone, save_released  # noqa: E402
 from models.iresnet import build_backbone  # noqa: E402
 from utils.atomic import write_json  # noqa: E402
-from utils.checkpoint import load_backbone, save_released  # noqa: E402
 from utils.dist import resolve_device  # noqa: E402
 
 _ROOT = Path(__file__).resolve().parents[1]

@@ -127,12 +127,12 @@ def make_row(name: str, ckpt: Path, train_s: float, scored: dict, machine: str) 
 
 
 def export_reference(ckpt: Path, out: Path, runs: Path) -> None:
-    """The backbone alone (no classifier, no optimizer), loadable by utils.checkpoint.load_backbone.
+    """The backbone alone (no classifier, no optimizer), loadable by models.checkpoint.load_backbone.
 
     Paths in the recorded config are made portable: the repository becomes relative and the runs folder
     ``{runs}``, so the shipped file names no folder of the machine that trained it.
     """
-    from utils.checkpoint import load_backbone, read_checkpoint, save_released
+    from models.checkpoint import load_backbone, read_checkpoint, save_released
 
     model, conv, info = load_backbone(ckpt)
     config = dict(read_checkpoint(ckpt).get("config") or {})

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("-b", "--batch_size", type=int, default=256)
     p.add_argument("-j", "--workers", type=int, default=4)
     args = p.parse_args(argv)
-    from utils.checkpoint import load_backbone
+    from models.checkpoint import load_backbone
 
     model, _, _ = load_backbone(args.resume, args.arch, "cpu")
     paths = [line.split()[0] for line in Path(args.inf_list).read_text().splitlines() if line.strip()]

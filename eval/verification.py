@@ -137,7 +137,7 @@ def embed_bin(
     """
     # torch and the model code load only for --bin: scoring a feature file needs neither
     from inference.extract import embed_array
-    from utils.checkpoint import load_backbone
+    from models.checkpoint import load_backbone
     from utils.convention import parse_convention
     from utils.dist import resolve_device
     from utils.precision import DTYPES

@@ -34,7 +34,7 @@ from inference.photo_faces import (  # noqa: E402
     iter_photo_faces,
 )
 from inference.quality_report import contact_sheet, record_row, save_crops, write_csv, write_quality_json  # noqa: E402
-from utils.checkpoint import load_backbone  # noqa: E402
+from models.checkpoint import load_backbone  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.convention import parse_convention  # noqa: E402
 from utils.detect import POLICIES  # noqa: E402

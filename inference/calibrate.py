@@ -21,7 +21,7 @@ import torch  # noqa: E402
 
 from inference.extract import prepare_model  # noqa: E402
 from inference.feat_torch import make_loader, run_model  # noqa: E402
-from utils.checkpoint import load_backbone  # noqa: E402
+from models.checkpoint import load_backbone  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.convention import parse_convention  # noqa: E402
 from utils.dist import resolve_device  # noqa: E402

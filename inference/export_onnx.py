@@ -31,7 +31,7 @@ import onnx
 import torch
 from torch import nn
 
-from utils.checkpoint import load_backbone
+from models.checkpoint import load_backbone
 from utils.cli import run_cli
 from utils.convention import FACE_SIZE, InputConvention, parse_convention, to_model_input
 

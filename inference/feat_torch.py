@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from inference.extract import embed_batch, prepare_model
-from utils.checkpoint import load_backbone
+from models.checkpoint import load_backbone
 from utils.convention import InputConvention, parse_convention, read_aligned_face
 from utils.dist import resolve_device
 from utils.feature_io import write_features

@@ -113,7 +113,7 @@ def int8_model(resume: str | os.PathLike, calib_paths: list[str] | None, *, arch
     out = cache / f"{Path(resume).name}.{key}.{kind}.onnx"
     if out.is_file():
         return out
-    from utils.checkpoint import load_backbone  # torch: only the first run of a checkpoint needs it
+    from models.checkpoint import load_backbone  # torch: only the first run of a checkpoint needs it
 
     model, conv, info = load_backbone(resume, arch, "cpu", convention)
     from inference.export_onnx import export_onnx

@@ -26,7 +26,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from inference.extract import embed_array
-from utils.checkpoint import load_backbone
+from models.checkpoint import load_backbone
 from utils.cli import run_cli
 from utils.convention import read_aligned_face
 

@@ -70,7 +70,7 @@ def verify(ckpt: Path, data: Path, out: Path, tag: str, device: str) -> tuple[di
 
 def untrained_checkpoint(args: argparse.Namespace, path: Path) -> None:
     from models import build_backbone
-    from utils.checkpoint import save_released
+    from models.checkpoint import save_released
 
     torch.manual_seed(args.seed)
     model = build_backbone(args.arch, args.embedding_size, input_size=args.input_size)

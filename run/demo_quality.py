@@ -68,7 +68,7 @@ def damage_ladder(ckpt: Path, faces: list[tuple[str, Path]], path: Path, device:
                   severities: tuple[float, ...] = LADDER_SEVERITIES) -> dict[str, list[float]]:
     """PNG of each (kind, face) at rising severity, captioned with magnitudes; returns the magnitudes."""
     from inference.extract import embed_array
-    from utils.checkpoint import load_backbone
+    from models.checkpoint import load_backbone
     from utils.convention import read_aligned_face
     from utils.degrade import degrade
 

@@ -15,9 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.magface import ClassWeightHead
-from run.config import TrainConfig, config_differences
-from utils.checkpoint import (
+from models.checkpoint import (
     FORMAT_VERSION,
     atomic_save,
     backbone_state,
@@ -26,6 +24,8 @@ from utils.checkpoint import (
     read_checkpoint,
     released_state_dict,
 )
+from models.magface import ClassWeightHead
+from run.config import TrainConfig, config_differences
 from utils.convention import parse_convention
 from utils.dist import DistInfo, broadcast_object
 from utils.logger import get_logger

@@ -18,6 +18,7 @@ from torch import nn
 from dataloader import BadSampleCounter, EpochShuffleSampler, build_train_dataset, build_train_loader
 from dataloader.augment import DegradeAugment, parse_kinds
 from models import ClassWeightHead, MagFaceHead, build_backbone
+from models.checkpoint import backbone_state, load_backbone_state, read_checkpoint, save_released
 from models.fused import ChunkedMagFaceHead
 from models.sharded import ShardedMagFaceHead
 from run.config import TrainConfig
@@ -28,7 +29,6 @@ from run.hooks import build_hooks
 from run.optim import NonFiniteError, NonFiniteGuard, StepPolicy, sharded_grad_norm
 from run.preempt import PreemptWatch, ignore_in_worker, parse_signals, raise_preempted
 from run.state import Position, remove_stale_temporaries, resume_training, save_training_state
-from utils.checkpoint import backbone_state, load_backbone_state, read_checkpoint, save_released
 from utils.convention import parse_convention
 from utils.dist import DistInfo, resolve_device
 from utils.logger import TensorBoard, get_logger, setup_logger

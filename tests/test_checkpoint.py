@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models import build_backbone
-from utils.checkpoint import (
+from models.checkpoint import (
     atomic_save,
     backbone_state,
     guess_arch,
@@ -119,7 +119,7 @@ def test_misshaped_key_is_reported(tmp_path):
     sd["features.weight"] = torch.zeros(512)
     with pytest.raises(ValueError, match="mis-shaped keys"):
         model = build_backbone("iresnet18")
-        from utils.checkpoint import load_backbone_state
+        from models.checkpoint import load_backbone_state
 
         load_backbone_state(model, sd, "x.pth")
 

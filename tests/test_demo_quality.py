@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from models import build_backbone
+from models.checkpoint import save_released
 from run import demo
 from run.demo_quality import damage_ladder, ladder_faces, quality_stage
-from utils.checkpoint import save_released
 from utils.degrade import KINDS
 
 REPO = Path(__file__).resolve().parents[1]

@@ -254,7 +254,7 @@ def test_bin_path_equals_feature_path(tmp_path, lfw_dir):
 
     from inference.extract import embed_array
     from models import build_backbone
-    from utils.checkpoint import save_released
+    from models.checkpoint import save_released
 
     torch.manual_seed(0)
     model = build_backbone("iresnet18").eval()

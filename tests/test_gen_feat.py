@@ -15,9 +15,9 @@ from torch import nn
 
 from inference import feat_torch, gen_feat
 from inference.fuse import ShiftedInputConv, fuse_iresnet
+from models.checkpoint import save_released
 from models.iresnet import build_backbone
 from utils.atomic import FAULT_ENV
-from utils.checkpoint import save_released
 from utils.convention import MAGFACE
 
 REPO = Path(__file__).resolve().parents[1]

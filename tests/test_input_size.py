@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from inference import export_onnx, toy_example
 from models import build_backbone
+from models.checkpoint import save_released
 from models.iresnet import resize_matrix
-from utils.checkpoint import save_released
 from utils.convention import FACE_SIZE, MAGFACE, read_aligned_face, to_model_input
 
 REPO = Path(__file__).resolve().parents[1]

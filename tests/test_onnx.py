@@ -13,7 +13,7 @@ import torch
 
 from inference.export_onnx import check_onnx, export_onnx, main, read_convention
 from models import build_backbone
-from utils.checkpoint import save_released
+from models.checkpoint import save_released
 from utils.convention import INSIGHTFACE, MAGFACE, to_model_input
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from bench.bench_gen_feat import random_model
 from inference import gen_feat, ort_embed
 from inference.int8 import int8_model
 from inference.ov_model import OvModel, choose_runtime, cpu_has_amx
-from utils.checkpoint import save_released
+from models.checkpoint import save_released
 from utils.cli import run_cli
 from utils.convention import INSIGHTFACE, read_aligned_face
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from inference import calibrate
+from models.checkpoint import save_released
 from models.iresnet import build_backbone
-from utils.checkpoint import save_released
 from utils.quality_scale import (
     OFIQ,
     Calibration,

@@ -34,7 +34,7 @@ def test_export_keeps_the_backbone_only_and_names_no_local_folder(tmp_path):
 
     from bench.quality_study import REPO, export_reference
     from models import build_backbone
-    from utils.checkpoint import load_backbone, save_released
+    from models.checkpoint import load_backbone, save_released
 
     torch.manual_seed(0)
     model = build_backbone("iresnet18_w16", 32, input_size=56).eval()

@@ -13,6 +13,7 @@ import textwrap
 import pytest
 import torch
 
+from models.checkpoint import atomic_save, read_checkpoint
 from run import train as train_entry
 from run.config import config_from_args, get_args_parser
 from run.failures import run_cli
@@ -26,7 +27,6 @@ from tests.test_train_support import (  # noqa: F401 (one_thread_and_restore: a 
     train_args,
     write_list,
 )
-from utils.checkpoint import atomic_save, read_checkpoint
 from utils.dist import DistInfo
 from utils.logger import LOGGER_NAME
 
@@ -35,7 +35,7 @@ CLASSES = 4
 WRITER = textwrap.dedent("""
     import os, sys, torch
     from utils.atomic import FAULT_ENV
-    from utils.checkpoint import atomic_save
+    from models.checkpoint import atomic_save
     path = sys.argv[1]
     for version in (1, 2, 3):
         if version == 3:  # the test hook SIGKILLs this process inside the write, after the data went out

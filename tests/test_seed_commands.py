@@ -19,7 +19,7 @@ import torch
 from eval import ijb, verification
 from eval.metrics import read_pair_list
 from models import build_backbone
-from utils.checkpoint import save_released
+from models.checkpoint import save_released
 from utils.feature_io import load_feature_file
 
 REPO = Path(__file__).resolve().parents[1]

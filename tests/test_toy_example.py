@@ -20,7 +20,7 @@ from inference.toy_example import (
     render_similarity,
 )
 from models import build_backbone
-from utils.checkpoint import save_released
+from models.checkpoint import save_released
 from utils.convention import INSIGHTFACE, MAGFACE, to_model_input
 
 REPO = Path(__file__).resolve().parents[1]

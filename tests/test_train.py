@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from models import build_backbone
+from models.checkpoint import load_backbone
 from run import train as train_entry
 from run.failures import run_cli
 from tests.test_train_support import (  # noqa: F401 (one_thread_and_restore: a fixture)
@@ -21,7 +22,6 @@ from tests.test_train_support import (  # noqa: F401 (one_thread_and_restore: a 
     train_args,
     write_list,
 )
-from utils.checkpoint import load_backbone
 
 LOSS_LINE = re.compile(r"global step (\d+) lr \S+ loss (\S+)")
 

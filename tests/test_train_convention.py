@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from models.checkpoint import load_backbone
 from run import train
 from run.engine import BatchPrep, prepare_batch
 from tests.test_train_support import one_thread_and_restore  # noqa: F401 (a fixture)
-from utils.checkpoint import load_backbone
 from utils.convention import INSIGHTFACE, MAGFACE
 
 

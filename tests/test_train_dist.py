@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch.distributed import DistNetworkError
 
+from models.checkpoint import load_backbone
 from models.magface import init_rows
 from run.failures import explain_dist_error
 from tests.test_train_support import child_env, run_python, state_dict_of, torchrun, train_args, write_list
-from utils.checkpoint import load_backbone
 from utils.convention import MAGFACE, to_model_input
 
 CLASSES = 5

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from eval.bin_io import pack_bin, read_bin
 from eval.verification import evaluate_pairs
 from inference.extract import embed_array
+from models.checkpoint import load_backbone
 from run.config import BENIGN_KEYS, TrainConfig, config_from_args, get_args_parser
 from run.vis_mag import target_statistics
 from tests.test_train_support import (
@@ -24,7 +25,6 @@ from tests.test_train_support import (
     torchrun,
     write_list,
 )
-from utils.checkpoint import load_backbone
 
 pytestmark = pytest.mark.usefixtures("one_thread_and_restore")
 
