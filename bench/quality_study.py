@@ -98,18 +98,18 @@ def score(ckpt: Path, damaged_set: Path, work: Path) -> dict:
     """Clean 10-fold accuracy and the damaged-set report (magnitude, random, sharpness) of one checkpoint."""
     from eval import damage, verification
     from inference import gen_feat
+    from utils.atomic import finite_or_none
 
     work.mkdir(parents=True, exist_ok=True)
     clean, dmg, verif = work / "clean.npz", work / "dmg.npz", work / "verif.json"
     for img_list, feats in ((DATA / "lfw" / "img.list", clean), (damaged_set / "img.list", dmg)):
         if not feats.exists():
-            gen_feat.main(["--resume", str(ckpt), "--inf_list", str(img_list), "--feat_list", str(feats),
-                           "--device", "cpu", "--print-freq", "100000"])
-    if verification.main(["--feat-list", str(clean), "--pair-list", str(DATA / "lfw" / "pair.list"),
-                          "--json", str(verif)]) not in (0, None):
-        raise RuntimeError(f"verification failed for {clean}")
+            gen_feat.extract(str(ckpt), str(img_list), str(feats),
+                             gen_feat.FeatOptions(device="cpu", print_freq=100000))
+    clean_report = verification.run(feat_list=str(clean), pair_list=str(DATA / "lfw" / "pair.list"))
+    verification.publish(clean_report, verif)
     report, _, _ = damage.score_set(damaged_set, dmg)
-    return {"verification": json.loads(verif.read_text()), "damage": report}
+    return {"verification": finite_or_none(clean_report), "damage": report}
 
 
 def make_row(name: str, ckpt: Path, train_s: float, scored: dict, machine: str) -> dict:

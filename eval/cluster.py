@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,8 @@ from eval.cluster_graph import METHODS, cluster, knn_graph
 from eval.cluster_labels import find_ijbb_protocol, read_labels
 from eval.cluster_metrics import cluster_scores
 from utils.atomic import write_json
-from utils.cli import run_cli
-from utils.feature_io import load_feature_file
+from utils.cli import keyword_defaults, run_cli
+from utils.feature_io import FeatureFile, load_feature_file
 from utils.table import format_table
 
 REJECT_SCORES = ("magnitude", "random")
@@ -97,71 +98,91 @@ def parse_fractions(text: str) -> list[float]:
     return values
 
 
+def _check(items: Sequence[str], allowed: tuple[str, ...], flag: str) -> list[str]:
+    unknown = [t for t in items if t not in allowed]
+    if unknown or not items:
+        raise ValueError(f"{flag}: unknown {unknown} (choose from {allowed})")
+    return list(items)
+
+
+def face_labels(ff: FeatureFile, feat_list: str, label_list: str | None, ijbb_dir: str | None,
+                labels_from_dirs: bool, subset: int, ground_truth: str | None) -> tuple[str, np.ndarray]:
+    """(where the labels came from, one label per feature row) from the one source given (``run`` checks)."""
+    if labels_from_dirs:
+        if not ff.has_paths:
+            raise ValueError(f"--labels-from-dirs: {feat_list} stores no image paths (.npy)")
+        return "folders of the image paths", np.asarray([str(Path(p).parent) for p in ff.paths])
+    label_path = label_list or find_ijbb_protocol(ijbb_dir, subset)
+    return label_path, read_labels(label_path, len(ff.features), ff.paths if ff.has_paths else None,
+                                   str(feat_list), ground_truth)
+
+
+def run(
+    feat_list: str, *, label_list: str | None = None, ijbb_dir: str | None = None, labels_from_dirs: bool = False,
+    subset: int = 1845, ground_truth: str | None = None, methods: Sequence[str] = METHODS, threshold: float = 0.5,
+    knn: int = 10, mutual: bool = False, min_samples: int = 3, reject_fractions: Sequence[float] | None = None,
+    reject_scores: Sequence[str] = ("magnitude",), device: str = "cpu", seed: int = 0,
+) -> dict:
+    """Cluster the faces of ``feat_list`` with every method and score them against the labels (one source).
+
+    ``reject_fractions`` (--quality-reject): fractions of lowest-quality faces (by each of ``reject_scores``)
+    to leave out and cluster again.
+    """
+    methods = _check(methods, METHODS, "--methods")
+    scores = _check(reject_scores, REJECT_SCORES, "--reject-scores")
+    if knn < 1:
+        raise ValueError(f"--knn must be >= 1, got {knn}")
+    if (label_list is not None) + (ijbb_dir is not None) + labels_from_dirs != 1:
+        raise ValueError("give exactly one of --label-list, --ijbb-dir and --labels-from-dirs")
+    ff = load_feature_file(feat_list)
+    label_path, labels = face_labels(ff, feat_list, label_list, ijbb_dir, labels_from_dirs, subset, ground_truth)
+    if len(labels) < 2:
+        raise ValueError(f"{label_path}: at least 2 faces are needed to cluster")
+    common = dict(methods=methods, threshold=threshold, k=knn, mutual=mutual, min_samples=min_samples, device=device)
+    results, knn_s = run_methods(ff.features, labels, **common)
+    report = {
+        "feat_list": str(feat_list), "label_list": str(label_path), "num_faces": int(len(labels)),
+        "num_identities": int(len(np.unique(labels))), "threshold": threshold, "knn": knn,
+        "mutual": mutual, "min_samples": min_samples, "knn_seconds": knn_s, "methods": results,
+    }
+    if reject_fractions:
+        report["quality_reject"] = [quality_reject(ff.features, labels, ff.magnitudes, list(reject_fractions), s,
+                                                   seed=seed, **common) for s in scores]
+    return report
+
+
 def build_parser() -> argparse.ArgumentParser:
+    d = keyword_defaults(run)
     p = argparse.ArgumentParser(description="Face clustering: F-scores and NMI against identity labels.")
     p.add_argument("--feat-list", required=True, help="feature file (text, .npz or .npy)")
-    p.add_argument("--label-list", default=None,
+    p.add_argument("--label-list", default=d["label_list"],
                    help="'path label' per line in the feature file's order, or an IJB-B clustering .csv")
-    p.add_argument("--ijbb-dir", default=None, help="IJB-B folder: take ijbb_clustering_<--subset>_*.csv from "
+    p.add_argument("--ijbb-dir", default=d["ijbb_dir"], help="IJB-B folder: take ijbb_clustering_<--subset>_*.csv from "
                    "its meta/ (or anywhere below) instead of --label-list")
     p.add_argument("--labels-from-dirs", action="store_true",
                    help="label = the folder of each feature row's image path (LFW / CelebA layout)")
-    p.add_argument("--subset", type=int, default=1845, help="IJB-B clustering subset (number of identities)")
-    p.add_argument("--ground-truth", default=None, help="IJB-B TEMPLATE_ID,SUBJECT_ID csv (default: beside it)")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {METHODS}")
-    p.add_argument("--threshold", type=float, default=0.5,
+    p.add_argument("--subset", type=int, default=d["subset"], help="IJB-B clustering subset (number of identities)")
+    p.add_argument("--ground-truth", default=d["ground_truth"],
+                   help="IJB-B TEMPLATE_ID,SUBJECT_ID csv (default: beside it)")
+    p.add_argument("--methods", default=",".join(d["methods"]), help=f"comma-separated, from {METHODS}")
+    p.add_argument("--threshold", type=float, default=d["threshold"],
                    help="cosine similarity at which faces join (agglomerative: 1 - distance threshold)")
-    p.add_argument("-k", "--knn", type=int, default=10, help="neighbours per face in the k-NN graph")
+    p.add_argument("-k", "--knn", type=int, default=d["knn"], help="neighbours per face in the k-NN graph")
     p.add_argument("--mutual", action="store_true", help="knn-cc: keep only mutual k-NN edges")
-    p.add_argument("--min-samples", type=int, default=3, help="dbscan: faces (itself included) within eps")
+    p.add_argument("--min-samples", type=int, default=d["min_samples"],
+                   help="dbscan: faces (itself included) within eps")
     p.add_argument("--quality-reject", default=None, help="fractions of lowest-quality faces to leave out, "
                    "e.g. 0,0.1,0.2,0.3")
-    p.add_argument("--reject-scores", default="magnitude", help=f"comma-separated, from {REJECT_SCORES}")
-    p.add_argument("--device", default="cpu", help="where the k-NN graph is computed (cpu, cuda)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random reject order")
+    p.add_argument("--reject-scores", default=",".join(d["reject_scores"]),
+                   help=f"comma-separated, from {REJECT_SCORES}")
+    p.add_argument("--device", default=d["device"], help="where the k-NN graph is computed (cpu, cuda)")
+    p.add_argument("--seed", type=int, default=d["seed"], help="seed of the random reject order")
     p.add_argument("--json", default=None, help="write the report here (atomically)")
     return p
 
 
-def _split(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    unknown = [t for t in items if t not in allowed]
-    if unknown or not items:
-        raise ValueError(f"{flag}: unknown {unknown} (choose from {allowed})")
-    return items
-
-
-def run(args: argparse.Namespace) -> dict:
-    methods = _split(args.methods, METHODS, "--methods")
-    scores = _split(args.reject_scores, REJECT_SCORES, "--reject-scores")
-    fractions = parse_fractions(args.quality_reject) if args.quality_reject else None
-    if args.knn < 1:
-        raise ValueError(f"--knn must be >= 1, got {args.knn}")
-    if (args.label_list is not None) + (args.ijbb_dir is not None) + args.labels_from_dirs != 1:
-        raise ValueError("give exactly one of --label-list, --ijbb-dir and --labels-from-dirs")
-    ff = load_feature_file(args.feat_list)
-    if args.labels_from_dirs:
-        if not ff.has_paths:
-            raise ValueError(f"--labels-from-dirs: {args.feat_list} stores no image paths (.npy)")
-        label_path, labels = "folders of the image paths", np.asarray([str(Path(p).parent) for p in ff.paths])
-    else:
-        label_path = args.label_list or find_ijbb_protocol(args.ijbb_dir, args.subset)
-        labels = read_labels(label_path, len(ff.features), ff.paths if ff.has_paths else None,
-                             str(args.feat_list), args.ground_truth)
-    if len(labels) < 2:
-        raise ValueError(f"{label_path}: at least 2 faces are needed to cluster")
-    common = dict(methods=methods, threshold=args.threshold, k=args.knn, mutual=args.mutual,
-                  min_samples=args.min_samples, device=args.device)
-    results, knn_s = run_methods(ff.features, labels, **common)
-    report = {
-        "feat_list": str(args.feat_list), "label_list": str(label_path), "num_faces": int(len(labels)),
-        "num_identities": int(len(np.unique(labels))), "threshold": args.threshold, "knn": args.knn,
-        "mutual": args.mutual, "min_samples": args.min_samples, "knn_seconds": knn_s, "methods": results,
-    }
-    if fractions:
-        report["quality_reject"] = [quality_reject(ff.features, labels, ff.magnitudes, fractions, s,
-                                                   seed=args.seed, **common) for s in scores]
-    return report
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def format_report(report: dict) -> str:
@@ -183,7 +204,12 @@ def format_report(report: dict) -> str:
 
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    report = run(args)
+    fractions = parse_fractions(args.quality_reject) if args.quality_reject else None
+    report = run(args.feat_list, label_list=args.label_list, ijbb_dir=args.ijbb_dir,
+                 labels_from_dirs=args.labels_from_dirs, subset=args.subset, ground_truth=args.ground_truth,
+                 methods=_split(args.methods), threshold=args.threshold, knn=args.knn, mutual=args.mutual,
+                 min_samples=args.min_samples, reject_fractions=fractions, reject_scores=_split(args.reject_scores),
+                 device=args.device, seed=args.seed)
     print(format_report(report))
     if args.json:
         write_json(args.json, report, nan_as_null=True)

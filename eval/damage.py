@@ -34,8 +34,7 @@ from eval.damage_set import DamageTable, make_damaged_set, read_damage_table  # 
 from eval.metrics import read_pair_list  # noqa: E402
 from eval.quality import REJECT_RATIOS, SCORES, image_qualities  # noqa: E402
 from utils.atomic import atomic_write, write_json  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
-from utils.degrade import KINDS  # noqa: E402
+from utils.cli import keyword_defaults, run_cli  # noqa: E402
 from utils.feature_io import FeatureFile, load_feature_file  # noqa: E402
 from utils.table import format_table  # noqa: E402
 from utils.text_lines import line_of_row  # noqa: E402
@@ -141,6 +140,7 @@ def print_report(report: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    made, scored = keyword_defaults(make_damaged_set), keyword_defaults(score_set)
     shared = os.environ.get("MAGFACE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
     lfw = Path(shared) / "lfw112"
     p = argparse.ArgumentParser(prog="python -m eval.damage", description=__doc__.split("\n\n")[0])
@@ -149,16 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--img-list", default=str(lfw / "img.list"), help="image list (default: LFW View 2 in shared data)")
     m.add_argument("--pair-list", default=str(lfw / "pair.list"), help="'i j label' rows of --img-list")
     m.add_argument("--out", required=True, help="output folder (written atomically)")
-    m.add_argument("--kinds", default=",".join(KINDS), help="comma-separated damage kinds")
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--kinds", default=",".join(made["kinds"]), help="comma-separated damage kinds")
+    m.add_argument("--seed", type=int, default=made["seed"])
     m.add_argument("--force", action="store_true", help="replace a different existing set")
     s = sub.add_parser("score", aliases=["eval"], help="correlate quality scores with the known damage")
     s.add_argument("--set", required=True, help="folder written by 'make'")
     s.add_argument("--feat-list", required=True, help="features of SET/img.list (text, .npz or .npy)")
-    s.add_argument("--scores", default=",".join(SCORES), help=f"comma-separated, from {', '.join(SCORES)}")
+    s.add_argument("--scores", default=",".join(scored["names"]), help=f"comma-separated, from {', '.join(SCORES)}")
     s.add_argument("--score-file", action="append", default=[], help="'path score' lines (repeatable)")
-    s.add_argument("--fmr", default=",".join(f"{f:g}" for f in DEFAULT_FMRS), help="comma-separated FMRs")
-    s.add_argument("--seed", type=int, default=0, help="seed of the random score")
+    s.add_argument("--fmr", default=",".join(f"{f:g}" for f in scored["fmrs"]), help="comma-separated FMRs")
+    s.add_argument("--seed", type=int, default=scored["seed"], help="seed of the random score")
     s.add_argument("--json", default=None, help="write the report here (atomically)")
     s.add_argument("--plot", default=None, help="PNG: ERC per FMR and score vs severity")
     return p
@@ -171,12 +171,13 @@ def _split(text: str, what: str) -> list[str]:
     return items
 
 
-def run(args: argparse.Namespace) -> None:
+def _main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
     if args.command == "make":
         out = make_damaged_set(args.img_list, args.pair_list, args.out, _split(args.kinds, "--kinds"),
                                args.seed, args.force)
         print(f"damaged set in {out}")
-        return
+        return 0
     names = _split(args.scores, "--scores")
     unknown = [n for n in names if n not in SCORES]
     if unknown:
@@ -191,10 +192,6 @@ def run(args: argparse.Namespace) -> None:
         plot_report(args.plot, report, scores, table)
     if args.json:
         write_json(args.json, report, nan_as_null=True)
-
-
-def _main(argv: list[str]) -> int:
-    run(build_parser().parse_args(argv))
     return 0
 
 

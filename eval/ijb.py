@@ -37,7 +37,7 @@ from eval.metrics import (
     tar_at_far_nearest,
 )
 from utils.atomic import write_json
-from utils.cli import run_cli
+from utils.cli import keyword_defaults, run_cli
 from utils.feature_io import load_features
 from utils.table import format_table
 from utils.text_lines import line_of_row
@@ -225,46 +225,51 @@ def load_protocol(base_dir: str | Path, kind: str) -> tuple[np.ndarray, ...]:
     return templates, medias, t1, t2, labels
 
 
+def run(feat_list: str, *, base_dir: str = "data/IJBC/", kind: str = "c", embedding_size: int = 512,
+        aggregation: str = "mean") -> dict:
+    """The report of the features of IJB-``kind`` (b or c) under ``base_dir``/meta, rows in face_tid_mid order."""
+    templates, medias, t1, t2, labels = load_protocol(base_dir, kind)
+    _, feats = load_features(feat_list)
+    if feats.shape[1] != embedding_size:
+        raise ValueError(f"{feat_list}: features have {feats.shape[1]} dimensions, "
+                         f"expected --embedding_size {embedding_size}")
+    face_path = Path(base_dir) / "meta" / f"ijb{kind}_face_tid_mid.txt"
+    if len(feats) != len(templates):
+        raise ValueError(f"{feat_list} has {len(feats)} feature rows but {face_path} has "
+                         f"{len(templates)} lines; rows must follow that file's order")
+    report = evaluate_ijb(feats, templates, medias, t1, t2, labels, aggregation)
+    report["set"] = f"IJB-{kind.upper()}"
+    return report
+
+
 def build_parser() -> argparse.ArgumentParser:
+    d = keyword_defaults(run)
     p = argparse.ArgumentParser(description="IJB-B/C 1:1 verification: TAR at FAR 1e-6..1e-1.")
     p.add_argument("--feat_list", "--feat-list", required=True, help="features in face_tid_mid order")
-    p.add_argument("--base_dir", "--base-dir", default="data/IJBC/", help="folder holding meta/")
-    p.add_argument("--type", choices=("b", "c"), default="c")
-    p.add_argument("--embedding_size", "--embedding-size", type=int, default=512)
+    p.add_argument("--base_dir", "--base-dir", default=d["base_dir"], help="folder holding meta/")
+    p.add_argument("--type", choices=("b", "c"), default=d["kind"])
+    p.add_argument("--embedding_size", "--embedding-size", type=int, default=d["embedding_size"])
     p.add_argument("--magface_qlt", "--magface-qlt", type=int, choices=(0, 1), default=0,
                    help="1 = magnitude-aware aggregation (same as --aggregation magnitude)")
-    p.add_argument("--aggregation", choices=AGGREGATIONS, default=None, help="default: mean")
+    p.add_argument("--aggregation", choices=AGGREGATIONS, default=None, help=f"default: {d['aggregation']}")
     p.add_argument("--json", default=None, help="write the metrics here (atomically)")
     return p
 
 
 def resolve_aggregation(aggregation: str | None, magface_qlt: int) -> str:
+    """--aggregation, or the seed's --magface_qlt 1 (magnitude), or run's default."""
     if aggregation is None:
-        return "magnitude" if magface_qlt == 1 else "mean"
+        return "magnitude" if magface_qlt == 1 else keyword_defaults(run)["aggregation"]
     if magface_qlt == 1 and aggregation != "magnitude":
         raise ValueError(f"--magface_qlt 1 contradicts --aggregation {aggregation}")
     return aggregation
 
 
-def run(args: argparse.Namespace) -> dict:
-    aggregation = resolve_aggregation(args.aggregation, args.magface_qlt)
-    templates, medias, t1, t2, labels = load_protocol(args.base_dir, args.type)
-    _, feats = load_features(args.feat_list)
-    if feats.shape[1] != args.embedding_size:
-        raise ValueError(f"{args.feat_list}: features have {feats.shape[1]} dimensions, "
-                         f"expected --embedding_size {args.embedding_size}")
-    face_path = Path(args.base_dir) / "meta" / f"ijb{args.type}_face_tid_mid.txt"
-    if len(feats) != len(templates):
-        raise ValueError(f"{args.feat_list} has {len(feats)} feature rows but {face_path} has "
-                         f"{len(templates)} lines; rows must follow that file's order")
-    report = evaluate_ijb(feats, templates, medias, t1, t2, labels, aggregation)
-    report["set"] = f"IJB-{args.type.upper()}"
-    return report
-
-
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    report = run(args)
+    aggregation = resolve_aggregation(args.aggregation, args.magface_qlt)
+    report = run(args.feat_list, base_dir=args.base_dir, kind=args.type, embedding_size=args.embedding_size,
+                 aggregation=aggregation)
     tars = report["tar_at_far"]
     print(format_table(["set", "aggregation", "pairs"] + [f"TAR@{k}" for k in tars],
                        [[report["set"], report["aggregation"], report["num_pairs"]]

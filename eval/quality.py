@@ -32,7 +32,7 @@ if __package__ in (None, ""):
 
 from eval.metrics import angular_distance, read_pair_list
 from utils.atomic import write_json
-from utils.cli import run_cli
+from utils.cli import keyword_defaults, run_cli
 from utils.feature_io import FeatureFile, load_feature_file
 from utils.table import format_table
 
@@ -182,41 +182,49 @@ def evaluate_quality(
     }
 
 
+def run(feat_list: str, pair_list: str, *, fmr: float = 1e-3, scores: Sequence[str] | None = None,
+        image_root: str | None = None, seed: int = 0) -> dict:
+    """The ERC report of a feature file and its pair list.
+
+    ``scores`` None means all of SCORES, sharpness then optional (left out, with the reason, when the images
+    cannot be found). Without ``image_root`` the images are looked for beside the feature file, beside the
+    pair list, then in the current folder.
+    """
+    names = list(scores) if scores is not None else list(SCORES)
+    unknown = [s for s in names if s not in SCORES]
+    if unknown or not names:
+        raise ValueError(f"--scores: unknown {unknown} (choose from {SCORES})")
+    ff = load_feature_file(feat_list, dtype=np.float64)
+    i0, i1, issame = read_pair_list(pair_list, len(ff.features))
+    if image_root:
+        roots = [Path(image_root)]
+    else:
+        roots = [Path(feat_list).resolve().parent, Path(pair_list).resolve().parent, Path.cwd()]
+    optional = frozenset() if scores is not None else frozenset({"sharpness"})
+    return evaluate_quality(ff, i0, i1, issame, names, fmr, roots, seed, optional)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    d = keyword_defaults(run)
     p = argparse.ArgumentParser(description="Error-versus-reject curves of quality scores.")
     p.add_argument("--feat-list", required=True, help="feature file (text, .npz or .npy)")
     p.add_argument("--pair-list", required=True, help="pairs 'i j label' (0-based feature rows)")
-    p.add_argument("--fmr", type=float, default=1e-3)
-    p.add_argument("--scores", default=None,
+    p.add_argument("--fmr", type=float, default=d["fmr"])
+    p.add_argument("--scores", default=d["scores"],
                    help=f"comma-separated, from {SCORES} (default: all three; sharpness is then left out, with one "
                    "line saying why, when the images cannot be found, as for the seed's features-and-pairs call)")
-    p.add_argument("--image-root", default=None,
+    p.add_argument("--image-root", default=d["image_root"],
                    help="base of relative image paths (default: the first of the feature file's folder, the pair "
                    "list's folder and the current folder that holds them all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random score")
+    p.add_argument("--seed", type=int, default=d["seed"], help="seed of the random score")
     p.add_argument("--plot", default=None, help="PNG of the curves")
     p.add_argument("--json", default=None, help="write the curves here (atomically)")
     return p
 
 
-def run(args: argparse.Namespace) -> dict:
-    scores = [s.strip() for s in (args.scores or ",".join(SCORES)).split(",") if s.strip()]
-    unknown = [s for s in scores if s not in SCORES]
-    if unknown or not scores:
-        raise ValueError(f"--scores: unknown {unknown} (choose from {SCORES})")
-    ff = load_feature_file(args.feat_list, dtype=np.float64)
-    i0, i1, issame = read_pair_list(args.pair_list, len(ff.features))
-    if args.image_root:
-        roots = [Path(args.image_root)]
-    else:
-        roots = [Path(args.feat_list).resolve().parent, Path(args.pair_list).resolve().parent, Path.cwd()]
-    optional = frozenset() if args.scores else frozenset({"sharpness"})
-    return evaluate_quality(ff, i0, i1, issame, scores, args.fmr, roots, args.seed, optional)
-
-
-def _main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    report = run(args)
+def publish(report: dict, json_path: str | os.PathLike | None = None,
+            plot_path: str | os.PathLike | None = None) -> None:
+    """What the command shows and writes for a report: the table on stdout, then the plot and the JSON."""
     for name, why in report["left_out"].items():
         print(f"{name} left out: {why}")
     header = ["reject"] + list(report["fnmr"])
@@ -225,11 +233,19 @@ def _main(argv: list[str]) -> int:
     rows.append(["AUC"] + [f"{report['auc'][k]:.5f}" for k in report["fnmr"]])
     print(f"FNMR at FMR = {report['fmr']:g} ({report['num_pairs']} pairs)")
     print(format_table(header, rows))
-    if args.plot:
-        plot_erc(args.plot, REJECT_RATIOS, {k: np.array(v, dtype=float) for k, v in report["fnmr"].items()},
+    if plot_path:
+        plot_erc(plot_path, REJECT_RATIOS, {k: np.array(v, dtype=float) for k, v in report["fnmr"].items()},
                  report["fmr"])
-    if args.json:
-        write_json(args.json, report, nan_as_null=True)
+    if json_path:
+        write_json(json_path, report, nan_as_null=True)
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    scores = [s.strip() for s in args.scores.split(",") if s.strip()] if args.scores else None
+    report = run(args.feat_list, args.pair_list, fmr=args.fmr, scores=scores, image_root=args.image_root,
+                 seed=args.seed)
+    publish(report, args.json, args.plot)
     return 0
 
 

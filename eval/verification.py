@@ -16,6 +16,7 @@ CLI: ``--feat-list F --pair-list P`` (pairs ``i j label``, 0-based rows of F) or
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from eval.metrics import (
     tar_at_far_bounded,
 )
 from utils.atomic import write_json
-from utils.cli import run_cli
+from utils.cli import keyword_defaults, run_cli
 from utils.feature_io import load_feature_file
 from utils.table import format_table
 
@@ -165,44 +166,53 @@ def features_pairs(
     return ff.features[i0], ff.features[i1], issame
 
 
+def run(
+    *, feat_list: str | None = None, pair_list: str | None = None, bin_path: str | None = None,
+    resume: str | None = None, arch: str | None = None, batch_size: int = 128, device: str = "auto",
+    dtype: str = "fp32", flip: bool = False, input_convention: str | None = None, embedding_size: int | None = None,
+    protocol: str = "magface", folds: int = 10,
+) -> dict:
+    """The report of a feature file with its pair list, or of a ``.bin`` set embedded by ``resume``.
+
+    The embedding options (``arch`` .. ``input_convention``) apply to ``bin_path`` only.
+    """
+    if bin_path:
+        if not resume:
+            raise ValueError("--bin needs --resume CKPT")
+        emb0, emb1, issame = embed_bin(bin_path, resume, arch, batch_size, device, flip, input_convention, dtype)
+        name = Path(bin_path).stem
+    else:
+        if not pair_list:
+            raise ValueError("--feat-list needs --pair-list")
+        emb0, emb1, issame = features_pairs(feat_list, pair_list, embedding_size)
+        name = Path(feat_list).name
+    if embedding_size is not None and emb0.shape[1] != embedding_size:
+        raise ValueError(f"embeddings have {emb0.shape[1]} dimensions, expected {embedding_size}")
+    report = evaluate_pairs(emb0, emb1, issame, protocol, folds)
+    report["set"] = name
+    return report
+
+
 def build_parser() -> argparse.ArgumentParser:
+    d = keyword_defaults(run)
     p = argparse.ArgumentParser(description="1:1 verification accuracy (k-fold) of features or a .bin set.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--feat-list", help="feature file (text, .npz or .npy)")
     src.add_argument("--bin", help="insightface verification set (.bin); needs --resume")
     p.add_argument("--pair-list", help="pairs 'i j label' (0-based feature rows), with --feat-list")
     p.add_argument("--resume", help="checkpoint to embed the --bin images with")
-    p.add_argument("--arch", default=None, help="backbone name when the checkpoint does not say")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--device", default="auto", help="with --bin: auto (the GPU when there is one), cpu, cuda[:N]")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+    p.add_argument("--arch", default=d["arch"], help="backbone name when the checkpoint does not say")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"])
+    p.add_argument("--device", default=d["device"], help="with --bin: auto (the GPU when there is one), cpu, cuda[:N]")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=d["dtype"],
                    help="with --bin: precision of the embedding pass (bf16 is ~2x faster on recent CPUs)")
     p.add_argument("--flip", action="store_true", help="add the embedding of the mirrored image")
-    p.add_argument("--input-convention", default=None, help="override the checkpoint's convention")
-    p.add_argument("--embedding-size", type=int, default=None, help="expected feature dimension")
-    p.add_argument("--protocol", choices=PROTOCOLS, default="magface")
-    p.add_argument("--folds", type=int, default=10)
+    p.add_argument("--input-convention", default=d["input_convention"], help="override the checkpoint's convention")
+    p.add_argument("--embedding-size", type=int, default=d["embedding_size"], help="expected feature dimension")
+    p.add_argument("--protocol", choices=PROTOCOLS, default=d["protocol"])
+    p.add_argument("--folds", type=int, default=d["folds"])
     p.add_argument("--json", default=None, help="write the metrics here (atomically)")
     return p
-
-
-def run(args: argparse.Namespace) -> dict:
-    if args.bin:
-        if not args.resume:
-            raise ValueError("--bin needs --resume CKPT")
-        emb0, emb1, issame = embed_bin(args.bin, args.resume, args.arch, args.batch_size, args.device,
-                                       args.flip, args.input_convention, args.dtype)
-        name = Path(args.bin).stem
-    else:
-        if not args.pair_list:
-            raise ValueError("--feat-list needs --pair-list")
-        emb0, emb1, issame = features_pairs(args.feat_list, args.pair_list, args.embedding_size)
-        name = Path(args.feat_list).name
-    if args.embedding_size is not None and emb0.shape[1] != args.embedding_size:
-        raise ValueError(f"embeddings have {emb0.shape[1]} dimensions, expected {args.embedding_size}")
-    report = evaluate_pairs(emb0, emb1, issame, args.protocol, args.folds)
-    report["set"] = name
-    return report
 
 
 def print_report(report: dict) -> None:
@@ -215,12 +225,20 @@ def print_report(report: dict) -> None:
     print(f"    Accuracy: {report['accuracy_mean']:2.5f}+-{report['accuracy_std']:2.5f}")  # the seed's eval_1v1 line
 
 
+def publish(report: dict, json_path: str | os.PathLike | None = None) -> None:
+    """What the command shows and writes for a report: the table on stdout, then the JSON."""
+    print_report(report)
+    if json_path:
+        write_json(json_path, report, nan_as_null=True)
+
+
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    report = run(args)
-    print_report(report)
-    if args.json:
-        write_json(args.json, report, nan_as_null=True)
+    report = run(feat_list=args.feat_list, pair_list=args.pair_list, bin_path=args.bin, resume=args.resume,
+                 arch=args.arch, batch_size=args.batch_size, device=args.device, dtype=args.dtype, flip=args.flip,
+                 input_convention=args.input_convention, embedding_size=args.embedding_size,
+                 protocol=args.protocol, folds=args.folds)
+    publish(report, args.json)
     return 0
 
 

@@ -8,7 +8,6 @@ batches that become floats on the device, and features stay there until the end.
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import cv2
@@ -17,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from inference.extract import embed_batch, prepare_model
+from inference.gen_feat import FeatOptions
 from models.checkpoint import load_backbone
 from utils.convention import InputConvention, parse_convention, read_aligned_face
 from utils.dist import resolve_device
@@ -83,32 +83,33 @@ def run_model(model: torch.nn.Module, loader: DataLoader, num_images: int, emb: 
     return feats
 
 
-def extract_torch(args: argparse.Namespace, listed: list[str], resolved: list[str], t_start: float) -> dict:
+def extract_torch(resume: str, listed: list[str], resolved: list[str], feat_list: str, opts: FeatOptions,
+                  t_start: float) -> dict:
     """gen_feat's fp32 / bf16 / fp16 path: the PyTorch model on the CPU or a GPU."""
-    device = resolve_device("cpu" if args.cpu_mode else args.device)
+    device = resolve_device(opts.device)
     if device.type == "cpu":
-        torch.set_num_threads(args.threads or usable_cores())
-    conv = parse_convention(args.input_convention) if args.input_convention else None
-    model, conv, info = load_backbone(args.resume, args.arch, "cpu", conv)
-    if args.embedding_size and args.embedding_size != info["embedding_size"]:
-        raise ValueError(f"--embedding_size {args.embedding_size} but {args.resume} gives "
+        torch.set_num_threads(opts.threads or usable_cores())
+    conv = parse_convention(opts.input_convention) if opts.input_convention else None
+    model, conv, info = load_backbone(resume, opts.arch, "cpu", conv)
+    if opts.embedding_size and opts.embedding_size != info["embedding_size"]:
+        raise ValueError(f"--embedding_size {opts.embedding_size} but {resume} gives "
                          f"{info['embedding_size']}-d embeddings")
-    channels_last = args.channels_last in ("on", "auto")
-    model = prepare_model(model, device, dtype=DTYPES[args.dtype], fuse=args.fuse == "on", channels_last=channels_last,
-                          compile_model=args.compile == "on")
-    workers = args.workers if args.workers is not None else (8 if device.type == "cuda" else 0)
-    batch_size = args.batch_size or (256 if device.type == "cuda" else 64)
+    channels_last = opts.channels_last in ("on", "auto")
+    model = prepare_model(model, device, dtype=DTYPES[opts.dtype], fuse=opts.fuse == "on", channels_last=channels_last,
+                          compile_model=opts.compile == "on")
+    workers = opts.workers if opts.workers is not None else (8 if device.type == "cuda" else 0)
+    batch_size = opts.batch_size or (256 if device.type == "cuda" else 64)
     loader = make_loader(resolved, batch_size, workers, device)
     t0 = time.perf_counter()
     feats = run_model(model, loader, len(listed), info["embedding_size"], device, convention=conv,
-                      dtype=DTYPES[args.dtype], flip=args.flip, channels_last=channels_last,
-                      static_batch=batch_size if args.compile == "on" else 0, print_freq=args.print_freq)
+                      dtype=DTYPES[opts.dtype], flip=opts.flip, channels_last=channels_last,
+                      static_batch=batch_size if opts.compile == "on" else 0, print_freq=opts.print_freq)
     wall = time.perf_counter() - t0
     mags = np.linalg.norm(feats, axis=1)
-    write_features(args.feat_list, listed, feats, mags)
+    write_features(feat_list, listed, feats, mags)
     total = time.perf_counter() - t_start
-    print(f"wrote {len(listed)} features ({info['embedding_size']}-d, {args.dtype}, {device}) to {args.feat_list} "
+    print(f"wrote {len(listed)} features ({info['embedding_size']}-d, {opts.dtype}, {device}) to {feat_list} "
           f"in {wall:.1f}s ({len(listed) / wall:.1f} img/s; {total:.1f}s with loading and writing); "
           f"magnitude mean {mags.mean():.2f} [{mags.min():.2f}, {mags.max():.2f}]")
-    return {"num_images": len(listed), "wall_s": wall, "total_s": total, "feat_list": str(args.feat_list),
+    return {"num_images": len(listed), "wall_s": wall, "total_s": total, "feat_list": str(feat_list),
             "batch_size": batch_size, "workers": workers, "device": str(device)}

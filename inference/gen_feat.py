@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -33,99 +34,134 @@ from utils.image_list import read_image_list, usable_cores  # noqa: E402,F401  (
 DTYPE_NAMES = ("bf16", "fp16", "fp32")  # the PyTorch precisions (utils.precision.DTYPES); int8: onnxruntime
 
 
+@dataclass(frozen=True)
+class FeatOptions:
+    """How ``extract`` embeds a list: gen_feat's flags, whose defaults are these (``--help`` says what each does)."""
+
+    arch: str | None = None  # None: the checkpoint's
+    batch_size: int | None = None  # None: 64 on CPU, 256 on GPU
+    workers: int | None = None  # None: 0 on CPU, 8 on GPU
+    embedding_size: int | None = None  # checked against the checkpoint when given
+    device: str = "auto"
+    dtype: str = "fp32"  # DTYPE_NAMES or int8
+    backend: str = "torch"  # or onnxruntime
+    onnx_runtime: str = "auto"  # inference.ort_embed.RUNTIMES
+    calib_list: str | None = None
+    calib_count: int = 256
+    flip: bool = False
+    channels_last: str = "auto"  # auto, on, off
+    fuse: str = "on"
+    compile: str = "off"
+    threads: int = 0
+    input_convention: str | None = None
+    print_freq: int = 10
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> FeatOptions:
+        """The parsed command line; the seed's ``--cpu-mode`` becomes ``device="cpu"``."""
+        options = cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+        return replace(options, device="cpu") if args.cpu_mode else options
+
+
 def get_args_parser() -> argparse.ArgumentParser:
+    d = FeatOptions()
     p = argparse.ArgumentParser(description="Dump MagFace features and magnitudes",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--arch", default=None, help="backbone; read from the checkpoint when absent")
+    p.add_argument("--arch", default=d.arch, help="backbone; read from the checkpoint when absent")
     p.add_argument("--inf_list", "--inf-list", required=True, help="image list, first token = path")
     p.add_argument("--feat_list", "--feat-list", required=True,
                    help="output: text (seed format), .npz (features, magnitudes, paths) or .npy")
     p.add_argument("--resume", required=True, help="checkpoint (released MagFace, insightface or ours)")
-    p.add_argument("-b", "--batch_size", "--batch-size", type=int, default=None,
+    p.add_argument("-b", "--batch_size", "--batch-size", type=int, default=d.batch_size,
                    help="images per forward (default: 64 on CPU: 5%% slower than 16 on an idle machine but "
                    "twice as fast when other processes share the cores; 256 on GPU)")
-    p.add_argument("-j", "--workers", type=int, default=None,
+    p.add_argument("-j", "--workers", type=int, default=d.workers,
                    help="decode worker processes (default: 0 on CPU, where decoding inline costs ~1%% and a "
                    "worker would preempt the compute threads; 8 on GPU)")
-    p.add_argument("--embedding_size", "--embedding-size", type=int, default=None,
+    p.add_argument("--embedding_size", "--embedding-size", type=int, default=d.embedding_size,
                    help="expected embedding size (checked against the checkpoint)")
     p.add_argument("--cpu-mode", action="store_true", help="the seed's flag: same as --device cpu")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--dtype", choices=[*DTYPE_NAMES, "int8"], default="fp32",
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--dtype", choices=[*DTYPE_NAMES, "int8"], default=d.dtype,
                    help="compute precision; bf16 is ~2x faster on CPUs with AVX512-BF16/AMX and on GPUs "
                    "(cosine >= 0.999 to fp32); int8: onnxruntime static quantization on the CPU, calibrated and "
                    "cached on first use (inference.int8)")
-    p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default=d.backend,
                    help="fp32 on the CPU: onnxruntime runs the checkpoint's ONNX export, made and cached on first "
                    "use (inference.int8; 1.2-1.3x faster end to end on a 2-core EPYC, features equal to 1e-5); "
                    "int8 always uses it")
-    p.add_argument("--onnx-runtime", choices=RUNTIMES, default="auto",
+    p.add_argument("--onnx-runtime", choices=RUNTIMES, default=d.onnx_runtime,
                    help="what runs the ONNX model of --dtype int8 / --backend onnxruntime; auto: openvino when it "
                    "is installed and the CPU has AMX (int8 ~4x faster there), else onnxruntime")
-    p.add_argument("--calib-list", default=None,
+    p.add_argument("--calib-list", default=d.calib_list,
                    help="int8: aligned faces to calibrate on (default: the --inf_list being embedded)")
-    p.add_argument("--calib-count", type=int, default=256, help="int8: calibration faces (the first N of the list)")
+    p.add_argument("--calib-count", type=int, default=d.calib_count,
+                   help="int8: calibration faces (the first N of the list)")
     p.add_argument("--flip", action="store_true", help="add the embedding of the mirrored face")
-    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto")
-    p.add_argument("--fuse", choices=("on", "off"), default="on",
+    p.add_argument("--channels-last", choices=("auto", "on", "off"), default=d.channels_last)
+    p.add_argument("--fuse", choices=("on", "off"), default=d.fuse,
                    help="fold BatchNorm into the convs (features equal to float rounding)")
-    p.add_argument("--compile", choices=("on", "off"), default="off",
+    p.add_argument("--compile", choices=("on", "off"), default=d.compile,
                    help="torch.compile the model (GPU; on a CPU it does not pay back its warm-up)")
-    p.add_argument("--threads", type=int, default=0, help="CPU compute threads (0: one per usable core)")
-    p.add_argument("--input-convention", default=None,
+    p.add_argument("--threads", type=int, default=d.threads, help="CPU compute threads (0: one per usable core)")
+    p.add_argument("--input-convention", default=d.input_convention,
                    help="override the checkpoint's input convention: magface (BGR, /255), "
                    "insightface (RGB, (x-127.5)/127.5) or ORDER:m1,m2,m3:s1,s2,s3")
-    p.add_argument("-p", "--print-freq", "--print_freq", type=int, default=10, help="progress line every N batches")
+    p.add_argument("-p", "--print-freq", "--print_freq", type=int, default=d.print_freq,
+                   help="progress line every N batches")
     p.add_argument("--dist", type=int, choices=(0, 1), default=1,
                    help="the seed's switch (1: its DataParallel wrapper), accepted so its scripts run; here the "
                    "features always come from the one device --device picks (--cpu-mode: the CPU)")
     return p
 
 
-def extract_ort(args: argparse.Namespace, listed: list[str], resolved: list[str], t_start: float) -> dict:
+def extract_ort(resume: str, listed: list[str], resolved: list[str], feat_list: str, opts: FeatOptions,
+                t_start: float) -> dict:
     """``--dtype int8`` or ``--backend onnxruntime``: the checkpoint's cached quantized model or fp32 export
     (``inference.int8``) on onnxruntime or OpenVINO (``--onnx-runtime``)."""
     from inference.int8 import int8_model
     from inference.ort_embed import embed_files, load_onnx_model
 
-    if args.flip or (args.device not in ("auto", "cpu") and not args.cpu_mode) or args.dtype in ("bf16", "fp16"):
+    if opts.flip or opts.device not in ("auto", "cpu") or opts.dtype in ("bf16", "fp16"):
         raise ValueError("onnxruntime (--dtype int8, --backend onnxruntime) runs fp32 or int8 on the CPU without "
                          "--flip; drop --device/--flip, or use --backend torch")
-    if args.calib_count < 1:
-        raise ValueError(f"--calib-count must be at least 1, got {args.calib_count}")
-    calib = read_image_list(args.calib_list)[1] if args.calib_list else resolved
-    conv = parse_convention(args.input_convention) if args.input_convention else None
-    calib = calib[:args.calib_count] if args.dtype == "int8" else None
-    model = load_onnx_model(int8_model(args.resume, calib, arch=args.arch, convention=conv), args.onnx_runtime,
-                            threads=args.threads)
+    if opts.calib_count < 1:
+        raise ValueError(f"--calib-count must be at least 1, got {opts.calib_count}")
+    calib = read_image_list(opts.calib_list)[1] if opts.calib_list else resolved
+    conv = parse_convention(opts.input_convention) if opts.input_convention else None
+    calib = calib[:opts.calib_count] if opts.dtype == "int8" else None
+    model = load_onnx_model(int8_model(resume, calib, arch=opts.arch, convention=conv), opts.onnx_runtime,
+                            threads=opts.threads)
     emb = int(model.metadata.get("embedding_size", 0))
-    if args.embedding_size and emb and args.embedding_size != emb:
-        raise ValueError(f"--embedding_size {args.embedding_size} but {args.resume} gives {emb}-d embeddings")
-    batch_size = args.batch_size or 64
+    if opts.embedding_size and emb and opts.embedding_size != emb:
+        raise ValueError(f"--embedding_size {opts.embedding_size} but {resume} gives {emb}-d embeddings")
+    batch_size = opts.batch_size or 64
     t0 = time.perf_counter()
-    feats = embed_files(model, resolved, batch_size, args.print_freq)
+    feats = embed_files(model, resolved, batch_size, opts.print_freq)
     wall = time.perf_counter() - t0
     mags = np.linalg.norm(feats, axis=1)
-    write_features(args.feat_list, listed, feats, mags)
+    write_features(feat_list, listed, feats, mags)
     total = time.perf_counter() - t_start
-    print(f"wrote {len(listed)} features ({feats.shape[1]}-d, {args.dtype}, {model.runtime} cpu) to {args.feat_list} "
+    print(f"wrote {len(listed)} features ({feats.shape[1]}-d, {opts.dtype}, {model.runtime} cpu) to {feat_list} "
           f"in {wall:.1f}s ({len(listed) / wall:.1f} img/s; {total:.1f}s in all); magnitude mean {mags.mean():.2f}")
-    return {"num_images": len(listed), "wall_s": wall, "total_s": total, "feat_list": str(args.feat_list),
+    return {"num_images": len(listed), "wall_s": wall, "total_s": total, "feat_list": str(feat_list),
             "batch_size": batch_size, "workers": 0, "device": "cpu"}
 
 
-def extract(args: argparse.Namespace) -> dict:
+def extract(resume: str, inf_list: str, feat_list: str, opts: FeatOptions = FeatOptions()) -> dict:
+    """Embed every face of ``inf_list`` with the checkpoint ``resume`` and write ``feat_list``; timings."""
     t_start = time.perf_counter()
-    listed, resolved = read_image_list(args.inf_list)  # before the (possibly large) model: fail fast
-    if args.dtype == "int8" or args.backend == "onnxruntime":
-        return extract_ort(args, listed, resolved, t_start)
+    listed, resolved = read_image_list(inf_list)  # before the (possibly large) model: fail fast
+    if opts.dtype == "int8" or opts.backend == "onnxruntime":
+        return extract_ort(resume, listed, resolved, feat_list, opts, t_start)
     from inference.feat_torch import extract_torch
 
-    return extract_torch(args, listed, resolved, t_start)
+    return extract_torch(resume, listed, resolved, feat_list, opts, t_start)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return extract(get_args_parser().parse_args(argv))
+    args = get_args_parser().parse_args(argv)
+    return extract(args.resume, args.inf_list, args.feat_list, FeatOptions.from_args(args))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ and the faces sorted by magnitude. Everything lands in ``demo_summary.json``. On
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -49,23 +48,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run(module_main, argv: list[str]) -> None:
-    code = module_main(argv)
-    if isinstance(code, int) and code != 0:
-        raise SystemExit(f"step failed ({module_main.__module__} {' '.join(argv)}): exit {code}")
-
-
 def verify(ckpt: Path, data: Path, out: Path, tag: str, device: str) -> tuple[dict, Path]:
     from eval import verification
     from inference import gen_feat
+    from utils.atomic import finite_or_none
 
     feats = out / f"lfw_{tag}.npz"
-    gen_feat.main(["--resume", str(ckpt), "--inf_list", str(data / "lfw" / "img.list"), "--feat_list", str(feats),
-                   "--device", device, "--print-freq", "1000"])
-    report = out / f"verification_{tag}.json"
-    _run(verification.main, ["--feat-list", str(feats), "--pair-list", str(data / "lfw" / "pair.list"),
-                             "--json", str(report)])
-    return json.loads(report.read_text()), feats
+    gen_feat.extract(str(ckpt), str(data / "lfw" / "img.list"), str(feats),
+                     gen_feat.FeatOptions(device=device, print_freq=1000))
+    report = verification.run(feat_list=str(feats), pair_list=str(data / "lfw" / "pair.list"))
+    verification.publish(report, out / f"verification_{tag}.json")
+    return finite_or_none(report), feats  # as written: an undefined metric is None, not NaN
 
 
 def untrained_checkpoint(args: argparse.Namespace, path: Path) -> None:
@@ -106,7 +99,7 @@ def reference_of(args: argparse.Namespace) -> Path | None:
 def main(argv: list[str] | None = None) -> dict:
     from eval import quality
     from run.demo_quality import quality_stage
-    from utils.atomic import write_json
+    from utils.atomic import finite_or_none, write_json
 
     args = get_args_parser().parse_args(argv)
     t0 = time.perf_counter()
@@ -119,10 +112,10 @@ def main(argv: list[str] | None = None) -> dict:
     before, _ = verify(untrained, data, out, "untrained", device)
     ckpt, train_s = train(args, out, device)
     after, feats = verify(ckpt, data, out, "trained", device)
-    erc_json, erc_png = out / "erc.json", out / "erc.png"
-    _run(quality.main, ["--feat-list", str(feats), "--pair-list", str(data / "lfw" / "pair.list"),
-                        "--image-root", str(data / "lfw"), "--fmr", "1e-2", "--plot", str(erc_png),
-                        "--json", str(erc_json)])
+    erc_png = out / "erc.png"
+    erc = quality.run(str(feats), str(data / "lfw" / "pair.list"), fmr=1e-2, image_root=str(data / "lfw"))
+    quality.publish(erc, out / "erc.json", erc_png)
+    erc = finite_or_none(erc)  # as written (print_summary leaves out an undefined area)
     candidates, accuracy = {"trained": ckpt}, {"trained": after["accuracy_mean"]}
     if reference is not None:
         candidates["reference"] = reference
@@ -130,7 +123,6 @@ def main(argv: list[str] | None = None) -> dict:
     qual = quality_stage(candidates, data, out, device)
     for name, acc in accuracy.items():
         qual["quality_candidates"][name]["accuracy"] = acc
-    erc = json.loads(erc_json.read_text())
     summary = {
         "trained_accuracy": after["accuracy_mean"], "trained_accuracy_std": after["accuracy_std"],
         "untrained_accuracy": before["accuracy_mean"], "untrained_accuracy_std": before["accuracy_std"],

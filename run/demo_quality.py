@@ -28,8 +28,7 @@ def embed_list(ckpt: Path, img_list: Path, feats: Path, device: str) -> Path:
     """Features of every face of ``img_list`` by ``ckpt`` (gen_feat's code path), written to ``feats``."""
     from inference import gen_feat
 
-    gen_feat.main(["--resume", str(ckpt), "--inf_list", str(img_list), "--feat_list", str(feats),
-                   "--device", device, "--print-freq", "100000"])
+    gen_feat.extract(str(ckpt), str(img_list), str(feats), gen_feat.FeatOptions(device=device, print_freq=100000))
     return feats
 
 

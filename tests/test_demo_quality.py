@@ -114,3 +114,7 @@ def test_demo_end_to_end_on_a_tiny_slice_writes_the_quality_summary(tmp_path):
     assert all(0 <= c["accuracy"] <= 1 for c in cands.values())
     assert written["quality_spearman"] == cands[written["quality_model"]]["spearman"]["overall"]
     assert "1e-02" in written["quality_erc_auc"]
+    reports = {f"verification_{tag}.json" for tag in ("untrained", "trained", "reference")} | {"erc.json", "erc.png"}
+    assert reports <= {p.name for p in out.iterdir()}
+    assert json.loads((out / "verification_trained.json").read_text())["accuracy_mean"] == s["trained_accuracy"]
+    assert json.loads((out / "erc.json").read_text())["auc"] == s["erc_auc"]

@@ -92,9 +92,9 @@ def test_text_output_is_seed_format_and_matches_plain_model(fp32_text, faces, re
 
 
 def test_npz_and_bf16_agree_with_fp32(fp32_text, faces, model_and_ckpt, tmp_path):
-    out = tmp_path / "feats.npz"
-    gen_feat.main(["--resume", str(model_and_ckpt[1]), "--inf_list", str(faces[0]), "--feat_list", str(out),
-                   "--device", "cpu", "--dtype", "bf16", "--batch-size", "16", "--workers", "0"])
+    out = tmp_path / "feats.npz"  # the library call (typed options) behind the command
+    gen_feat.extract(str(model_and_ckpt[1]), str(faces[0]), str(out),
+                     gen_feat.FeatOptions(device="cpu", dtype="bf16", batch_size=16, workers=0))
     fp32 = np.array([[float(v) for v in line.split()[1:]] for line in fp32_text.read_text().splitlines()])
     with np.load(out) as z:
         assert set(z.files) >= {"features", "magnitudes", "paths"}
@@ -104,6 +104,15 @@ def test_npz_and_bf16_agree_with_fp32(fp32_text, faces, model_and_ckpt, tmp_path
     np.testing.assert_allclose(mags, np.linalg.norm(feats, axis=1), rtol=1e-5)
     assert _cosines(feats, fp32).min() >= 0.999
     assert not np.array_equal(feats, fp32.astype(np.float32))  # bf16 really ran
+
+
+def test_command_line_maps_onto_feat_options():
+    """The flags' defaults are FeatOptions' defaults; the seed's --cpu-mode is device cpu."""
+    required = ["--resume", "m.pth", "--inf_list", "l", "--feat_list", "f"]
+    parser = gen_feat.get_args_parser()
+    assert gen_feat.FeatOptions.from_args(parser.parse_args(required)) == gen_feat.FeatOptions()
+    args = parser.parse_args([*required, "--cpu-mode", "--device", "cuda", "-b", "8", "--fuse", "off"])
+    assert gen_feat.FeatOptions.from_args(args) == gen_feat.FeatOptions(device="cpu", batch_size=8, fuse="off")
 
 
 def test_missing_image_names_the_list_line(faces, model_and_ckpt, tmp_path):

@@ -14,6 +14,7 @@ it) or with the environment variable ``MAGFACE_DEBUG=1``: then the exception pro
 """
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import traceback
@@ -29,6 +30,13 @@ INTERNAL_ERROR_CODE = 1
 INTERRUPTED_CODE = 130
 
 ExitCodes = Sequence[tuple[type[BaseException] | tuple[type[BaseException], ...], int]]
+
+
+def keyword_defaults(func: Callable) -> dict[str, Any]:
+    """The defaults of ``func``'s parameters, by name: a CLI takes its argparse defaults from the library
+    function it calls, so a default lives in one place."""
+    return {name: p.default for name, p in inspect.signature(func).parameters.items()
+            if p.default is not inspect.Parameter.empty}
 
 
 def split_debug(argv: Sequence[str] | None) -> tuple[list[str], bool]:
