@@ -24,15 +24,7 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (
-    csv_arg,
-    current_rss_mb,
-    format_machine,
-    format_rows,
-    machine_info,
-    peak_rss_mb,
-    reset_peak_rss,
-)
+from bench.common import PeakRss, csv_arg, format_machine, format_rows, machine_info
 from eval.cluster_graph import METHODS, cluster, knn_graph
 from eval.cluster_metrics import cluster_scores
 from utils.atomic import write_json
@@ -71,14 +63,13 @@ def synthetic_graph(n: int, k: int, per_id: int, seed: int = 0) -> tuple[np.ndar
 def time_methods(feats, idx, sim, labels, methods, threshold) -> list[dict]:
     rows = []
     for m in methods:
-        before = current_rss_mb()
-        reset_peak_rss()
-        t0 = time.perf_counter()
-        pred = cluster(m, feats, idx, sim, threshold)
-        seconds = time.perf_counter() - t0
-        s = cluster_scores(labels, pred)
-        rows.append({"stage": m, "seconds": round(seconds, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
-                     "growth_mb": round(peak_rss_mb() - before, 1),
+        with PeakRss() as mem:
+            t0 = time.perf_counter()
+            pred = cluster(m, feats, idx, sim, threshold)
+            seconds = time.perf_counter() - t0
+            s = cluster_scores(labels, pred)  # inside: the peak has always included scoring
+        rows.append({"stage": m, "seconds": round(seconds, 2), "peak_rss_mb": round(mem.peak_mb, 1),
+                     "growth_mb": round(mem.growth_mb, 1),
                      "pairwise_f": round(s["pairwise_f"], 4), "bcubed_f": round(s["bcubed_f"], 4),
                      "nmi": round(s["nmi"], 4), "clusters": s["num_clusters"]})
     return rows
@@ -102,12 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for n in [int(v) for v in csv_arg(args.sizes)]:
         feats, labels = synthetic_faces(n, args.dim, args.per_id, args.noise)
-        before = current_rss_mb()
-        reset_peak_rss()
-        t0 = time.perf_counter()
-        idx, sim = knn_graph(feats, args.k)
-        rows.append({"faces": n, "stage": "k-NN graph", "seconds": round(time.perf_counter() - t0, 2),
-                     "peak_rss_mb": round(peak_rss_mb(), 1), "growth_mb": round(peak_rss_mb() - before, 1)})
+        with PeakRss() as mem:
+            t0 = time.perf_counter()
+            idx, sim = knn_graph(feats, args.k)
+            seconds = time.perf_counter() - t0
+        rows.append({"faces": n, "stage": "k-NN graph", "seconds": round(seconds, 2),
+                     "peak_rss_mb": round(mem.peak_mb, 1), "growth_mb": round(mem.growth_mb, 1)})
         methods = [m for m in csv_arg(args.methods) if m != "agglomerative" or n <= args.agg_max]
         rows += [{"faces": n, **r} for r in time_methods(feats, idx, sim, labels, methods, args.threshold)]
         print(format_rows(rows[-len(methods) - 1:], COLUMNS), flush=True)

@@ -30,15 +30,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
-from bench.common import (  # noqa: E402
-    csv_arg,
-    current_rss_mb,
-    format_machine,
-    format_rows,
-    machine_info,
-    peak_rss_mb,
-    reset_peak_rss,
-)
+from bench.common import PeakRss, csv_arg, format_machine, format_rows, machine_info  # noqa: E402
 from models.sharded import ShardedMagFaceHead  # noqa: E402
 from utils.atomic import write_json  # noqa: E402
 
@@ -71,23 +63,22 @@ def rank_main(rank: int, world: int, port: int, classes: int, dim: int, batch: i
         local = batch // world
         emb = feats[rank * local:(rank + 1) * local].clone().requires_grad_(True)
         y = labels[rank * local:(rank + 1) * local].clone()
-        base = current_rss_mb()
-        reset_peak_rss()
-        head = ShardedMagFaceHead(dim, classes, rank, world, compensate_ddp_average=False)
-        walls, cpus, loss = [], [], float("nan")
-        for i in range(warmup + steps):
-            dist.barrier()
-            t, c = time.perf_counter(), time.process_time()
-            out = head(emb, y)
-            out["loss"].backward()
-            head.weight.grad, emb.grad = None, None
-            dist.barrier()
-            if i >= warmup:
-                walls.append(time.perf_counter() - t)
-                cpus.append(time.process_time() - c)
-            loss = float(out["loss"].detach())
+        with PeakRss() as mem:
+            head = ShardedMagFaceHead(dim, classes, rank, world, compensate_ddp_average=False)
+            walls, cpus, loss = [], [], float("nan")
+            for i in range(warmup + steps):
+                dist.barrier()
+                t, c = time.perf_counter(), time.process_time()
+                out = head(emb, y)
+                out["loss"].backward()
+                head.weight.grad, emb.grad = None, None
+                dist.barrier()
+                if i >= warmup:
+                    walls.append(time.perf_counter() - t)
+                    cpus.append(time.process_time() - c)
+                loss = float(out["loss"].detach())
         results.put({"rank": rank, "shard_bytes": head.weight.numel() * head.weight.element_size(),
-                     "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base, "step_s": min(walls),
+                     "peak_rss_mb": mem.peak_mb, "base_rss_mb": mem.before_mb, "step_s": min(walls),
                      "cpu_s": min(cpus), "loss": loss})
     except Exception as e:  # reported by the parent, which stops the other ranks
         results.put({"rank": rank, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})

@@ -175,6 +175,25 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale / 1024
 
 
+class PeakRss:
+    """This process's peak resident memory while the block ran, and its growth over the memory before it.
+
+        with PeakRss() as mem:
+            work()
+        mem.peak_mb, mem.growth_mb  (mem.before_mb: resident memory when the block began)
+    """
+
+    def __enter__(self) -> PeakRss:
+        self.before_mb = current_rss_mb()
+        reset_peak_rss()
+        self.peak_mb = self.growth_mb = float("nan")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.peak_mb = peak_rss_mb()
+        self.growth_mb = self.peak_mb - self.before_mb
+
+
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

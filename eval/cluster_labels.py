@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.text_lines import field_lines
+
 
 def _same_image(a: str, b: str) -> bool:
     return a == b or a.endswith("/" + b) or b.endswith("/" + a)
@@ -26,20 +28,14 @@ def _same_image(a: str, b: str) -> bool:
 def read_plain_labels(path: Path, n: int, feat_paths: list[str] | None, feat_source: str) -> np.ndarray:
     """``path label`` lines -> labels (str array), checked against the ``n`` feature rows."""
     labels: list[str] = []
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 2:
-                raise ValueError(f"{path}:{number}: expected 'path label', got {len(parts)} fields")
-            row = len(labels)
-            if row >= n:
-                raise ValueError(f"{path}:{number}: line for face {row + 1}, but {feat_source} has only {n} rows")
-            if feat_paths is not None and not _same_image(parts[0], feat_paths[row]):
-                raise ValueError(f"{path}:{number}: path {parts[0]} does not match feature row {row} "
-                                 f"({feat_paths[row]}) of {feat_source}")
-            labels.append(parts[1])
+    for number, (image, label) in field_lines(path, ("path", "label")):
+        row = len(labels)
+        if row >= n:
+            raise ValueError(f"{path}:{number}: line for face {row + 1}, but {feat_source} has only {n} rows")
+        if feat_paths is not None and not _same_image(image, feat_paths[row]):
+            raise ValueError(f"{path}:{number}: path {image} does not match feature row {row} "
+                             f"({feat_paths[row]}) of {feat_source}")
+        labels.append(label)
     if not labels:
         raise ValueError(f"label list {path} is empty")
     return np.asarray(labels)

@@ -31,6 +31,7 @@ from scipy.stats import spearmanr
 from eval.damage_set import DamageTable
 from eval.metrics import angular_distance, far_key
 from eval.quality import REJECT_RATIOS, curve_area, error_versus_reject
+from utils.text_lines import field_lines
 
 BAND_EDGES = (0.0, 0.25, 0.5, 0.75, 1.0)
 BANDS = ("clean",) + tuple(f"({lo:g},{hi:g}]" for lo, hi in zip(BAND_EDGES[:-1], BAND_EDGES[1:], strict=True))
@@ -114,26 +115,20 @@ def read_score_file(path: str | os.PathLike, table_paths: Sequence[str], set_dir
     index = {os.path.normpath(p): r for r, p in enumerate(table_paths)}
     index.update({str(set_dir / p): r for r, p in enumerate(table_paths)})
     out = np.full(len(table_paths), np.nan)
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 2:
-                raise ValueError(f"{path}:{number}: expected 'path score', got {len(parts)} fields")
-            try:
-                value = float(parts[1])
-            except ValueError:
-                raise ValueError(f"{path}:{number}: score {parts[1]!r} is not a number") from None
-            if not math.isfinite(value):
-                raise ValueError(f"{path}:{number}: score {parts[1]!r} is not finite")
-            p = Path(parts[0])
-            row = index.get(str(p.resolve()) if p.is_absolute() else os.path.normpath(parts[0]))
-            if row is None:
-                raise ValueError(f"{path}:{number}: {parts[0]} is not an image of the damaged set")
-            if not np.isnan(out[row]):
-                raise ValueError(f"{path}:{number}: second score for {parts[0]}")
-            out[row] = value
+    for number, (image, text) in field_lines(path, ("path", "score")):
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{path}:{number}: score {text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{path}:{number}: score {text!r} is not finite")
+        p = Path(image)
+        row = index.get(str(p.resolve()) if p.is_absolute() else os.path.normpath(image))
+        if row is None:
+            raise ValueError(f"{path}:{number}: {image} is not an image of the damaged set")
+        if not np.isnan(out[row]):
+            raise ValueError(f"{path}:{number}: second score for {image}")
+        out[row] = value
     missing = np.flatnonzero(np.isnan(out))
     if missing.size:
         raise ValueError(f"{path}: no score for {missing.size} images, e.g. {table_paths[int(missing[0])]}")

@@ -2,10 +2,12 @@
 
 Blank lines are skipped everywhere, as numpy's text readers skip them, so row ``r`` of a parsed table
 is the ``r``-th non-blank line; ``line_of_row`` turns it back into the line number a user can open.
+``field_lines`` reads a list of fixed-width records (``path label``, ``path score``).
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 
 
 def line_of_row(path: str | os.PathLike, row: int) -> int:
@@ -18,3 +20,15 @@ def line_of_row(path: str | os.PathLike, row: int) -> int:
                 if seen == row:
                     return number
     return number
+
+
+def field_lines(path: str | os.PathLike, names: Sequence[str]) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each non-blank line, which must hold one field per entry of ``names``."""
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != len(names):
+                raise ValueError(f"{path}:{number}: expected '{' '.join(names)}', got {len(parts)} fields")
+            yield number, parts
