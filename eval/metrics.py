@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from utils.atomic import write_json
 from utils.text_lines import line_of_row
 
 
@@ -54,14 +53,6 @@ def tar_at_far_nearest(fpr: np.ndarray, tpr: np.ndarray, fars: Iterable[float]) 
     """
     fpr_r, tpr_r = np.flipud(fpr), np.flipud(tpr)
     return {far_key(f): float(tpr_r[int(np.argmin(np.abs(fpr_r - f)))]) for f in fars}
-
-
-def write_json_atomic(path: str | os.PathLike, obj: dict) -> None:
-    """Strict JSON (NaN -> null), atomically: ``utils.atomic.write_json(path, obj, nan_as_null=True)``.
-
-    Kept only for run/validate.py, which calls it by this name; new code calls write_json itself.
-    """
-    write_json(path, obj, nan_as_null=True)
 
 
 def _first_bad_line(path: Path, ncols: int) -> str:

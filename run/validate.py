@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from eval.bin_io import read_bin
-from eval.metrics import write_json_atomic
 from eval.verification import evaluate_pairs
 from inference.extract import embed_array
 from models.collectives import gather_row_shards, shard_range
+from utils.atomic import write_json
 from utils.convention import InputConvention
 from utils.dist import broadcast_object, get_world_size
 from utils.logger import TensorBoard, get_logger
@@ -143,7 +143,7 @@ class Validator:
             improved = self._update_bests(entry)
             self.record["history"].append(entry)
             self.record["last"] = entry
-            write_json_atomic(self.path, self.record)
+            write_json(self.path, self.record, nan_as_null=True)
             self._report(entry, global_step)
         if distributed:
             improved = broadcast_object(improved)
