@@ -55,6 +55,9 @@ def identity_photos(root: Path) -> dict[str, list[Path]]:
     return out
 
 
+DEFAULT_FACES = FaceOptions()
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Aligned training set from photographs, one folder per identity",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -69,21 +72,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def prepare(args: argparse.Namespace) -> int:
-    root, out = Path(args.photos), Path(args.out)
-    if args.policy not in POLICIES[:2]:
-        raise ValueError(f"--policy must be largest or center, got {args.policy}")
+def prepare(photos: str | Path, out: str | Path, faces: FaceOptions = DEFAULT_FACES, workers: int | None = None,
+            rec: bool = False, progress: bool = True) -> int:
+    """Align one face per photograph of ``photos``/<identity>/ into ``out`` (train.list, images/, reports; with
+    ``rec`` also a RecordIO set); returns the exit status (0, or 1 when no face was kept)."""
+    root, out = Path(photos), Path(out)
+    if faces.policy not in POLICIES[:2]:
+        raise ValueError(f"--policy must be largest or center, got {faces.policy}")
     photos = identity_photos(root)
     order = [(name, p) for name, ps in photos.items() for p in ps]
     if not order:
         raise ValueError(f"{root}: the identity folders hold no photographs ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    options = FaceOptions(args.policy, args.det_score, args.min_size, args.det_size,
-                          args.ambiguity if args.policy == "largest" else 0.0)
-    workers = default_workers() if args.workers is None else args.workers
+    workers = default_workers() if workers is None else workers
     kept: dict[str, list[str]] = {name: [] for name in photos}
     dropped, counts = [], {}
-    bar = tqdm(total=len(order), unit="photo", disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
-    for (name, photo), records in zip(order, iter_photo_faces([str(p) for _, p in order], options, workers),
+    bar = tqdm(total=len(order), unit="photo", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    for (name, photo), records in zip(order, iter_photo_faces([str(p) for _, p in order], faces, workers),
                                       strict=True):
         rec = records[0]
         counts[rec.status] = counts.get(rec.status, 0) + 1
@@ -96,7 +100,7 @@ def prepare(args: argparse.Namespace) -> int:
             kept[name].append(target.as_posix())
         bar.update(1)
     bar.close()
-    return write_set(out, kept, dropped, counts, args.rec, len(order))
+    return write_set(out, kept, dropped, counts, rec, len(order))
 
 
 def write_set(out: Path, kept: dict[str, list[str]], dropped: list[str], counts: dict[str, int], rec: bool,
@@ -124,7 +128,10 @@ def write_set(out: Path, kept: dict[str, list[str]], dropped: list[str], counts:
 
 
 def _main(argv: list[str]) -> int:
-    return prepare(get_args_parser().parse_args(argv))
+    args = get_args_parser().parse_args(argv)
+    faces = FaceOptions(args.policy, args.det_score, args.min_size, args.det_size,
+                        args.ambiguity if args.policy == "largest" else 0.0)
+    return prepare(args.photos, args.out, faces, args.workers, args.rec, progress=not args.no_progress)
 
 
 

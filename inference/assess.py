@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -35,7 +37,7 @@ from inference.photo_faces import (  # noqa: E402
 )
 from inference.quality_report import contact_sheet, record_row, save_crops, write_csv, write_quality_json  # noqa: E402
 from models.checkpoint import load_backbone  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from utils.cli import keyword_defaults, run_cli  # noqa: E402
 from utils.convention import parse_convention  # noqa: E402
 from utils.detect import POLICIES  # noqa: E402
 from utils.dist import resolve_device  # noqa: E402
@@ -52,13 +54,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", required=True, help="checkpoint (released MagFace, insightface or ours)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--arch", default=None, help="backbone; read from the checkpoint when absent")
-    p.add_argument("--quality-scale", choices=SCALES, default="auto",
+    d = keyword_defaults(assess)
+    p.add_argument("--quality-scale", choices=SCALES, default=d["quality_scale"],
                    help="0-100 mapping: calibrated (CKPT.quality.json), ofiq (OFIQ's constants), raw "
                    "(the magnitude itself); auto = calibrated when the side file exists, else ofiq")
     add_face_args(p, POLICIES)
-    p.add_argument("-b", "--batch-size", type=int, default=32, help="faces per forward pass")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("-b", "--batch-size", type=int, default=d["batch_size"], help="faces per forward pass")
+    p.add_argument("--device", default=d["device"], help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=d["dtype"])
     p.add_argument("--input-convention", default=None, help="override the checkpoint's input convention")
     p.add_argument("--save-crops", action="store_true", help="write the aligned faces to OUT/crops/")
     p.add_argument("--save-features", action="store_true", help="write OUT/features.npz")
@@ -90,26 +93,42 @@ class Embedder:
         self.pending = []
 
 
-def assess(args: argparse.Namespace) -> int:
+DEFAULT_FACES = FaceOptions()
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What ``assess`` writes beside quality.csv / quality.json / contact_sheet.png, and its exit rule."""
+
+    save_crops: bool = False
+    save_features: bool = False
+    strict: bool = False  # exit 1 when any input gave no face
+
+
+def assess(inputs: Sequence[str], resume: str, out: str | Path, *, arch: str | None = None,
+           quality_scale: str = "auto", faces: FaceOptions = DEFAULT_FACES, workers: int | None = None,
+           batch_size: int = 32, device: str = "auto", dtype: str = "fp32", input_convention: str | None = None,
+           outputs: Outputs = Outputs(), progress: bool = True) -> int:
+    """Detect, align and embed the faces of ``inputs`` (files, folders, list files) with the checkpoint ``resume``
+    and write the quality report to ``out``; returns the exit status (module docstring)."""
     t0 = time.perf_counter()
-    device = resolve_device(args.device)
-    if device.type == "cpu":
+    torch_device = resolve_device(device)
+    if torch_device.type == "cpu":
         torch.set_num_threads(usable_cores())
-    conv = parse_convention(args.input_convention) if args.input_convention else None
-    model, conv, info = load_backbone(args.resume, args.arch, "cpu", conv)
-    calibration, scale, warning = resolve_scale(args.quality_scale, args.resume, info)
+    conv = parse_convention(input_convention) if input_convention else None
+    model, conv, info = load_backbone(resume, arch, "cpu", conv)
+    calibration, scale, warning = resolve_scale(quality_scale, resume, info)
     if warning:
         print(warning, file=sys.stderr)
-    model = prepare_model(model, device, dtype=DTYPES[args.dtype])
-    paths = collect_inputs(args.inputs)
+    model = prepare_model(model, torch_device, dtype=DTYPES[dtype])
+    paths = collect_inputs(inputs)
     if not paths:
-        raise ValueError(f"no images found in {' '.join(args.inputs)}")
-    workers = default_workers() if args.workers is None else args.workers
-    options = FaceOptions(args.policy, args.det_score, args.min_size, args.det_size)
-    embedder = Embedder(model, conv, device, DTYPES[args.dtype], args.batch_size)
+        raise ValueError(f"no images found in {' '.join(inputs)}")
+    workers = default_workers() if workers is None else workers
+    embedder = Embedder(model, conv, torch_device, DTYPES[dtype], batch_size)
     order: list[FaceRecord] = []
-    bar = tqdm(total=len(paths), unit="photo", disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
-    for records in iter_photo_faces(paths, options, workers):
+    bar = tqdm(total=len(paths), unit="photo", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    for records in iter_photo_faces(paths, faces, workers):
         for rec in records:
             order.append(rec)
             if rec.status == "ok":
@@ -118,12 +137,16 @@ def assess(args: argparse.Namespace) -> int:
     embedder.flush()
     bar.close()
     feats = {id(rec): f for rec, f in embedder.done}
-    return write_outputs(args, order, feats, calibration, scale, info, time.perf_counter() - t0, len(paths))
+    run = {"checkpoint": str(resume), "arch": info["arch"], "quality_scale": scale, "policy": faces.policy,
+           "dtype": dtype}
+    return write_outputs(Path(out), outputs, order, feats, calibration, run, time.perf_counter() - t0, len(paths))
 
 
-def write_outputs(args: argparse.Namespace, order: list[FaceRecord], feats: dict, calibration, scale: str,
-                  info: dict, wall: float, num_photos: int) -> int:
-    out = Path(args.out)
+def write_outputs(out: Path, outputs: Outputs, order: list[FaceRecord], feats: dict, calibration, run: dict,
+                  wall: float, num_photos: int) -> int:
+    """The report files and the summary lines; ``run`` holds the summary's checkpoint, arch, quality_scale,
+    policy and dtype."""
+    scale = run["quality_scale"]
     faces = [r for r in order if r.status == "ok"]
     mags = np.array([np.linalg.norm(feats[id(r)]) for r in faces], dtype=np.float64)
     quality = logistic_quality(mags, calibration) if calibration is not None else mags
@@ -133,15 +156,14 @@ def write_outputs(args: argparse.Namespace, order: list[FaceRecord], feats: dict
     for r in order:
         counts[r.status] = counts.get(r.status, 0) + 1
     failed = num_photos - len({r.path for r in faces})
-    summary = {"photos": num_photos, "faces": len(faces), "statuses": counts, "checkpoint": str(args.resume),
-               "arch": info["arch"], "quality_scale": scale, "policy": args.policy, "dtype": args.dtype,
+    summary = {"photos": num_photos, "faces": len(faces), "statuses": counts, **run,
                "seconds": round(wall, 2), "photos_per_s": round(num_photos / wall, 3) if wall > 0 else None}
     if calibration is not None:
         summary["calibration"] = {"centre": calibration.centre, "width": calibration.width,
                                   "source": calibration.source}
-    if args.save_crops and faces:
+    if outputs.save_crops and faces:
         save_crops(out / "crops", faces)
-    if args.save_features and faces:
+    if outputs.save_features and faces:
         write_features(out / "features.npz", [f"{r.path}#{r.face}" for r in faces],
                        np.stack([feats[id(r)] for r in faces]), mags)
     if faces:
@@ -161,14 +183,19 @@ def write_outputs(args: argparse.Namespace, order: list[FaceRecord], feats: dict
     if not faces:
         print("error: no face could be assessed", file=sys.stderr)
         return 1
-    if args.strict and failed:
+    if outputs.strict and failed:
         print(f"error: {failed} of {num_photos} inputs gave no face (--strict)", file=sys.stderr)
         return 1
     return 0
 
 
 def _main(argv: list[str]) -> int:
-    return assess(get_args_parser().parse_args(argv))
+    args = get_args_parser().parse_args(argv)
+    faces = FaceOptions(args.policy, args.det_score, args.min_size, args.det_size)
+    return assess(args.inputs, args.resume, args.out, arch=args.arch, quality_scale=args.quality_scale, faces=faces,
+                  workers=args.workers, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+                  input_convention=args.input_convention, progress=not args.no_progress,
+                  outputs=Outputs(args.save_crops, args.save_features, args.strict))
 
 
 

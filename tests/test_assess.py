@@ -100,9 +100,9 @@ def test_assess_real_photos(ckpt, shared_data, tmp_path, capsys):
     assert sheet is not None and sheet.shape[1] == 3 * 96
     summary = json.loads((out / "quality.json").read_text())["summary"]
     assert summary["faces"] == 3 and summary["quality_scale"] == "ofiq-uncalibrated"
-    # detection in 2 worker processes gives the same rows, in input order
-    assert assess.main([str(root / LFW_PHOTOS[0]), str(listed), "--resume", str(ckpt), "--out", str(tmp_path / "w2"),
-                        "--no-progress", "--workers", "2"]) == 0
+    # detection in 2 worker processes gives the same rows, in input order (the library call the CLI makes)
+    assert assess.assess([str(root / LFW_PHOTOS[0]), str(listed)], str(ckpt), tmp_path / "w2", workers=2,
+                         progress=False) == 0
     assert read_csv(tmp_path / "w2" / "quality.csv") == rows
 
 
