@@ -12,22 +12,18 @@ CSV/JSON/contact sheet), once per --dtypes. ``foreign_cores``: cores other proce
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from bench.bench_gen_feat import random_model  # noqa: E402
-from bench.common import ForeignLoad, csv_arg, format_machine, format_rows, load_average, machine_info  # noqa: E402
-from inference import assess  # noqa: E402
-from inference.photo_faces import FaceOptions, collect_inputs, iter_photo_faces  # noqa: E402
-from models.checkpoint import save_released  # noqa: E402
-from utils.atomic import write_json  # noqa: E402
+from bench.bench_gen_feat import random_model
+from bench.common import ForeignLoad, csv_arg, format_machine, format_rows, load_average, machine_info
+from inference import assess
+from inference.photo_faces import FaceOptions, collect_inputs, iter_photo_faces
+from models.checkpoint import save_released
+from utils.atomic import write_json
 
 _ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PHOTOS = _ROOT.parent / "shared" / "data" / "photos"

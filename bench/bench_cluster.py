@@ -15,14 +15,9 @@ measures the memory and time of what follows the graph, not the graph itself.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import PeakRss, csv_arg, format_machine, format_rows, machine_info
 from eval.cluster_graph import METHODS, cluster, knn_graph

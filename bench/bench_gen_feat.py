@@ -18,20 +18,16 @@ other processes kept busy meanwhile (a shared machine: rows above ~0.2 were dist
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cv2
+import numpy as np
+import torch
+from torch import nn
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from bench.common import (  # noqa: E402
+from bench.common import (
     ForeignLoad,
     csv_arg,
     format_machine,
@@ -40,12 +36,12 @@ from bench.common import (  # noqa: E402
     load_average,
     machine_info,
 )
-from bench.seed_gen_feat import seed_procedure_features  # noqa: E402
-from inference import gen_feat  # noqa: E402
-from models.checkpoint import load_backbone, save_released  # noqa: E402
-from models.iresnet import build_backbone  # noqa: E402
-from utils.atomic import write_json  # noqa: E402
-from utils.dist import resolve_device  # noqa: E402
+from bench.seed_gen_feat import seed_procedure_features
+from inference import gen_feat
+from models.checkpoint import load_backbone, save_released
+from models.iresnet import build_backbone
+from utils.atomic import write_json
+from utils.dist import resolve_device
 
 _ROOT = Path(__file__).resolve().parents[1]
 # LFW from ../shared/data (13,233 faces) where it exists, else the 4,800 LFW faces shipped in raw/.

@@ -14,15 +14,11 @@ import argparse
 import importlib.metadata
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.ijb import evaluate_ijb, load_protocol
 from utils.atomic import write_json

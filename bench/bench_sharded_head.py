@@ -18,21 +18,16 @@ import itertools
 import os
 import queue
 import socket
-import sys
 import time
 import traceback
-from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
-
-from bench.common import PeakRss, csv_arg, format_machine, format_rows, machine_info  # noqa: E402
-from models.sharded import ShardedMagFaceHead  # noqa: E402
-from utils.atomic import write_json  # noqa: E402
+from bench.common import PeakRss, csv_arg, format_machine, format_rows, machine_info
+from models.sharded import ShardedMagFaceHead
+from utils.atomic import write_json
 
 COLUMNS = ("classes", "world", "dim", "global_batch", "shard_mb", "peak_rss_mb", "rss_growth_mb", "step_ms",
            "cpu_ms_per_rank", "loss", "status")

@@ -18,20 +18,16 @@ from __future__ import annotations
 import argparse
 import gc
 import itertools
-import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
+from torch.utils.data import RandomSampler
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.data import RandomSampler  # noqa: E402
-
-from bench.common import (  # noqa: E402
+from bench.common import (
     csv_arg,
     format_machine,
     format_rows,
@@ -40,14 +36,14 @@ from bench.common import (  # noqa: E402
     peak_memory_mb,
     reset_peak_memory,
 )
-from dataloader import RecordIODataset, TensorImageDataset, build_train_loader  # noqa: E402
-from dataloader.pack_rec import write_rec_set  # noqa: E402
-from run.config import TrainConfig  # noqa: E402
-from run.engine import BatchPrep, LoopState, train_one_epoch  # noqa: E402
-from run.trainer import build_run, uses_cudagraphs  # noqa: E402
-from utils.atomic import write_json  # noqa: E402
-from utils.dist import DistInfo  # noqa: E402
-from utils.precision import amp_dtype  # noqa: E402
+from dataloader import RecordIODataset, TensorImageDataset, build_train_loader
+from dataloader.pack_rec import write_rec_set
+from run.config import TrainConfig
+from run.engine import BatchPrep, LoopState, train_one_epoch
+from run.trainer import build_run, uses_cudagraphs
+from utils.atomic import write_json
+from utils.dist import DistInfo
+from utils.precision import amp_dtype
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 RAW = Path(__file__).resolve().parents[1] / "raw" / "demo_data"

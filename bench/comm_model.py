@@ -29,18 +29,13 @@ C/n classes but n b rows) plus the communication the step waits for:
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from bench.common import format_rows  # noqa: E402
-from utils.atomic import write_json  # noqa: E402
-from utils.table import format_markdown  # noqa: E402
+from bench.common import format_rows
+from utils.atomic import write_json
+from utils.table import format_markdown
 
 GB = 1e9
 DDP_BUCKET_BYTES = 25 * 2**20  # DistributedDataParallel's default bucket_cap_mb=25

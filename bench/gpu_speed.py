@@ -19,23 +19,19 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
-import sys
 import tempfile
 import traceback
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from bench.bench_train import bench_config, bench_one, build_bench_run, cleanup, datasets, ensure_rec  # noqa: E402
-from bench.class_fit import HEAD_KINDS, largest_fitting, step_fits  # noqa: E402
-from bench.common import csv_arg, format_machine, format_rows, machine_info  # noqa: E402
-from models import build_backbone  # noqa: E402
-from run.engine import train_one_epoch  # noqa: E402
-from utils.atomic import write_json  # noqa: E402
-from utils.precision import amp_dtype  # noqa: E402
+from bench.bench_train import bench_config, bench_one, build_bench_run, cleanup, datasets, ensure_rec
+from bench.class_fit import HEAD_KINDS, largest_fitting, step_fits
+from bench.common import csv_arg, format_machine, format_rows, machine_info
+from models import build_backbone
+from run.engine import train_one_epoch
+from utils.atomic import write_json
+from utils.precision import amp_dtype
 
 LEVERS: dict[str, dict] = {
     "baseline": {},

@@ -19,14 +19,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench.common import format_machine, machine_info
+from utils.atomic import atomic_write
+from utils.table import format_markdown
+
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from bench.common import format_machine, machine_info  # noqa: E402
-from utils.atomic import atomic_write  # noqa: E402
-from utils.table import format_markdown  # noqa: E402
-
 DATA = REPO / "raw" / "demo_data"
 OUT = REPO / "bench" / "results" / "quality_study_2026-12-03"
 DEMO = ["--arch", "iresnet18_w32", "--input-size", "56", "--embedding-size", "128", "--batch-size", "64",
