@@ -101,7 +101,7 @@ class Stop:
 @dataclass
 class EpochResult:
     metrics: dict[str, float]  # the epoch's mean step metrics (METRICS)
-    stop: Stop | None = None  # what ended the epoch before its last step; None when it ran to its end
+    stop: Stop = field(default_factory=Stop)  # the last on_step_end verdict; false when nothing asked to stop
 
 
 def flip_mask(seed: int, step: int, n: int) -> torch.Tensor:
@@ -200,7 +200,7 @@ def train_one_epoch(
     first_step: int,
     state: LoopState,
     tb: TensorBoard | None = None,
-    on_step_end: Callable[[int], Stop | None] | None = None,
+    on_step_end: Callable[[int], Stop] | None = None,
     bad_counter=None,
 ) -> EpochResult:
     """Run the steps of one epoch from ``first_step``; returns the epoch's mean metrics and why it stopped.
@@ -215,7 +215,7 @@ def train_one_epoch(
     params = [p for opt in optimizers for g in opt.param_groups for p in g["params"]]
     buffers = list(backbone.buffers())
     saved_buffers = [b.detach().clone() for b in buffers]
-    prep, stop = state.prep, None
+    prep, stop = state.prep, Stop()
     meters, speed, step = _Meters(prep.device), Throughput(), first_step
     for images, labels, n_bad in batches:
         if bad_counter is not None:
@@ -247,10 +247,11 @@ def train_one_epoch(
             began = time.perf_counter()
             state.hooks.after_step(epoch, step, state.global_step)
             speed.skip(time.perf_counter() - began)
-        stop = on_step_end(step) if on_step_end is not None else None
+        if on_step_end is not None:
+            stop = on_step_end(step)
         if stop or step >= state.steps_per_epoch:
             break
-    return EpochResult(meters.epoch_means(), stop if stop else None)
+    return EpochResult(meters.epoch_means(), stop)
 
 
 def _log_window(log, tb: TensorBoard | None, epoch: int, step: int, state: LoopState, lr: float,

@@ -250,7 +250,7 @@ def _epochs(run: Run, loader, sampler, state: LoopState, pos: Position, tb: Tens
             if fault is None:
                 raise
             raise fault from error
-        stop = result.stop or Stop()
+        stop = result.stop
         step_reached = state.global_step - epoch * spe
         done = step_reached >= spe
         log.info(f"epoch {epoch} {'done' if done else f'stopped at step {step_reached}'}: "
