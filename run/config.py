@@ -134,8 +134,9 @@ class TrainConfig:
 
     def head_config(self) -> MagFaceConfig:
         """The loss hyper-parameters as the heads take them."""
-        return MagFaceConfig(self.l_a, self.u_a, self.l_margin, self.u_margin, self.lambda_g, self.arc_scale,
-                             self.margin, self.easy_margin)
+        return MagFaceConfig(l_a=self.l_a, u_a=self.u_a, l_margin=self.l_margin, u_margin=self.u_margin,
+                             lambda_g=self.lambda_g, scale=self.arc_scale, variant=self.margin,
+                             easy_margin=self.easy_margin)
 
     def to_dict(self) -> dict:
         return asdict(self)

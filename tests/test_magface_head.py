@@ -230,3 +230,13 @@ def test_invalid_hyper_parameters() -> None:
         MagFaceConfig(l_a=20.0, u_a=10.0)
     with pytest.raises(ValueError, match="embeddings"):
         MagFaceHead(8, 4)(torch.randn(2, 7), torch.tensor([0, 1]))
+
+
+def test_training_config_maps_onto_the_head_config() -> None:
+    """TrainConfig takes its loss defaults from MagFaceConfig and hands every flag to the field it names."""
+    from run.config import TrainConfig
+
+    assert TrainConfig().head_config() == MagFaceConfig()
+    flags = TrainConfig(l_a=1.0, u_a=51.0, l_margin=0.4, u_margin=1.0, lambda_g=5.0, arc_scale=32.0, margin="cos",
+                        easy_margin=False)
+    assert flags.head_config() == MagFaceConfig(1.0, 51.0, 0.4, 1.0, 5.0, 32.0, "cos", False)
