@@ -38,8 +38,8 @@ from bench.common import (
 )
 from bench.seed_gen_feat import seed_procedure_features
 from inference import gen_feat
+from models.backbones import build_backbone
 from models.checkpoint import load_backbone, save_released
-from models.iresnet import build_backbone
 from utils.atomic import write_json
 from utils.dist import resolve_device
 

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.iresnet import ARCHS, build_backbone, canonical_arch
+from models.backbones import build_backbone, canonical_arch
+from models.iresnet import ARCHS
 from utils.atomic import atomic_write
 from utils.convention import MAGFACE, InputConvention
 
@@ -28,6 +29,8 @@ FORMAT_VERSION = 1
 BACKBONE_PREFIXES = ("module.features.", "features.module.", "module.backbone.", "backbone.",
                      "features.", "module.")
 HEAD_KEYS = ("module.fc.weight", "parallel_fc.weight")
+# The first key of each backbone family: finds the wrapper prefix of a state dict.
+ANCHOR_KEYS = ("conv1.weight", "stem.conv.weight")
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -109,11 +112,11 @@ def backbone_state(obj: Mapping, path: str | os.PathLike = "<memory>") -> dict[s
     """The backbone's parameters and buffers, with the wrapper prefix (found via ``conv1.weight``) removed."""
     path = Path(path)
     state = _state_dict_of(obj, path)
-    prefix = next((p for p in BACKBONE_PREFIXES + ("",) if f"{p}conv1.weight" in state), None)
+    prefix = next((p for p in BACKBONE_PREFIXES + ("",) for a in ANCHOR_KEYS if f"{p}{a}" in state), None)
     if prefix is None:
         raise ValueError(
-            f"checkpoint {path} contains no iResNet backbone (no '<prefix>conv1.weight' key among "
-            f"{len(state)} keys, e.g. {sorted(state)[:5]})"
+            f"checkpoint {path} contains no iResNet or MobileFaceNet backbone (no '<prefix>conv1.weight' or "
+            f"'<prefix>stem.conv.weight' key among {len(state)} keys, e.g. {sorted(state)[:5]})"
         )
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and k not in HEAD_KEYS}
 
@@ -130,6 +133,8 @@ def head_weight(obj: Mapping) -> torch.Tensor | None:
 
 def guess_arch(state: Mapping[str, torch.Tensor]) -> str | None:
     """The registered architecture whose blocks and widths match these keys, if any."""
+    if "gdc.conv.weight" in state and "stem.conv.weight" in state:
+        return "mobilefacenet"
     blocks = []
     for stage in range(1, 5):
         idx = {int(k.split(".")[1]) for k in state if k.startswith(f"layer{stage}.")}

@@ -61,6 +61,21 @@ class IBasicBlock(nn.Module):
         return out + shortcut
 
 
+def init_weights(model: nn.Module) -> None:
+    """The initialisation of every backbone here: He-normal convs (fan out), unit BatchNorms, N(0, 0.01) linear."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.01)
+            nn.init.zeros_(m.bias)
+
+
 def _stage_side(side: int) -> int:
     """Spatial side after the four stride-2 stages (112 -> 7, 56 -> 4)."""
     for _ in range(4):
@@ -110,15 +125,7 @@ class IResNet(nn.Module):
         self._init_weights(zero_init_residual)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, IBasicBlock):
@@ -160,25 +167,13 @@ ALIASES = {"r18": "iresnet18", "r34": "iresnet34", "r50": "iresnet50", "r100": "
            "r200": "iresnet200"}
 
 
-def build_backbone(
+def build_iresnet(
     name: str,
     embedding_size: int = 512,
     dropout: float = 0.0,
     input_size: int = 112,
     zero_init_residual: bool = False,
 ) -> IResNet:
-    """Build a backbone by name (``iresnet50``, ``r50``, ...); unknown names list the valid ones."""
-    key = ALIASES.get(name, name)
-    if key not in ARCHS:
-        valid = ", ".join(sorted(ARCHS) + sorted(ALIASES))
-        raise ValueError(f"unknown backbone {name!r}; valid names: {valid}")
-    layers, widths = ARCHS[key]
+    """An iResNet by its canonical name (``models.backbones.build_backbone`` resolves aliases)."""
+    layers, widths = ARCHS[name]
     return IResNet(layers, embedding_size, dropout, widths, input_size, zero_init_residual)
-
-
-def canonical_arch(name: str) -> str:
-    """``r50`` -> ``iresnet50``; raises like build_backbone for unknown names."""
-    key = ALIASES.get(name, name)
-    if key not in ARCHS:
-        build_backbone(name)
-    return key

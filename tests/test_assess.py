@@ -14,8 +14,8 @@ from PIL import Image
 
 from inference import assess
 from inference.quality_report import COLUMNS
+from models.backbones import build_backbone
 from models.checkpoint import save_released
-from models.iresnet import build_backbone
 from utils.quality_scale import OFIQ, Calibration, logistic_quality, save_calibration, side_file
 
 LFW_PHOTOS = ["AJ_Cook/AJ_Cook_0001.jpg", "Alejandro_Toledo/Alejandro_Toledo_0021.jpg",

@@ -15,8 +15,8 @@ from torch import nn
 
 from inference import feat_torch, gen_feat
 from inference.fuse import ShiftedInputConv, fuse_iresnet
+from models.backbones import build_backbone
 from models.checkpoint import save_released
-from models.iresnet import build_backbone
 from utils.atomic import FAULT_ENV
 from utils.convention import MAGFACE
 

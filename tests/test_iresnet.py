@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.iresnet import ARCHS, build_backbone, canonical_arch
+from models.backbones import build_backbone, canonical_arch
+from models.iresnet import ARCHS
 
 BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 

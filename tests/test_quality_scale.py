@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from inference import calibrate
+from models.backbones import build_backbone
 from models.checkpoint import save_released
-from models.iresnet import build_backbone
 from utils.quality_scale import (
     OFIQ,
     Calibration,

@@ -61,7 +61,9 @@ class InputConvention:
 
 MAGFACE = InputConvention("BGR", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 INSIGHTFACE = InputConvention("RGB", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-PRESETS = {"magface": MAGFACE, "insightface": INSIGHTFACE, "arcface": INSIGHTFACE}
+# The public MobileFaceNet (raw/pretrained/): torchvision's ImageNet normalisation on RGB.
+IMAGENET = InputConvention("RGB", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+PRESETS = {"magface": MAGFACE, "insightface": INSIGHTFACE, "arcface": INSIGHTFACE, "imagenet": IMAGENET}
 
 
 def parse_convention(text: str) -> InputConvention:
@@ -80,6 +82,14 @@ def parse_convention(text: str) -> InputConvention:
     except ValueError as e:
         raise ValueError(f"input convention {text!r}: mean/std must be numbers ({e})") from None
     return InputConvention(parts[0].upper(), mean, std)
+
+
+def convention_name(conv: InputConvention) -> str:
+    """The text ``parse_convention`` reads back as ``conv``: a preset's name where one matches."""
+    for name, preset in PRESETS.items():
+        if preset == conv:
+            return name
+    return f"{conv.order}:{','.join(f'{m:g}' for m in conv.mean)}:{','.join(f'{s:g}' for s in conv.std)}"
 
 
 def to_model_input(
