@@ -13,7 +13,7 @@ from dataloader.augment import DegradeAugment, parse_kinds
 from models.magface import VARIANTS, MagFaceConfig
 from run.preempt import parse_signals
 from utils.atomic import write_json
-from utils.convention import parse_convention
+from utils.convention import convention_name, parse_convention
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _HEAD = MagFaceConfig()  # the published loss defaults live there; the flags below take them from it
@@ -51,7 +51,7 @@ class TrainConfig:
     last_fc_size: int = 85742
     dropout: float = 0.0
     input_size: int = 112
-    input_convention: str = "magface"
+    input_convention: str = "auto"
     # the MagFace loss (models.magface.MagFaceConfig; --margin is its variant, --arc-scale its scale)
     l_a: float = _HEAD.l_a
     u_a: float = _HEAD.u_a
@@ -84,6 +84,10 @@ class TrainConfig:
     tensorboard: bool = True
     resume: str = ""
     pretrained: str = ""
+    # fine-tuning a pretrained backbone (run/head_init.py)
+    head_init: str = "random"
+    freeze_depth: int = 0
+    backbone_lr_mult: float = 1.0
     # monitoring (run/vis_mag.py, run/validate.py): never changes the optimisation
     vis_mag: int = 0
     vis_mag_start: int = 10000
@@ -94,7 +98,8 @@ class TrainConfig:
     save_best: bool = False
 
     def validate(self) -> None:
-        parse_convention(self.input_convention)
+        if self.input_convention != "auto":
+            parse_convention(self.input_convention)
         parse_signals(self.preempt_signals)
         sources = sum(bool(x) for x in (self.train_list, self.rec, self.synthetic))
         if sources != 1:
@@ -102,7 +107,8 @@ class TrainConfig:
         choices = {"schedule": ("step", "cosine"), "amp": ("none", "bf16", "fp16"),
                    "margin": VARIANTS, "channels_last": ("auto", "on", "off"),
                    "compile": ("auto", "on", "off"), "on_save_error": ("stop", "continue"),
-                   "compile_mode": COMPILE_MODES, "head_impl": ("dense", "fused")}
+                   "compile_mode": COMPILE_MODES, "head_impl": ("dense", "fused"),
+                   "head_init": ("random", "class-means")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"--{key.replace('_', '-')} must be one of {allowed}, got {getattr(self, key)!r}")
@@ -111,7 +117,8 @@ class TrainConfig:
             if getattr(self, key) <= 0:
                 raise ValueError(f"--{key.replace('_', '-')} must be positive, got {getattr(self, key)}")
         at_least = {"workers": 0, "max_steps": 0, "save_every_steps": 0, "grad_clip": 0.0, "warmup_epochs": 0.0,
-                    "dropout": 0.0, "max_nonfinite": 1, "pth_save_epoch": 1}
+                    "dropout": 0.0, "max_nonfinite": 1, "pth_save_epoch": 1, "freeze_depth": 0,
+                    "backbone_lr_mult": 0.0}
         for key, low in at_least.items():
             if getattr(self, key) < low:
                 raise ValueError(f"--{key.replace('_', '-')} must be >= {low}, got {getattr(self, key)}")
@@ -131,6 +138,18 @@ class TrainConfig:
         for path in self.val_bin:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"--val-bin: verification set not found: {path}")
+
+    def resolve_input_convention(self, resume_file: str | Path | None) -> str:
+        """Replace ``auto`` by the convention of the resumed file, else of the --pretrained one, else magface."""
+        if self.input_convention == "auto":
+            from models.checkpoint import file_convention, read_checkpoint
+
+            stored = None
+            for path in (resume_file, self.pretrained):
+                if path and stored is None:
+                    stored = file_convention(read_checkpoint(path))
+            self.input_convention = convention_name(stored) if stored is not None else "magface"
+        return self.input_convention
 
     def head_config(self) -> MagFaceConfig:
         """The loss hyper-parameters as the heads take them."""
@@ -174,8 +193,10 @@ FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "embedding_size": (("--embedding-size",), "embedding dimension"),
     "last_fc_size": (("--last-fc-size",), "number of identities (classifier rows)"),
     "dropout": (("--dropout",), "dropout before the embedding layer"),
-    "input_convention": (("--input-convention",), "pixel convention the backbone expects: magface (BGR, /255), "
-                         "insightface (RGB, (x-127.5)/127.5, to fine-tune their models) or ORDER:m,m,m:s,s,s"),
+    "input_convention": (("--input-convention",), "pixel convention the backbone expects: auto (the one stored "
+                         "in the --resume or --pretrained file, else magface), magface (BGR, /255), insightface "
+                         "(RGB, (x-127.5)/127.5), imagenet (RGB, ImageNet mean/std: the shipped MobileFaceNet) or "
+                         "ORDER:m,m,m:s,s,s"),
     "input_size": (("--input-size",), "input side in pixels (112 for the released models)"),
     "l_a": (("--l_a",), "lower magnitude bound l_a"),
     "u_a": (("--u_a",), "upper magnitude bound u_a"),
@@ -209,7 +230,15 @@ FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "print_freq": (("--print-freq", "-p"), "log every N steps"),
     "tensorboard": (("--tensorboard",), "write TensorBoard scalars and histograms"),
     "resume": (("--resume",), "resume from a last.pth, or 'auto' for PTH_SAVE_FOLD/last.pth if present"),
-    "pretrained": (("--pretrained",), "initialise the backbone from any supported checkpoint"),
+    "pretrained": (("--pretrained",), "initialise the backbone from any supported checkpoint (a released MagFace "
+                   "or insightface model, one of ours, raw/pretrained/mobilefacenet.pth)"),
+    "head_init": (("--head-init",), "classifier rows at the start: random, or class-means (each row the mean "
+                  "direction of its class's faces embedded by the starting backbone: the fine-tune's first steps "
+                  "then do not wreck a pretrained backbone)"),
+    "freeze_depth": (("--freeze-depth",), "keep the first N backbone units fixed (weights and BatchNorm "
+                     "statistics): iresnet stem, layer1..4; mobilefacenet stem, 15 bottlenecks, widen, GDC"),
+    "backbone_lr_mult": (("--backbone-lr-mult",), "backbone learning rate = this x --lr (the head keeps --lr); "
+                         "below 1 for fine-tuning, 0 trains the head alone"),
     "vis_mag": (("--vis_mag", "--vis-mag"), "1 = the seed's magnitude dump: OUT/vis/epoch_E_iterI.npz (magnitude, "
                 "target probability, s*cos of the target) plus a magnitude-vs-cosine PNG and TensorBoard figure"),
     "vis_mag_start": (("--vis-mag-start",), "--vis_mag: only at steps-in-epoch above this (the seed's 10000)"),
@@ -274,7 +303,9 @@ BENIGN_KEYS = {"world_size", "resume", "workers", "print_freq", "tensorboard", "
 
 
 # Options added after checkpoints were first written; a checkpoint without them ran with these defaults.
-DEFAULT_FOR_OLD_CHECKPOINTS = {"degrade_prob": 0.0, "degrade_kinds": "all", "degrade_max_severity": 1.0}
+DEFAULT_FOR_OLD_CHECKPOINTS = {"input_convention": "magface", "degrade_prob": 0.0, "degrade_kinds": "all",
+                               "degrade_max_severity": 1.0, "head_init": "random", "freeze_depth": 0,
+                               "backbone_lr_mult": 1.0}
 
 
 def config_differences(saved: dict, current: TrainConfig) -> list[str]:

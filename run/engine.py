@@ -85,6 +85,8 @@ class LoopState:
     global_step: int = 0
     guard: NonFiniteGuard = field(default_factory=NonFiniteGuard)
     hooks: StepHooks | None = None
+    # --freeze-depth: backbone modules kept in eval mode (their BatchNorm statistics fixed) while the rest trains
+    frozen: tuple[nn.Module, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,8 @@ def train_one_epoch(
     log = get_logger()
     backbone.train()
     head.train()
+    for module in state.frozen:
+        module.eval()
     params = [p for opt in optimizers for g in opt.param_groups for p in g["params"]]
     buffers = list(backbone.buffers())
     saved_buffers = [b.detach().clone() for b in buffers]
@@ -228,7 +232,7 @@ def train_one_epoch(
         x, y = prepare_batch(images, labels, prep, state.global_step)
         lr = state.lr_fn(state.global_step)
         for group in (g for opt in optimizers for g in opt.param_groups):
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # --backbone-lr-mult
         out, emb, finite = _guarded_forward(backbone, head, x, y, buffers, saved_buffers, state)
         loss_value = 0.0 if finite else out["loss"].item()
         if state.guard.update(finite, loss_value, epoch, step + 1, state.global_step + 1):

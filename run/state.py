@@ -139,7 +139,7 @@ def remove_stale_temporaries(out_dir: str | Path) -> list[Path]:
     return stale
 
 
-def _resume_file(resume: str, out_dir: Path) -> Path | None:
+def resume_file(resume: str, out_dir: Path) -> Path | None:
     if not resume:
         return None
     if resume == "auto":
@@ -158,7 +158,7 @@ def resume_training(cfg: TrainConfig, dist: DistInfo, backbone: nn.Module, head:
     (epoch, step) with this run's steps per epoch, which differ when the world size changed.
     """
     log = get_logger()
-    path = broadcast_object(_resume_file(cfg.resume, Path(cfg.pth_save_fold)) if dist.is_main else None)
+    path = broadcast_object(resume_file(cfg.resume, Path(cfg.pth_save_fold)) if dist.is_main else None)
     if path is None:
         if cfg.resume == "auto":
             log.info("--resume auto: no last.pth yet, starting a new run")

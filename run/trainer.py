@@ -25,10 +25,11 @@ from run.config import TrainConfig
 from run.engine import BatchPrep, LoopState, Stop, lr_at, train_one_epoch
 from run.failures import data_fault, shared_save
 from run.faults import Faults
+from run.head_init import freeze, frozen_modules, init_head_from_class_means
 from run.hooks import build_hooks
 from run.optim import NonFiniteError, NonFiniteGuard, StepPolicy, sharded_grad_norm
 from run.preempt import PreemptWatch, ignore_in_worker, parse_signals, raise_preempted
-from run.state import Position, remove_stale_temporaries, resume_training, save_training_state
+from run.state import Position, remove_stale_temporaries, resume_file, resume_training, save_training_state
 from utils.convention import parse_convention
 from utils.dist import DistInfo, resolve_device
 from utils.logger import TensorBoard, get_logger, setup_logger
@@ -63,6 +64,7 @@ class Run:
     scaler: torch.amp.GradScaler
     out_dir: Path
     channels_last: bool
+    frozen: tuple[nn.Module, ...] = ()  # --freeze-depth
     saved_step: int | None = None  # global step of the last last.pth this run wrote or resumed from
 
     @property
@@ -128,17 +130,23 @@ def build_run(cfg: TrainConfig, dist: DistInfo) -> Run:
         load_backbone_state(backbone, backbone_state(read_checkpoint(cfg.pretrained), cfg.pretrained),
                             cfg.pretrained)
         get_logger().info(f"backbone initialised from {cfg.pretrained}")
+    frozen = tuple(frozen_modules(backbone, cfg.freeze_depth)) if cfg.freeze_depth else ()
+    if frozen:
+        count = freeze(list(frozen))
+        get_logger().info(f"--freeze-depth {cfg.freeze_depth}: {count} backbone parameters fixed, "
+                          f"{sum(p.numel() for p in backbone.parameters() if p.requires_grad)} train")
     channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
     if channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
     head = build_head(cfg, dist, device)
     sgd = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    opt_backbone = torch.optim.SGD(backbone.parameters(), **sgd)
+    trainable = [p for p in backbone.parameters() if p.requires_grad]
+    opt_backbone = torch.optim.SGD([{"params": trainable, "lr_scale": cfg.backbone_lr_mult}], **sgd)
     opt_head = torch.optim.SGD(head.parameters(), **sgd)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     model = _wrap(backbone, cfg, dist, device)
     return Run(cfg, dist, device, backbone, model, head, opt_backbone, opt_head, scaler, Path(cfg.pth_save_fold),
-               channels_last)
+               channels_last, frozen)
 
 
 def maybe_resume(run: Run, steps_per_epoch: int) -> Position:
@@ -171,7 +179,7 @@ def _loop_state(cfg: TrainConfig, run: Run, steps_per_epoch: int, per_rank: int,
         policy=StepPolicy(grad_clip=cfg.grad_clip, grad_norm_fn=grad_norm, sync_overflow=distributed),
         amp_dtype=amp_dtype(cfg.amp), cudagraph_steps=uses_cudagraphs(cfg, run.device),
         world_size=run.dist.world_size, print_freq=cfg.print_freq,
-        global_step=pos.global_step, guard=NonFiniteGuard(cfg.max_nonfinite),
+        global_step=pos.global_step, guard=NonFiniteGuard(cfg.max_nonfinite), frozen=run.frozen,
     )
 
 
@@ -189,6 +197,7 @@ def train(cfg: TrainConfig, dist: DistInfo) -> dict:
     steps_per_epoch = sampler.per_rank // per_rank
     if steps_per_epoch == 0:
         raise ValueError(f"the data has {len(dataset)} images, fewer than one batch of {cfg.batch_size}")
+    cfg.resolve_input_convention(resume_file(cfg.resume, out_dir))
     if dist.is_main:
         for stale in remove_stale_temporaries(out_dir):
             log.warning(f"removed {stale}: a partial checkpoint left by an interrupted write")
@@ -197,6 +206,9 @@ def train(cfg: TrainConfig, dist: DistInfo) -> dict:
     loader = build_train_loader(dataset, per_rank, cfg.workers, sampler, pin_memory=run.device.type == "cuda",
                                 worker_init_fn=functools.partial(ignore_in_worker, signals) if signals else None)
     pos = maybe_resume(run, steps_per_epoch)
+    if cfg.head_init == "class-means" and run.saved_step is None:  # a resumed run has its trained head already
+        init_head_from_class_means(run.head, run.backbone, dataset, dist, run.device,
+                                   parse_convention(cfg.input_convention), batch_size=per_rank, workers=cfg.workers)
     if dist.is_main:
         cfg.save_json(out_dir / "config.json", world_size=dist.world_size)
     state = _loop_state(cfg, run, steps_per_epoch, per_rank, pos)
