@@ -28,7 +28,15 @@ from utils.dist import resolve_device  # noqa: E402
 from utils.feature_io import load_feature_file  # noqa: E402
 from utils.image_list import read_image_list, usable_cores  # noqa: E402
 from utils.precision import DTYPES  # noqa: E402
-from utils.quality_scale import OFIQ, file_sha256, fit_calibration, logistic_quality, save_calibration, side_file  # noqa: E402,E501
+from utils.quality_scale import (  # noqa: E402
+    OFIQ,
+    file_sha256,
+    fit_anchored,
+    fit_calibration,
+    logistic_quality,
+    save_calibration,
+    side_file,
+)
 
 
 def reference_magnitudes(resume: str, inf_list: str, *, arch: str | None = None, device: str = "auto",
@@ -55,6 +63,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--inf_list", "--inf-list", help="reference list of aligned 112x112 faces (first token)")
     src.add_argument("--feat-list", help="features of the reference set made with this checkpoint")
+    p.add_argument("--damaged-list", default=None,
+                   help="a second list of damaged faces: the scale then puts the reference's median at 80 and "
+                   "these faces' median at 20 (utils.quality_scale.fit_anchored) instead of the reference's at 50")
     p.add_argument("--out", default=None, help="output (default: CKPT.quality.json beside the checkpoint)")
     p.add_argument("--arch", default=None)
     p.add_argument("--device", default="auto")
@@ -74,14 +85,21 @@ def _main(argv: list[str]) -> int:
                                     dtype=args.dtype, batch_size=args.batch_size, workers=args.workers,
                                     convention=args.input_convention)
         source = str(args.inf_list)
-    calibration = fit_calibration(mags, source, file_sha256(args.resume))
+    if args.damaged_list:
+        damaged = reference_magnitudes(args.resume, args.damaged_list, arch=args.arch, device=args.device,
+                                       dtype=args.dtype, batch_size=args.batch_size, workers=args.workers,
+                                       convention=args.input_convention)
+        calibration = fit_anchored(mags, damaged, f"{source} + {args.damaged_list}", file_sha256(args.resume))
+    else:
+        calibration = fit_calibration(mags, source, file_sha256(args.resume))
     out = Path(args.out) if args.out else side_file(args.resume)
     save_calibration(calibration, out)
     q = logistic_quality(mags, calibration)
     q_ofiq = logistic_quality(mags, OFIQ)
     print(f"{len(mags)} reference faces: magnitude p5 {calibration.p5:.3f}, median {calibration.median:.3f}, "
           f"p95 {calibration.p95:.3f}\ncalibration: centre {calibration.centre:.3f}, width {calibration.width:.3f} "
-          f"-> reference quality mean {q.mean():.1f} (OFIQ's constants would give {q_ofiq.mean():.1f})\nwrote {out}")
+          f"({calibration.rule}) -> reference quality mean {q.mean():.1f} (OFIQ's constants would give "
+          f"{q_ofiq.mean():.1f})\nwrote {out}")
     return 0
 
 

@@ -16,6 +16,7 @@ from models.checkpoint import save_released
 from utils.quality_scale import (
     OFIQ,
     Calibration,
+    fit_anchored,
     fit_calibration,
     load_calibration,
     logistic_quality,
@@ -104,3 +105,16 @@ def test_calibrate_command(tmp_path, lfw_dir, source):
     mags = calibrate.reference_magnitudes(str(ckpt), str(listing), device="cpu")
     assert cal.count == 40 and cal.centre == pytest.approx(np.median(mags), rel=1e-5)
     assert Path(side_file(ckpt)).name == "w16.pth.quality.json"
+
+
+def test_anchored_calibration_puts_good_at_80_and_damaged_at_20():
+    rng = np.random.default_rng(0)
+    good, damaged = rng.normal(20.0, 1.0, 500), rng.normal(12.0, 2.0, 500)
+    cal = fit_anchored(good, damaged, "clean + damaged", "cd" * 32)
+    assert logistic_quality(np.array([np.median(good)]), cal)[0] == 80
+    assert logistic_quality(np.array([np.median(damaged)]), cal)[0] == 20
+    assert cal.rule.startswith("anchored") and cal.median == pytest.approx(np.median(good))
+    with pytest.raises(ValueError, match="does not rank them"):
+        fit_anchored(damaged, good, "swapped")
+    with pytest.raises(ValueError, match="at least 20"):
+        fit_anchored(good[:5], damaged, "few")

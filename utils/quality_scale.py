@@ -94,6 +94,39 @@ def fit_calibration(magnitudes: np.ndarray, source: str, checkpoint_sha256: str 
                        median=median, p95=p95, checkpoint_sha256=checkpoint_sha256)
 
 
+ANCHORS = (80.0, 20.0)  # fit_anchored: the scores of a typical good and a typical damaged reference face
+
+
+def fit_anchored(good: np.ndarray, damaged: np.ndarray, source: str, checkpoint_sha256: str | None = None,
+                 anchors: tuple[float, float] = ANCHORS) -> Calibration:
+    """The logistic through two anchors: the median magnitude of ``good`` faces scores ``anchors[0]`` (80) and
+    that of ``damaged`` faces ``anchors[1]`` (20).
+
+    With one reference set the median face scores 50 whatever its quality; two sets say what "good" and
+    "damaged" mean: c = (m_good + m_damaged) / 2, w = (m_good - m_damaged) / (logit(hi) - logit(lo)).
+    """
+    hi, lo = anchors
+    if not 0 < lo < hi < 100:
+        raise ValueError(f"anchors must satisfy 0 < damaged < good < 100, got {anchors}")
+    medians = []
+    for name, values in (("good", good), ("damaged", damaged)):
+        a = np.asarray(values, dtype=np.float64).ravel()
+        if a.size < 20 or not np.isfinite(a).all():
+            raise ValueError(f"the {name} reference needs at least 20 finite magnitudes, got {a.size} ({source})")
+        medians.append(float(np.median(a)))
+    m_good, m_bad = medians
+    if m_good <= m_bad:
+        raise ValueError(f"the good faces' median magnitude {m_good:.4g} is not above the damaged faces' "
+                         f"{m_bad:.4g}: this model's magnitude does not rank them ({source})")
+    spread = math.log(hi / (100 - hi)) - math.log(lo / (100 - lo))
+    a = np.asarray(good, dtype=np.float64).ravel()
+    p5, p95 = (float(v) for v in np.percentile(a, [5, 95]))
+    return Calibration((m_good + m_bad) / 2, (m_good - m_bad) / spread, source=source, count=int(a.size), p5=p5,
+                       median=m_good, p95=p95, checkpoint_sha256=checkpoint_sha256,
+                       rule=f"anchored: median of good faces -> {hi:g}, median of damaged faces ({m_bad:.4g}) "
+                            f"-> {lo:g}")
+
+
 def side_file(checkpoint: str | os.PathLike) -> Path:
     """Where a checkpoint's calibration lives: ``CKPT.quality.json`` beside it."""
     checkpoint = Path(checkpoint)
