@@ -1,6 +1,15 @@
-"""Quality study (issue #11): which training makes the magnitude of damaged faces fall?
+"""Quality study: which training makes the magnitude of damaged faces fall?
 
     python -m bench.quality_study --runs /tmp/study_runs [--only base6,ua40] [--out DIR]
+    python -m bench.quality_study --runs /tmp/ft_runs --seeds 0,1,2 --only pretrained,ftpub,ftdeg   # issue #22
+
+Two families of configurations. The first (issue #11, ``CONFIGS`` with the demo base) trains a small iResNet
+from scratch. The second (issue #22, base ``mobilefacenet``) starts from the converged, shipped
+``raw/pretrained/mobilefacenet.pth``: ``pretrained`` scores that model as it is (its own feature norm, the
+ArcFace-style baseline), the others fine-tune it with MagFace. With ``--seeds`` every configuration runs once per
+seed S, as RUNS/NAME_sS with ``--seed S``, and is scored on its own damaged set (``eval.damage`` seed S), beside
+the baselines on the same pairs: the pretrained model's norm, SER-FIQ on the pretrained model
+(``inference.serfiq``), image sharpness and a random order; the table gives mean and spread over the seeds.
 
 For each named configuration (``CONFIGS``: the demo recipe plus extra ``run.train`` flags) it trains on
 raw/demo_data/celeba (or reuses RUNS/NAME when a finished checkpoint is there), embeds the 2,400 clean
@@ -18,6 +27,8 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+import numpy as np
 
 from bench.common import format_machine, machine_info
 from utils.atomic import atomic_write
@@ -66,22 +77,70 @@ CONFIGS: dict[str, tuple[int, list[str], str]] = {
 }
 COLUMNS = ["name", "epochs", "accuracy", "spearman", "per_kind", "erc_1e-2", "erc_1e-3", "train_s"]
 
+# --- issue #22: MagFace fine-tuned from the converged MobileFaceNet ------------------------------------------
+PRETRAINED = REPO / "raw" / "pretrained" / "mobilefacenet.pth"
+MFN = ["--arch", "mobilefacenet", "--embedding-size", "128", "--pretrained", str(PRETRAINED), "--head-init",
+       "class-means", "--batch-size", "64", "--channels-last", "on", "--seed", "0"]
+FT_BASE = ["--lr", "0.01", "--freeze-depth", "12"]
+FT_PUB = [*FT_BASE, "--backbone-lr-mult", "0.1"]  # published loss bounds [10, 110, 0.45, 0.8, 35]
+# the seed's fine-tune rule: l_a below, u_a above the pretrained magnitudes (7.6 .. 25 on the damaged demo LFW),
+# u_m 1; lambda_g 35 >= lambda_min 25.5
+FT_SEED_RULE = [*FT_BASE, "--l_a", "5", "--u_a", "40", "--l_margin", "0.45", "--u_margin", "1", "--lambda_g", "35"]
+FT_CONFIGS: dict[str, tuple[int, list[str], str]] = {
+    "pretrained": (0, [], "the pretrained MobileFaceNet as shipped: its own feature norm (softmax-trained)"),
+    "ftpub": (2, FT_PUB, "MagFace fine-tune, published recipe, backbone lr x0.1"),
+    "ftseed": (2, FT_SEED_RULE, "MagFace fine-tune, the seed's fine-tune rule [5, 40, 0.45, 1, 35]"),
+    "ftseeddeg": (2, [*FT_SEED_RULE, "--degrade-prob", "0.5"], "ftseed + all 7 damage kinds on half the faces"),
+    "ftseedheld": (2, [*FT_SEED_RULE, "--degrade-prob", "0.5", "--degrade-kinds", "blur,noise,dark,occlusion"],
+                   "ftseed + 4 damage kinds only (downscale, jpeg, bright held out)"),
+}
+ALL_CONFIGS = CONFIGS | FT_CONFIGS
+BASELINES = ("pretrained_norm", "serfiq", "sharpness", "random")
 
-def train_config(name: str, runs: Path, workers: int) -> tuple[Path, float]:
-    """Train ``name`` into RUNS/NAME (or reuse a finished run there); (checkpoint, training seconds)."""
+
+def train_config(name: str, runs: Path, workers: int, seed: int | None = None) -> tuple[Path, float]:
+    """Train ``name`` into RUNS/NAME (RUNS/NAME_sS with a seed), or reuse a finished run there;
+    (checkpoint, training seconds). A 0-epoch configuration is the pretrained model itself."""
     from run import train as train_entry
 
-    epochs, extra, _ = CONFIGS[name]
-    folder = runs / name
+    epochs, extra, _ = ALL_CONFIGS[name]
+    if epochs == 0:
+        return PRETRAINED, 0.0
+    folder = runs / (name if seed is None else f"{name}_s{seed}")
     ckpt = folder / f"{epochs:05d}.pth"
     if not (folder / "DONE").exists() or not ckpt.exists():
         num_classes = 1 + max(int(line.split()[2]) for line in (DATA / "celeba" / "train.list").open())
-        train_entry.main([*DEMO, "--train_list", str(DATA / "celeba" / "train.list"), "--last-fc-size",
+        base = MFN if name in FT_CONFIGS else DEMO
+        train_entry.main([*base, "--train_list", str(DATA / "celeba" / "train.list"), "--last-fc-size",
                           str(num_classes), "--epochs", str(epochs), "--workers", str(workers), "--device", "cpu",
                           "--print-freq", "25", "--pth-save-epoch", str(epochs), "--pth-save-fold", str(folder),
-                          "--tensorboard", "0", *[f.replace("{runs}", str(runs)) for f in extra]])
+                          "--tensorboard", "0", *[f.replace("{runs}", str(runs)) for f in extra],
+                          *(["--seed", str(seed)] if seed is not None else [])])
         (folder / "DONE").touch()
     return ckpt, log_seconds(folder / "train.log")
+
+
+def baseline_score_files(damaged_set: Path, folder: Path) -> list[Path]:
+    """Score files of the pretrained model's norm and of SER-FIQ on it, for every face of ``damaged_set``."""
+    from inference import gen_feat
+    from inference.serfiq import score_list
+    from utils.feature_io import load_feature_file
+    from utils.image_list import read_image_list
+
+    folder.mkdir(parents=True, exist_ok=True)
+    img_list = damaged_set / "img.list"
+    norm, serfiq = folder / "pretrained_norm.txt", folder / "serfiq.txt"
+    if not norm.exists():
+        feats = folder / "pretrained_dmg.npz"
+        gen_feat.extract(str(PRETRAINED), str(img_list), str(feats), gen_feat.FeatOptions(device="cpu",
+                                                                                         print_freq=100000))
+        listed, _ = read_image_list(img_list)
+        mags = load_feature_file(feats).magnitudes
+        with atomic_write(norm, "w") as f:
+            f.writelines(f"{path} {m:.6f}\n" for path, m in zip(listed, mags, strict=True))
+    if not serfiq.exists():
+        score_list(str(PRETRAINED), str(img_list), str(serfiq))
+    return [norm, serfiq]
 
 
 def log_seconds(log: Path) -> float:
@@ -91,7 +150,7 @@ def log_seconds(log: Path) -> float:
     return (stamps[-1] - stamps[0]).total_seconds() if stamps else float("nan")
 
 
-def score(ckpt: Path, damaged_set: Path, work: Path) -> dict:
+def score(ckpt: Path, damaged_set: Path, work: Path, score_files: list[Path] | tuple = ()) -> dict:
     """Clean 10-fold accuracy and the damaged-set report (magnitude, random, sharpness) of one checkpoint."""
     from eval import damage, verification
     from inference import gen_feat
@@ -105,15 +164,17 @@ def score(ckpt: Path, damaged_set: Path, work: Path) -> dict:
                              gen_feat.FeatOptions(device="cpu", print_freq=100000))
     clean_report = verification.run(feat_list=str(clean), pair_list=str(DATA / "lfw" / "pair.list"))
     verification.publish(clean_report, verif)
-    report, _, _ = damage.score_set(damaged_set, dmg)
+    report, _, _ = damage.score_set(damaged_set, dmg, score_files=score_files)
     return {"verification": finite_or_none(clean_report), "damage": report}
 
 
-def make_row(name: str, ckpt: Path, train_s: float, scored: dict, machine: str) -> dict:
-    epochs, extra, what = CONFIGS[name]
+def make_row(name: str, ckpt: Path, train_s: float, scored: dict, machine: str, seed: int | None = None) -> dict:
+    epochs, extra, what = ALL_CONFIGS[name]
     rep, ver = scored["damage"], scored["verification"]
-    return {
-        "name": name, "epochs": epochs, "flags": " ".join(extra), "what": what, "checkpoint": str(ckpt),
+    row = {} if seed is None else {"seed": seed, "spearman_all": {k: v["overall"] for k, v in rep["spearman"].items()}}
+    return row | {
+        "name": name, "epochs": epochs, "flags": " ".join(extra), "what": what,
+        "checkpoint": str(ckpt).replace(str(REPO) + "/", ""),
         "accuracy": ver["accuracy_mean"], "accuracy_std": ver["accuracy_std"],
         "spearman": rep["spearman"]["magnitude"], "spearman_random": rep["spearman"].get("random"),
         "median_magnitude_by_band": rep["median_by_band"]["magnitude"],
@@ -148,8 +209,10 @@ def write_rows(out: Path, rows: list[dict]) -> None:
     with atomic_write(out / "rows.jsonl", "w") as f:
         f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
     machines = sorted({f"- {r['name']}: {r['machine']}" for r in rows})
+    seeded = [r for r in rows if "seed" in r]
+    table = seed_table(seeded) if seeded else markdown_table(rows)
     with atomic_write(out / "table.md", "w") as f:
-        f.write(markdown_table(rows) + "\n" + "\n".join(machines) + "\n")
+        f.write(table + "\n" + "\n".join(machines) + "\n")
 
 
 TABLE_HEADER = ("config", "epochs", "clean acc.", "Spearman (overall)", "per kind",
@@ -169,6 +232,57 @@ def markdown_table(rows: list[dict]) -> str:
     return format_markdown(TABLE_HEADER, [study_row(r) for r in rows]) + "\n"
 
 
+SEED_HEADER = ("config", "seeds", "clean acc. (demo pairs)", "rho magnitude vs severity", "rho per kind (mean)",
+               "ERC area, FMR 1e-2: magnitude", "pretrained norm", "SER-FIQ", "sharpness", "random", "train s")
+
+
+def mean_spread(values: list[float], scale: float = 1.0, fmt: str = "{:+.3f}") -> str:
+    """'mean +- sd' over seeds (sample sd; a single value alone)."""
+    v = np.asarray(values, dtype=np.float64) * scale
+    if len(v) == 1:
+        return fmt.format(v[0])
+    return f"{fmt.format(v.mean())} +- {v.std(ddof=1):.3f}"
+
+
+def seed_table(rows: list[dict]) -> str:
+    """One line per configuration: mean +- sd over its seeds; ERC areas with the fine-tuned model's comparisons
+    and each score as the rejection order, at FMR 1e-2."""
+    cells = []
+    for name in dict.fromkeys(r["name"] for r in rows):
+        group = [r for r in rows if r["name"] == name]
+        kinds = [k for k in group[0]["spearman"] if k != "overall"]
+        per_kind = ", ".join(f"{k} {np.mean([r['spearman'][k] for r in group]):+.2f}" for k in kinds)
+        erc = [mean_spread([r["erc_area"]["1e-02"].get(s, float("nan")) for r in group], fmt="{:.4f}")
+               for s in ("magnitude", *BASELINES)]
+        cells.append([f"{name} ({group[0]['what']})", ",".join(str(r["seed"]) for r in group),
+                      mean_spread([r["accuracy"] for r in group], 100.0, "{:.2f}") + " %",
+                      mean_spread([r["spearman"]["overall"] for r in group]), per_kind, *erc,
+                      f"{np.mean([r['train_s'] for r in group]):.0f}"])
+    return format_markdown(SEED_HEADER, cells) + "\n"
+
+
+def run_seeds(names: list[str], seeds: list[int], runs: Path, out: Path, workers: int, machine: str) -> list[dict]:
+    """Each configuration once per seed, each on the damaged set of that seed beside the baselines."""
+    from eval.damage_set import make_damaged_set
+
+    rows = read_rows(out / "rows.jsonl")
+    for seed in seeds:
+        damaged_set = make_damaged_set(DATA / "lfw" / "img.list", DATA / "lfw" / "pair.list",
+                                       runs / f"damaged_lfw_s{seed}", seed=seed)
+        files = baseline_score_files(damaged_set, runs / f"baselines_s{seed}")
+        for name in names:
+            if any(r["name"] == name and r.get("seed") == seed for r in rows):
+                print(f"{name} seed {seed}: done already, skipped")
+                continue
+            t0 = time.perf_counter()
+            ckpt, train_s = train_config(name, runs, workers, seed)
+            scored = score(ckpt, damaged_set, runs / f"{name}_s{seed}" / "score", files)
+            rows.append(make_row(name, ckpt, train_s, scored, machine, seed))
+            write_rows(out, rows)
+            print(f"{name} seed {seed}: {time.perf_counter() - t0:.0f}s")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", required=True, help="folder for the training runs (outside the repository)")
@@ -177,23 +291,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--damaged-set", default="", help="an existing eval.damage set of the demo LFW pairs "
                    "(default: build RUNS/damaged_lfw)")
-    p.add_argument("--export", nargs=2, metavar=("NAME", "PTH"), help="write NAME's backbone to PTH and stop")
+    p.add_argument("--seeds", default="", help="comma list of seeds: each configuration trains once per seed "
+                   "(RUNS/NAME_sS) and is scored on the damaged set of that seed, beside the baselines")
+    p.add_argument("--export", nargs=2, metavar=("NAME", "PTH"), help="write NAME's backbone (NAME_sS for a "
+                   "seeded run) to PTH and stop")
     args = p.parse_args(argv)
     if args.export:
-        epochs = CONFIGS[args.export[0]][0]
+        name = args.export[0]
+        epochs = ALL_CONFIGS[name.rsplit("_s", 1)[0] if name not in ALL_CONFIGS else name][0]
         runs = Path(args.runs)
-        export_reference(runs / args.export[0] / f"{epochs:05d}.pth", Path(args.export[1]), runs)
+        export_reference(runs / name / f"{epochs:05d}.pth", Path(args.export[1]), runs)
         return 0
-    names = [n for n in args.only.split(",") if n] or list(CONFIGS)
-    unknown = [n for n in names if n not in CONFIGS]
+    names = [n for n in args.only.split(",") if n] or list(FT_CONFIGS if args.seeds else CONFIGS)
+    unknown = [n for n in names if n not in ALL_CONFIGS]
     if unknown:
-        p.error(f"unknown configuration(s) {unknown}; known: {', '.join(CONFIGS)}")
+        p.error(f"unknown configuration(s) {unknown}; known: {', '.join(ALL_CONFIGS)}")
     from eval.damage_set import make_damaged_set
 
     runs, out = Path(args.runs).resolve(), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     machine = format_machine(machine_info())
     print(machine)
+    if args.seeds:
+        rows = run_seeds(names, [int(s) for s in args.seeds.split(",")], runs, out, args.workers, machine)
+        print(seed_table([r for r in rows if "seed" in r]))
+        return 0
     damaged_set = Path(args.damaged_set) if args.damaged_set else \
         make_damaged_set(DATA / "lfw" / "img.list", DATA / "lfw" / "pair.list", runs / "damaged_lfw")
     rows = read_rows(out / "rows.jsonl")

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from inference.fuse import fuse_iresnet
+from inference.fuse import fuse_iresnet, fuse_mobilefacenet
 from models.iresnet import IResNet
+from models.mobilefacenet import MobileFaceNet
 from utils.convention import MAGFACE, InputConvention, to_model_input
 from utils.precision import autocast
 
@@ -28,7 +29,7 @@ def prepare_model(
     channels_last: bool = True,
     compile_model: bool = False,
 ) -> nn.Module:
-    """``model`` made fast for inference on ``device``: BN folded (iResNets), channels-last.
+    """``model`` made fast for inference on ``device``: BN folded (iResNets, MobileFaceNet), channels-last.
 
     Use the returned module: ``model`` itself may have been moved or converted in place.
 
@@ -44,6 +45,8 @@ def prepare_model(
         # torch.compile handles the in-place border correction of the folded input BN badly (20% slower
         # on CPU), so a compiled model keeps that BN and leaves the dtype to autocast.
         model = fuse_iresnet(model, fold_input_bn=not compile_model)
+    elif fuse and isinstance(model, MobileFaceNet):
+        model = fuse_mobilefacenet(model)
     model = model.to(device)
     if dtype != torch.float32 and not compile_model:
         for module in model.modules():

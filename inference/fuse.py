@@ -1,4 +1,4 @@
-"""Fold eval-mode BatchNorm into the neighbouring conv / linear layers of an iResNet, for inference.
+"""Fold eval-mode BatchNorm into the neighbouring conv / linear layers of an iResNet or MobileFaceNet, for inference.
 
 In eval mode a BatchNorm is the per-channel affine ``y = a * x + b`` with ``a = gamma / sqrt(var + eps)``
 and ``b = beta - a * mean``. Where it directly follows a conv (stem conv1 -> bn1, block conv1 -> bn2,
@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.utils import skip_init  # no random initialisation of weights that are overwritten at once
 
 from models.iresnet import IBasicBlock, IResNet
+from models.mobilefacenet import ConvBN, MobileFaceNet
 
 
 def _bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,4 +182,21 @@ def fuse_iresnet(model: IResNet, fold_input_bn: bool = True) -> IResNet:
     fused.fc = fold_head(fused.bn2, fused.fc, fused.features, side)
     fused.bn2 = nn.Identity()
     fused.features = nn.Identity()
+    return fused
+
+
+@torch.no_grad()
+def fuse_mobilefacenet(model: MobileFaceNet) -> MobileFaceNet:
+    """An eval-mode copy of ``model`` with the BatchNorm of every conv unit folded into its conv.
+
+    Each ``ConvBN`` (conv -> BN -> optional activation) becomes conv-with-bias -> activation; the convs pad
+    with zeros *before* the BN, so every fold is exact. The final BatchNorm1d (``features``) stays as it is
+    and runs in fp32: the magnitude is the quality signal.
+    """
+    if not isinstance(model, MobileFaceNet):
+        raise ValueError(f"fuse_mobilefacenet needs a MobileFaceNet, got {type(model).__name__}")
+    fused = copy.deepcopy(model).eval()
+    for unit in [m for m in fused.modules() if isinstance(m, ConvBN)]:
+        unit.conv = fold_conv_bn(unit.conv, unit.bn)
+        unit.bn = nn.Identity()
     return fused

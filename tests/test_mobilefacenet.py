@@ -111,3 +111,20 @@ def test_shipped_model_verifies_all_lfw_pairs(lfw_dir, tmp_path):
           f"{100 * report['accuracy_std']:.2f}")
     assert report["num_pairs"] == 6000
     assert report["accuracy_mean"] >= 0.990
+
+
+def test_folded_model_gives_the_same_features():
+    from inference.extract import prepare_model
+    from inference.fuse import fuse_mobilefacenet
+
+    model, _, _ = load_backbone(SHIPPED)
+    x = torch.rand(4, 3, 112, 112)
+    with torch.no_grad():
+        plain = model(x)
+        fused = fuse_mobilefacenet(model)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+        torch.testing.assert_close(fused(x), plain, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(prepare_model(model, "cpu")(x.contiguous(memory_format=torch.channels_last)),
+                                   plain, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="needs a MobileFaceNet"):
+        fuse_mobilefacenet(build_backbone("iresnet18_w16", 32))
