@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from inference.extract import prepare_model
 from models.checkpoint import load_backbone
 from utils.atomic import atomic_write
 from utils.cli import run_cli
@@ -62,7 +63,8 @@ def serfiq_scores(model: nn.Module, images: torch.Tensor, convention: InputConve
     original = model.dropout
     model.dropout = RepeatedDropout(passes, p, torch.Generator().manual_seed(seed))
     try:
-        out = model.eval()(to_model_input(images, convention))
+        x = to_model_input(images, convention).contiguous(memory_format=torch.channels_last)
+        out = model.eval()(x)
     finally:
         model.dropout = original
     return stability_scores(out.view(images.shape[0], passes, -1))
@@ -72,6 +74,7 @@ def score_list(resume: str, inf_list: str, out: str, passes: int = 20, p: float 
                seed: int = 0) -> np.ndarray:
     """Score every face of an image list and write ``out``; returns the scores in list order."""
     model, convention, _ = load_backbone(resume)
+    model = prepare_model(model, "cpu")  # BatchNorms folded, channels-last: the dropout module is kept
     listed, resolved = read_image_list(inf_list)
     scores, began = [], time.perf_counter()
     for start in range(0, len(resolved), batch_size):
