@@ -28,10 +28,14 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from bench.common import format_machine, machine_info
+from run.recipes import MOBILEFACENET_START, PRETRAINED, QUALITY_FINETUNE_EPOCHS, QUALITY_FINETUNE_FLAGS
 from utils.atomic import atomic_write
+from utils.feature_io import load_feature_file
+from utils.image_list import read_image_list
 from utils.table import format_markdown
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,21 +82,20 @@ CONFIGS: dict[str, tuple[int, list[str], str]] = {
 COLUMNS = ["name", "epochs", "accuracy", "spearman", "per_kind", "erc_1e-2", "erc_1e-3", "train_s"]
 
 # --- issue #22: MagFace fine-tuned from the converged MobileFaceNet ------------------------------------------
-PRETRAINED = REPO / "raw" / "pretrained" / "mobilefacenet.pth"
-MFN = ["--arch", "mobilefacenet", "--embedding-size", "128", "--pretrained", str(PRETRAINED), "--head-init",
-       "class-means", "--batch-size", "64", "--channels-last", "on", "--seed", "0"]
+MFN = [*MOBILEFACENET_START, "--seed", "0"]
 FT_BASE = ["--lr", "0.01", "--freeze-depth", "12"]
-FT_PUB = [*FT_BASE, "--backbone-lr-mult", "0.1"]  # published loss bounds [10, 110, 0.45, 0.8, 35]
 # the seed's fine-tune rule: l_a below, u_a above the pretrained magnitudes (7.6 .. 25 on the damaged demo LFW),
 # u_m 1; lambda_g 35 >= lambda_min 25.5
 FT_SEED_RULE = [*FT_BASE, "--l_a", "5", "--u_a", "40", "--l_margin", "0.45", "--u_margin", "1", "--lambda_g", "35"]
 FT_CONFIGS: dict[str, tuple[int, list[str], str]] = {
     "pretrained": (0, [], "the pretrained MobileFaceNet as shipped: its own feature norm (softmax-trained)"),
-    "ftpub": (2, FT_PUB, "MagFace fine-tune, published recipe, backbone lr x0.1"),
+    "ftpub": (2, [*FT_BASE, "--backbone-lr-mult", "0.1"], "MagFace fine-tune, published loss [10, 110, 0.45, 0.8, "
+              "35], backbone lr x0.1"),
     "ftseed": (2, FT_SEED_RULE, "MagFace fine-tune, the seed's fine-tune rule [5, 40, 0.45, 1, 35]"),
-    "ftseeddeg": (2, [*FT_SEED_RULE, "--degrade-prob", "0.5"], "ftseed + all 7 damage kinds on half the faces"),
-    "ftseedheld": (2, [*FT_SEED_RULE, "--degrade-prob", "0.5", "--degrade-kinds", "blur,noise,dark,occlusion"],
-                   "ftseed + 4 damage kinds only (downscale, jpeg, bright held out)"),
+    "ftdeg": (QUALITY_FINETUNE_EPOCHS, QUALITY_FINETUNE_FLAGS, "the shipped recipe: [10, 30, 0.45, 0.8, 150], "
+              "cosine, all 7 damage kinds on half the faces"),
+    "ftheld": (2, [*QUALITY_FINETUNE_FLAGS, "--degrade-kinds", "blur,noise,dark,occlusion"],
+               "ftdeg (2 epochs) trained on 4 damage kinds: downscale, jpeg, bright held out"),
 }
 ALL_CONFIGS = CONFIGS | FT_CONFIGS
 BASELINES = ("pretrained_norm", "serfiq", "sharpness", "random")
@@ -121,25 +124,33 @@ def train_config(name: str, runs: Path, workers: int, seed: int | None = None) -
 
 
 def baseline_score_files(damaged_set: Path, folder: Path) -> list[Path]:
-    """Score files of the pretrained model's norm and of SER-FIQ on it, for every face of ``damaged_set``."""
-    from inference import gen_feat
+    """Score files of the pretrained model's norm and of SER-FIQ on it, for every face of ``damaged_set``; each
+    has a NAME_originals.txt beside it with the same score of the undamaged demo LFW faces (absolute paths),
+    for the pairwise property, computed once in the parent folder and linked."""
     from inference.serfiq import score_list
-    from utils.feature_io import load_feature_file
-    from utils.image_list import read_image_list
 
     folder.mkdir(parents=True, exist_ok=True)
     img_list = damaged_set / "img.list"
     norm, serfiq = folder / "pretrained_norm.txt", folder / "serfiq.txt"
     if not norm.exists():
-        feats = folder / "pretrained_dmg.npz"
-        gen_feat.extract(str(PRETRAINED), str(img_list), str(feats), gen_feat.FeatOptions(device="cpu",
-                                                                                         print_freq=100000))
-        listed, _ = read_image_list(img_list)
-        mags = load_feature_file(feats).magnitudes
         with atomic_write(norm, "w") as f:
-            f.writelines(f"{path} {m:.6f}\n" for path, m in zip(listed, mags, strict=True))
+            f.writelines(f"{p} {m:.6f}\n" for p, m in pretrained_magnitudes(img_list, folder / "norm.npz"))
     if not serfiq.exists():
         score_list(str(PRETRAINED), str(img_list), str(serfiq))
+    shared = folder.parent / "baselines_originals"
+    shared.mkdir(exist_ok=True)
+    if not (shared / "pretrained_norm_originals.txt").exists():
+        with atomic_write(shared / "pretrained_norm_originals.txt", "w") as f:
+            f.writelines(f"{Path(DATA / 'lfw' / p).resolve()} {m:.6f}\n"
+                         for p, m in pretrained_magnitudes(DATA / "lfw" / "img.list", shared / "norm.npz"))
+    if not (shared / "serfiq_originals.txt").exists():
+        values = score_list(str(PRETRAINED), str(DATA / "lfw" / "img.list"), str(shared / "serfiq_listed.txt"))
+        _, resolved = read_image_list(DATA / "lfw" / "img.list")
+        with atomic_write(shared / "serfiq_originals.txt", "w") as f:
+            f.writelines(f"{r} {v:.6f}\n" for r, v in zip(resolved, values, strict=True))
+    for name in ("pretrained_norm_originals.txt", "serfiq_originals.txt"):
+        if not (folder / name).exists():
+            (folder / name).symlink_to(shared / name)
     return [norm, serfiq]
 
 
@@ -148,6 +159,15 @@ def log_seconds(log: Path) -> float:
     stamps = [datetime.strptime(m.group(0), "%Y-%m-%d %H:%M:%S")
               for m in (re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line) for line in log.open()) if m]
     return (stamps[-1] - stamps[0]).total_seconds() if stamps else float("nan")
+
+
+def pretrained_magnitudes(img_list: Path, feats: Path) -> list[tuple[str, float]]:
+    """(listed path, magnitude) of every face of ``img_list`` under the pretrained model."""
+    from inference import gen_feat
+
+    gen_feat.extract(str(PRETRAINED), str(img_list), str(feats), gen_feat.FeatOptions(device="cpu", print_freq=10**6))
+    listed, _ = read_image_list(img_list)
+    return list(zip(listed, load_feature_file(feats).magnitudes.tolist(), strict=True))
 
 
 def score(ckpt: Path, damaged_set: Path, work: Path, score_files: list[Path] | tuple = ()) -> dict:
@@ -164,14 +184,44 @@ def score(ckpt: Path, damaged_set: Path, work: Path, score_files: list[Path] | t
                              gen_feat.FeatOptions(device="cpu", print_freq=100000))
     clean_report = verification.run(feat_list=str(clean), pair_list=str(DATA / "lfw" / "pair.list"))
     verification.publish(clean_report, verif)
-    report, _, _ = damage.score_set(damaged_set, dmg, score_files=score_files)
-    return {"verification": finite_or_none(clean_report), "damage": report}
+    report, scores, table = damage.score_set(damaged_set, dmg, score_files=score_files)
+    originals = {"magnitude": dict(zip(read_image_list(DATA / "lfw" / "img.list")[1],
+                                       load_feature_file(clean).magnitudes.tolist(), strict=True))}
+    originals |= {Path(f).stem: read_path_scores(Path(f).with_name(Path(f).stem + "_originals.txt"))
+                  for f in score_files}
+    pairwise = {name: below_original(damaged_set, table, scores[name], originals.get(name))
+                for name in ("magnitude", *(Path(f).stem for f in score_files), "sharpness")}
+    return {"verification": finite_or_none(clean_report), "damage": report, "below_original": pairwise}
+
+
+def read_path_scores(path: Path) -> dict[str, float]:
+    """A 'path score' file over the demo LFW faces, keyed by resolved path."""
+    return {str(Path(p).resolve()): float(v) for p, v in (line.split() for line in path.read_text().splitlines())}
+
+
+def below_original(damaged_set: Path, table, damaged: np.ndarray, originals: dict[str, float] | None) -> dict:
+    """The property a user expects of a quality score: the fraction of damaged faces that score below their own
+    undamaged original, per kind and overall (``originals``: score of each source face; None = sharpness, computed
+    here from the source images)."""
+    import csv
+
+    from eval.quality import laplacian_sharpness
+
+    with open(damaged_set / "damage.csv", newline="") as f:
+        sources = [str(Path(row["source"]).resolve()) for row in csv.DictReader(f)]
+    rows = np.flatnonzero(table.damaged)
+    if originals is None:
+        originals = {src: laplacian_sharpness(cv2.imread(src)) for src in {sources[r] for r in rows}}
+    lower = np.array([damaged[r] < originals[sources[r]] for r in rows])
+    kinds = table.kind[rows]
+    return {"overall": float(lower.mean()), **{str(k): float(lower[kinds == k].mean()) for k in sorted(set(kinds))}}
 
 
 def make_row(name: str, ckpt: Path, train_s: float, scored: dict, machine: str, seed: int | None = None) -> dict:
     epochs, extra, what = ALL_CONFIGS[name]
     rep, ver = scored["damage"], scored["verification"]
-    row = {} if seed is None else {"seed": seed, "spearman_all": {k: v["overall"] for k, v in rep["spearman"].items()}}
+    row = {} if seed is None else {"seed": seed, "spearman_all": {k: v["overall"] for k, v in rep["spearman"].items()},
+                                   "below_original": scored["below_original"]}
     return row | {
         "name": name, "epochs": epochs, "flags": " ".join(extra), "what": what,
         "checkpoint": str(ckpt).replace(str(REPO) + "/", ""),
@@ -198,6 +248,27 @@ def export_reference(ckpt: Path, out: Path, runs: Path) -> None:
         if isinstance(value, str):
             config[key] = value.replace(str(REPO) + "/", "").replace(str(runs.resolve()), "{runs}")
     save_released(out, model, None, int(info["epoch"] or 0), info["arch"], config=config, convention=conv)
+
+
+def calibrate_anchored(ckpt: Path, damaged_set: Path, min_severity: float = 0.5) -> Path:
+    """The 0-100 scale of an exported model, beside it: the demo LFW faces' median magnitude -> 80, that of the
+    faces of ``damaged_set`` damaged at severity >= ``min_severity`` -> 20 (``utils.quality_scale.fit_anchored``)."""
+    from eval.damage_set import read_damage_table
+    from inference.calibrate import reference_magnitudes
+    from utils.quality_scale import file_sha256, fit_anchored, save_calibration, side_file
+
+    table = read_damage_table(damaged_set / "damage.csv")
+    rows = np.flatnonzero(table.damaged & (table.severity >= min_severity))
+    severe = damaged_set / f"severity_ge_{min_severity:g}.list"
+    with atomic_write(severe, "w") as f:
+        f.writelines(f"{table.paths[r]}\n" for r in rows)
+    good = reference_magnitudes(str(ckpt), str(DATA / "lfw" / "img.list"), device="cpu")
+    bad = reference_magnitudes(str(ckpt), str(severe), device="cpu")
+    source = f"raw/demo_data/lfw/img.list + eval.damage seed {damaged_set.name} severity >= {min_severity:g}"
+    calibration = fit_anchored(good, bad, source, file_sha256(ckpt))
+    save_calibration(calibration, side_file(ckpt))
+    print(f"calibration: centre {calibration.centre:.3f}, width {calibration.width:.3f} ({calibration.rule})")
+    return side_file(ckpt)
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -233,6 +304,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 SEED_HEADER = ("config", "seeds", "clean acc. (demo pairs)", "rho magnitude vs severity", "rho per kind (mean)",
+               "damaged below its original: magnitude (min kind)", "pretrained norm", "SER-FIQ", "sharpness",
                "ERC area, FMR 1e-2: magnitude", "pretrained norm", "SER-FIQ", "sharpness", "random", "train s")
 
 
@@ -254,9 +326,13 @@ def seed_table(rows: list[dict]) -> str:
         per_kind = ", ".join(f"{k} {np.mean([r['spearman'][k] for r in group]):+.2f}" for k in kinds)
         erc = [mean_spread([r["erc_area"]["1e-02"].get(s, float("nan")) for r in group], fmt="{:.4f}")
                for s in ("magnitude", *BASELINES)]
+        below = [f"{100 * np.mean([r['below_original'][s]['overall'] for r in group]):.1f} %"
+                 for s in ("magnitude", "pretrained_norm", "serfiq", "sharpness")]
+        worst = min(kinds, key=lambda k: np.mean([r["below_original"]["magnitude"][k] for r in group]))
+        below[0] += f" ({worst} {100 * np.mean([r['below_original']['magnitude'][worst] for r in group]):.1f} %)"
         cells.append([f"{name} ({group[0]['what']})", ",".join(str(r["seed"]) for r in group),
                       mean_spread([r["accuracy"] for r in group], 100.0, "{:.2f}") + " %",
-                      mean_spread([r["spearman"]["overall"] for r in group]), per_kind, *erc,
+                      mean_spread([r["spearman"]["overall"] for r in group]), per_kind, *below, *erc,
                       f"{np.mean([r['train_s'] for r in group]):.0f}"])
     return format_markdown(SEED_HEADER, cells) + "\n"
 
@@ -301,6 +377,13 @@ def main(argv: list[str] | None = None) -> int:
         epochs = ALL_CONFIGS[name.rsplit("_s", 1)[0] if name not in ALL_CONFIGS else name][0]
         runs = Path(args.runs)
         export_reference(runs / name / f"{epochs:05d}.pth", Path(args.export[1]), runs)
+        if name.rsplit("_s", 1)[0] in FT_CONFIGS:  # the pretrained-start models ship with the anchored scale
+            from eval.damage_set import make_damaged_set
+
+            seed = int(name.rsplit("_s", 1)[1]) if "_s" in name else 0
+            damaged = make_damaged_set(DATA / "lfw" / "img.list", DATA / "lfw" / "pair.list",
+                                       runs / f"damaged_lfw_s{seed}", seed=seed)
+            calibrate_anchored(Path(args.export[1]), damaged)
         return 0
     names = [n for n in args.only.split(",") if n] or list(FT_CONFIGS if args.seeds else CONFIGS)
     unknown = [n for n in names if n not in ALL_CONFIGS]

@@ -1,6 +1,7 @@
 """Face quality (and features) straight from photographs.
 
-    python -m inference.assess photos/ more.jpg list.txt --resume CKPT --out DIR
+    python -m inference.assess photos/ more.jpg list.txt --out DIR          # the shipped quality model
+    python -m inference.assess photos/ --resume CKPT --out DIR               # any other checkpoint
 
 Each photograph is read, its faces detected (RetinaFace, ``utils.detect``), one chosen (``--policy``),
 aligned to 112x112 (``utils.align``) and embedded in batches; the magnitude of the embedding is the
@@ -37,6 +38,7 @@ from inference.photo_faces import (  # noqa: E402
 )
 from inference.quality_report import contact_sheet, record_row, save_crops, write_csv, write_quality_json  # noqa: E402
 from models.checkpoint import load_backbone  # noqa: E402
+from models.quality_model import QUALITY_MODEL  # noqa: E402
 from utils.cli import keyword_defaults, run_cli  # noqa: E402
 from utils.convention import parse_convention  # noqa: E402
 from utils.detect import POLICIES  # noqa: E402
@@ -51,7 +53,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Face quality and features from photographs",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("inputs", nargs="+", help="image files, folders (walked) or list files (.txt/.list/.lst)")
-    p.add_argument("--resume", required=True, help="checkpoint (released MagFace, insightface or ours)")
+    p.add_argument("--resume", default=str(QUALITY_MODEL),
+                   help="checkpoint (released MagFace, insightface or ours); default: the shipped quality model, a "
+                   "MagFace fine-tune of a converged MobileFaceNet with its 0-100 calibration (raw/quality)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--arch", default=None, help="backbone; read from the checkpoint when absent")
     d = keyword_defaults(assess)

@@ -1,11 +1,12 @@
-"""The demo's quality half: is the magnitude a quality score? Known damage, two models, three pictures.
+"""The demo's quality half: is the magnitude a quality score? Known damage, three models, three pictures.
 
 ``quality_stage`` damages the second face of every held-out demo pair (``eval.damage_set``: blur,
 down-scaling, JPEG, under- and over-exposure, noise, occlusion, each at a seeded severity in [0, 1)),
-embeds that set with each candidate checkpoint (the model the demo just trained and, when it ships, the
-reference model in ``raw/reference``), scores magnitude, random order and sharpness against the known
-severity (``eval.damage.score_set``) and keeps the candidate whose magnitude falls most with damage
-(lowest Spearman rho over the damaged faces). With that one it draws
+embeds that set with each candidate checkpoint (the model the demo trained from scratch, the one it
+fine-tuned from the pretrained MobileFaceNet, and the shipped quality model in ``raw/quality``), scores
+magnitude, random order and sharpness against the known severity (``eval.damage.score_set``) and keeps
+the candidate whose magnitude falls most with damage (lowest Spearman rho over the damaged faces). With
+that one it draws
 
 - ``damage_ladder.png``: one face per damage kind at rising severity, each captioned with its magnitude;
 - ``damage_erc.png``: the error-versus-reject curves on the damaged pairs and the median score by band;

@@ -52,12 +52,12 @@ def _tiny_data(root: Path, pairs: int = 28, train_rows: int = 0) -> Path:
 @pytest.mark.slow
 def test_quality_stage_scores_both_candidates_and_keeps_the_lower_spearman(tmp_path):
     data = _tiny_data(tmp_path / "data")
-    cands = {"trained": _checkpoint(tmp_path / "a.pth", 0), "reference": _checkpoint(tmp_path / "b.pth", 1)}
+    cands = {"trained": _checkpoint(tmp_path / "a.pth", 0), "shipped": _checkpoint(tmp_path / "b.pth", 1)}
     out = tmp_path / "out"
     out.mkdir()
     q = quality_stage(cands, data, out, "cpu")
     rhos = {n: c["spearman"]["overall"] for n, c in q["quality_candidates"].items()}
-    assert set(rhos) == {"trained", "reference"} and rhos["trained"] != rhos["reference"]
+    assert set(rhos) == {"trained", "shipped"} and rhos["trained"] != rhos["shipped"]
     best = min(rhos, key=rhos.get)
     assert q["quality_model"] == best and q["quality_checkpoint"] == str(cands[best])
     assert q["quality_spearman"] == rhos[best] and -1 <= q["quality_spearman"] <= 1
@@ -105,16 +105,20 @@ def test_demo_end_to_end_on_a_tiny_slice_writes_the_quality_summary(tmp_path):
     out = tmp_path / "out"
     s = demo.main(["--out", str(out), "--data", str(data), "--arch", ARCH, "--embedding-size", str(EMB),
                    "--epochs", "1", "--batch-size", "16", "--workers", "0", "--device", "cpu",
-                   "--reference", str(ref)])
+                   "--reference", str(ref), "--finetune-steps", "1", "--lfw-full", str(data / "lfw")])
     written = json.loads((out / "demo_summary.json").read_text())
-    assert written["quality_checkpoint"] in (str(ref), s["checkpoint"])
-    assert written["quality_model"] in ("trained", "reference")
     cands = written["quality_candidates"]
-    assert set(cands) == {"trained", "reference"}
+    assert set(cands) == {"trained", "finetuned", "shipped"}
+    assert written["quality_checkpoint"] == cands[written["quality_model"]]["checkpoint"]
+    ft_config = json.loads((out / "finetune" / "config.json").read_text())
+    assert ft_config["arch"] == "mobilefacenet" and ft_config["head_init"] == "class-means"
+    assert ft_config["input_convention"] == "imagenet" and ft_config["max_steps"] == 1
+    assert written["lfw_accuracy_full"] is not None and 0 <= written["lfw_accuracy_full"] <= 1
     assert all(0 <= c["accuracy"] <= 1 for c in cands.values())
     assert written["quality_spearman"] == cands[written["quality_model"]]["spearman"]["overall"]
     assert "1e-02" in written["quality_erc_auc"]
-    reports = {f"verification_{tag}.json" for tag in ("untrained", "trained", "reference")} | {"erc.json", "erc.png"}
+    reports = {f"verification_{tag}.json" for tag in ("untrained", "trained", "finetuned", "shipped")} | \
+        {"erc.json", "erc.png", "lfw_full.npz"}
     assert reports <= {p.name for p in out.iterdir()}
     assert json.loads((out / "verification_trained.json").read_text())["accuracy_mean"] == s["trained_accuracy"]
     assert json.loads((out / "erc.json").read_text())["auc"] == s["erc_auc"]
