@@ -94,6 +94,8 @@ FT_CONFIGS: dict[str, tuple[int, list[str], str]] = {
     "ftseed": (2, FT_SEED_RULE, "MagFace fine-tune, the seed's fine-tune rule [5, 40, 0.45, 1, 35]"),
     "ftdeg": (QUALITY_FINETUNE_EPOCHS, QUALITY_FINETUNE_FLAGS, "the shipped recipe: [10, 30, 0.45, 0.8, 150], "
               "cosine, all 7 damage kinds on half the faces"),
+    "ftwide": (QUALITY_FINETUNE_EPOCHS, [*QUALITY_FINETUNE_FLAGS, "--degrade-kinds", "wide"],
+               "ftdeg with the wide augmentation: + motion blur, low contrast, colour cast"),
     "ftheld": (2, [*QUALITY_FINETUNE_FLAGS, "--degrade-kinds", "blur,noise,dark,occlusion"],
                "ftdeg (2 epochs) trained on 4 damage kinds: downscale, jpeg, bright held out"),
 }
@@ -264,7 +266,7 @@ def calibrate_anchored(ckpt: Path, damaged_set: Path, min_severity: float = 0.5)
         f.writelines(f"{table.paths[r]}\n" for r in rows)
     good = reference_magnitudes(str(ckpt), str(DATA / "lfw" / "img.list"), device="cpu")
     bad = reference_magnitudes(str(ckpt), str(severe), device="cpu")
-    source = f"raw/demo_data/lfw/img.list + eval.damage seed {damaged_set.name} severity >= {min_severity:g}"
+    source = f"raw/demo_data/lfw/img.list + eval.damage set {damaged_set.name}, severity >= {min_severity:g}"
     calibration = fit_anchored(good, bad, source, file_sha256(ckpt))
     save_calibration(calibration, side_file(ckpt))
     print(f"calibration: centre {calibration.centre:.3f}, width {calibration.width:.3f} ({calibration.rule})")

@@ -13,19 +13,23 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from utils.degrade import KINDS, random_degrade
+from utils.degrade import ALL_KINDS, KINDS, random_degrade
 
 _STREAM = 0x5EED_DA6E  # separates this generator from any other seeded by (seed, rank, step)
 
 
 def parse_kinds(text: str) -> tuple[str, ...]:
-    """``"blur,noise"`` -> ("blur", "noise"); ``"all"`` -> every kind; unknown names are a ValueError."""
+    """``"blur,noise"`` -> ("blur", "noise"); ``"all"`` -> the benchmark's 7 kinds; ``"wide"`` -> those and the
+    extra ones (``utils.degrade.ALL_KINDS``); unknown names are a ValueError."""
     if text.strip() == "all":
         return KINDS
+    if text.strip() == "wide":
+        return ALL_KINDS
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
-    unknown = [k for k in kinds if k not in KINDS]
+    unknown = [k for k in kinds if k not in ALL_KINDS]
     if not kinds or unknown:
-        raise ValueError(f"--degrade-kinds {text!r}: expected 'all' or a comma list of {', '.join(KINDS)}")
+        raise ValueError(f"--degrade-kinds {text!r}: expected 'all', 'wide' or a comma list of "
+                         f"{', '.join(ALL_KINDS)}")
     return kinds
 
 

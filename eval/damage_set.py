@@ -39,7 +39,7 @@ import numpy as np
 
 from eval.metrics import read_pair_list
 from utils.atomic import write_json
-from utils.degrade import KINDS, damage_parameter, degrade
+from utils.degrade import ALL_KINDS, KINDS, damage_parameter, degrade
 from utils.text_lines import line_of_row
 
 TABLE_COLUMNS = ("row", "path", "pair", "kind", "severity", "parameter", "source")
@@ -139,9 +139,9 @@ def make_damaged_set(img_list: str | os.PathLike, pair_list: str | os.PathLike, 
         raise ValueError("make_damaged_set: no damage kinds given")
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"make_damaged_set: seed must be a non-negative integer, got {seed!r}")
-    bad = [k for k in kinds if k not in KINDS]
+    bad = [k for k in kinds if k not in ALL_KINDS]
     if bad:
-        raise ValueError(f"unknown damage kind {bad[0]!r}; expected one of {', '.join(KINDS)}")
+        raise ValueError(f"unknown damage kind {bad[0]!r}; expected one of {', '.join(ALL_KINDS)}")
     _, resolved = read_image_list(img_list)
     i0, i1, issame = read_pair_list(pair_list, len(resolved))
     manifest = _manifest(img_list, pair_list, kinds, seed, len(i0))
@@ -198,7 +198,7 @@ def read_damage_table(path: str | os.PathLike) -> DamageTable:
                 raise _table_error(path, number, f"row, pair or severity is not a number: {row[:5]}") from None
             if r != len(paths):
                 raise _table_error(path, number, f"row {r} out of order (expected {len(paths)})")
-            if row[3] != CLEAN and row[3] not in KINDS:
+            if row[3] != CLEAN and row[3] not in ALL_KINDS:
                 raise _table_error(path, number, f"unknown kind {row[3]!r}")
             if not (0.0 <= s <= 1.0) or (row[3] == CLEAN and s != 0.0) or math.isnan(s):
                 raise _table_error(path, number, f"severity {row[4]} outside [0, 1] (or non-zero for 'none')")

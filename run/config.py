@@ -175,8 +175,9 @@ FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "skip_bad_images": (("--skip-bad-images",), "log and skip unreadable images instead of stopping"),
     "max_bad_fraction": (("--max-bad-fraction",), "with --skip-bad-images: stop past this fraction"),
     "degrade_prob": (("--degrade-prob",), "damage each training face with this probability (0 = off, published)"),
-    "degrade_kinds": (("--degrade-kinds",), "damage kinds for --degrade-prob: 'all' or a comma list of "
-                      "blur,downscale,jpeg,dark,bright,noise,occlusion"),
+    "degrade_kinds": (("--degrade-kinds",), "damage kinds for --degrade-prob: 'all' (the benchmark's blur,downscale,"
+                      "jpeg,dark,bright,noise,occlusion), 'wide' (those + motion_blur,contrast,colour_cast) or a "
+                      "comma list"),
     "degrade_max_severity": (("--degrade-max-severity",), "damage severity is uniform in [0, this]"),
     "epochs": (("--epochs",), "number of epochs"),
     "start_epoch": (("--start-epoch",), "epoch to start from (the seed's manual restart)"),

@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.degrade import KINDS, damage_parameter, degrade, random_degrade
+from utils.degrade import ALL_KINDS, EXTRA_KINDS, KINDS, damage_parameter, degrade, random_degrade
 
 GRID = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
@@ -108,3 +108,27 @@ def test_bad_kind_and_image_are_named(faces):
         degrade(faces[0].astype(np.float32), "blur", 0.5, np.random.default_rng(0))
     with pytest.raises(ValueError, match="uint8"):
         degrade(faces[0][:, :, 0], "blur", 0.5, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("kind", EXTRA_KINDS)
+def test_extra_kinds_grow_with_severity_and_repeat(kind):
+    """The augmentation-only kinds: 0 is the identity, the change grows with severity, the rng state decides."""
+    img = np.random.default_rng(3).integers(0, 256, (112, 112, 3), dtype=np.uint8)
+    img = cv2.GaussianBlur(img, (0, 0), 2.0)  # some structure for the blur to remove
+    assert np.array_equal(degrade(img, kind, 0.0, np.random.default_rng(0)), img)
+    change = [np.abs(degrade(img, kind, s, np.random.default_rng(0)).astype(int) - img).mean()
+              for s in (0.25, 0.5, 1.0)]
+    assert 0 < change[0] < change[1] < change[2], (kind, change)
+    a = degrade(img, kind, 0.7, np.random.default_rng(5))
+    assert a.shape == img.shape and a.dtype == np.uint8
+    assert np.array_equal(a, degrade(img, kind, 0.7, np.random.default_rng(5)))
+    assert kind not in KINDS and kind in ALL_KINDS
+
+
+def test_wide_kinds_parse_for_training_only():
+    from dataloader.augment import parse_kinds
+
+    assert parse_kinds("wide") == ALL_KINDS and parse_kinds("all") == KINDS
+    assert parse_kinds("motion_blur,jpeg") == ("motion_blur", "jpeg")
+    with pytest.raises(ValueError, match="'wide'"):
+        parse_kinds("smear")

@@ -7,7 +7,9 @@ shape and dtype.
 
 API (stable; q-study and eval/damage.py use it):
 
-- ``KINDS``: the damage kinds, ``("blur", "downscale", "jpeg", "dark", "bright", "noise", "occlusion")``.
+- ``KINDS``: the damage kinds of the benchmark (``eval.damage``), ``("blur", "downscale", "jpeg", "dark",
+  "bright", "noise", "occlusion")``. ``EXTRA_KINDS`` (``"motion_blur", "contrast", "colour_cast"``) widen the
+  training augmentation (``--degrade-kinds wide``) without changing the benchmark; ``ALL_KINDS`` is both.
 - ``degrade(img, kind, severity, rng) -> np.ndarray``: a new damaged array. ``severity`` in [0, 1];
   0 returns an exact copy (bit-identical, and ``rng`` is not touched); damage grows monotonically with
   severity. Deterministic given the state of ``rng`` (only ``noise`` and ``occlusion`` draw from it).
@@ -31,6 +33,11 @@ Severity ``s`` -> parameter, per kind (``s = 0`` is always the untouched image):
 - ``occlusion``: a square patch of one random colour covering a fraction 0.4 s of the image area, centred
   at a random point in the central 36% of each axis (so the patch never leaves the image). For a given
   rng state, a larger severity gives a larger patch around the same centre with the same colour.
+- ``motion_blur``: a straight line kernel of length 1 + 24 s pixels at a random angle (camera or subject
+  motion).
+- ``contrast``: out = m + (x - m) (1 - 0.8 s), m the image's mean grey level (haze, a flat exposure).
+- ``colour_cast``: per-channel gains 1 - 0.6 s, 1 and 1 + 0.6 s in a random channel order (a wrong white
+  balance), clipped to [0, 255].
 """
 from __future__ import annotations
 
@@ -41,6 +48,8 @@ import cv2
 import numpy as np
 
 KINDS: tuple[str, ...] = ("blur", "downscale", "jpeg", "dark", "bright", "noise", "occlusion")
+EXTRA_KINDS: tuple[str, ...] = ("motion_blur", "contrast", "colour_cast")
+ALL_KINDS = KINDS + EXTRA_KINDS
 
 _MIN_DOWNSCALE = 1.0 / 8.0
 _MAX_OCCLUDED_AREA = 0.4
@@ -58,6 +67,9 @@ def damage_parameter(kind: str, severity: float) -> float:
         "bright": 1.0 + 2.0 * s,
         "noise": 60.0 * s,
         "occlusion": _MAX_OCCLUDED_AREA * s,
+        "motion_blur": 1.0 + 24.0 * s,
+        "contrast": 1.0 - 0.8 * s,
+        "colour_cast": 0.6 * s,
     }[kind]
 
 
@@ -95,8 +107,8 @@ def _check_image(img: np.ndarray) -> None:
 
 
 def _check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"degrade: unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if kind not in ALL_KINDS:
+        raise ValueError(f"degrade: unknown kind {kind!r}; expected one of {', '.join(ALL_KINDS)}")
 
 
 def _check_severity(severity: float, name: str = "severity") -> float:
@@ -173,5 +185,29 @@ def _span(centre: float, side: float, size: int) -> tuple[int, int]:
     return start, max(stop, start + 1)
 
 
+def _motion_blur(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
+    length = damage_parameter("motion_blur", s)
+    angle = rng.uniform(0.0, math.pi)
+    size = 2 * math.ceil(length / 2) + 1
+    kernel = np.zeros((size, size), np.float32)
+    c, half = size // 2, (length - 1) / 2
+    for t in np.linspace(-half, half, max(2, 4 * size)):  # a dense line, rasterised
+        kernel[int(round(c + t * math.sin(angle))), int(round(c + t * math.cos(angle)))] = 1.0
+    return cv2.filter2D(img, -1, kernel / kernel.sum(), borderType=cv2.BORDER_REFLECT_101)
+
+
+def _contrast(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
+    x = img.astype(np.float32)
+    m = float(x.mean())
+    return np.clip(np.rint(m + (x - m) * damage_parameter("contrast", s)), 0, 255).astype(np.uint8)
+
+
+def _colour_cast(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
+    amount = damage_parameter("colour_cast", s)
+    gains = np.array([1.0 - amount, 1.0, 1.0 + amount], np.float32)[rng.permutation(3)]
+    return np.clip(np.rint(img.astype(np.float32) * gains), 0, 255).astype(np.uint8)
+
+
 _APPLY = {"blur": _blur, "downscale": _downscale, "jpeg": _jpeg, "dark": _dark, "bright": _bright,
-          "noise": _noise, "occlusion": _occlusion}
+          "noise": _noise, "occlusion": _occlusion, "motion_blur": _motion_blur, "contrast": _contrast,
+          "colour_cast": _colour_cast}
