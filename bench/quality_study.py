@@ -92,11 +92,11 @@ FT_CONFIGS: dict[str, tuple[int, list[str], str]] = {
     "ftpub": (2, [*FT_BASE, "--backbone-lr-mult", "0.1"], "MagFace fine-tune, published loss [10, 110, 0.45, 0.8, "
               "35], backbone lr x0.1"),
     "ftseed": (2, FT_SEED_RULE, "MagFace fine-tune, the seed's fine-tune rule [5, 40, 0.45, 1, 35]"),
-    "ftdeg": (QUALITY_FINETUNE_EPOCHS, QUALITY_FINETUNE_FLAGS, "the shipped recipe: [10, 30, 0.45, 0.8, 150], "
-              "cosine, all 7 damage kinds on half the faces"),
-    "ftwide": (QUALITY_FINETUNE_EPOCHS, [*QUALITY_FINETUNE_FLAGS, "--degrade-kinds", "wide"],
-               "ftdeg with the wide augmentation: + motion blur, low contrast, colour cast"),
-    "ftheld": (2, [*QUALITY_FINETUNE_FLAGS, "--degrade-kinds", "blur,noise,dark,occlusion"],
+    "ftdeg": (QUALITY_FINETUNE_EPOCHS, with_flag(QUALITY_FINETUNE_FLAGS, "--degrade-kinds", "all"),
+              "[10, 30, 0.45, 0.8, 150], cosine, the benchmark's 7 damage kinds on half the faces"),
+    "ftwide": (QUALITY_FINETUNE_EPOCHS, QUALITY_FINETUNE_FLAGS,
+               "the shipped recipe: ftdeg with 10 damage kinds (+ motion blur, low contrast, colour cast)"),
+    "ftheld": (2, with_flag(QUALITY_FINETUNE_FLAGS, "--degrade-kinds", "blur,noise,dark,occlusion"),
                "ftdeg (2 epochs) trained on 4 damage kinds: downscale, jpeg, bright held out"),
 }
 ALL_CONFIGS = CONFIGS | FT_CONFIGS
