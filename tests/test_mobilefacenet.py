@@ -15,6 +15,7 @@ from models import build_backbone
 from models.backbones import backbone_units
 from models.checkpoint import backbone_state, load_backbone, read_checkpoint
 from models.mobilefacenet import MobileFaceNet, convert_public_state, public_key_map
+from models.quality_model import QUALITY_MODEL
 from utils.convention import IMAGENET
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,16 +99,18 @@ def test_shipped_file_matches_its_readme():
 
 
 @pytest.mark.slow
-def test_shipped_model_verifies_all_lfw_pairs(lfw_dir, tmp_path):
-    """All 6,000 View-2 pairs (12,000 faces) through gen_feat and eval.verification: >= 99.0 % 10-fold."""
+@pytest.mark.parametrize("checkpoint", [SHIPPED, QUALITY_MODEL], ids=["pretrained", "quality"])
+def test_shipped_model_verifies_all_lfw_pairs(lfw_dir, tmp_path, checkpoint):
+    """All 6,000 View-2 pairs (12,000 faces) through gen_feat and eval.verification: >= 99.0 % 10-fold, for the
+    converted pretrained model and for the quality model fine-tuned from it."""
     from eval import verification
     from inference import gen_feat
 
     feats = tmp_path / "lfw.npz"
-    gen_feat.extract(str(SHIPPED), str(lfw_dir / "img.list"), str(feats),
+    gen_feat.extract(str(checkpoint), str(lfw_dir / "img.list"), str(feats),
                      gen_feat.FeatOptions(device="cpu", print_freq=10**6))
     report = verification.run(feat_list=str(feats), pair_list=str(lfw_dir / "pair.list"))
-    print(f"mobilefacenet, LFW 6,000 pairs: {100 * report['accuracy_mean']:.2f} % +- "
+    print(f"{checkpoint.name}, LFW 6,000 pairs: {100 * report['accuracy_mean']:.2f} % +- "
           f"{100 * report['accuracy_std']:.2f}")
     assert report["num_pairs"] == 6000
     assert report["accuracy_mean"] >= 0.990
