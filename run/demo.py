@@ -17,6 +17,7 @@ faces sorted by magnitude; where the full LFW set is found (../shared/data/lfw11
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,7 +31,8 @@ from run.recipes import QUALITY_FINETUNE, QUALITY_MODEL  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "raw" / "demo_data"
-FULL_LFW = REPO.parent / "shared" / "data" / "lfw112"  # not in the repository: used when it is there
+# not in the repository: used when it is there (MAGFACE_SHARED_DATA as in the tests, else ../shared/data)
+FULL_LFW = Path(os.environ.get("MAGFACE_SHARED_DATA", REPO.parent / "shared" / "data")) / "lfw112"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
