@@ -98,6 +98,14 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib_paths: list[str], conve
     onnx.save(quantized, str(out_path))
 
 
+# Architectures whose int8 model this recipe gets wrong, with what to use instead.
+NOT_QUANTIZABLE = {
+    "mobilefacenet": "int8 is not accurate for mobilefacenet (this recipe's static quantization of its depthwise "
+                     "convs gave cosine 0.67 to fp32 on the damaged demo LFW set, 2026-12-07); use --backend "
+                     "onnxruntime (fp32, equal to PyTorch to 2e-6) or the default fp32",
+}
+
+
 def int8_model(resume: str | os.PathLike, calib_paths: list[str] | None, *, arch: str | None = None,
                convention: InputConvention | None = None, cache: Path | None = None,
                log=print) -> Path:
@@ -116,6 +124,8 @@ def int8_model(resume: str | os.PathLike, calib_paths: list[str] | None, *, arch
     from models.checkpoint import load_backbone  # torch: only the first run of a checkpoint needs it
 
     model, conv, info = load_backbone(resume, arch, "cpu", convention)
+    if calib_paths is not None and info["arch"] in NOT_QUANTIZABLE:
+        raise ValueError(f"{resume}: {NOT_QUANTIZABLE[info['arch']]}")
     from inference.export_onnx import export_onnx
 
     cache.mkdir(parents=True, exist_ok=True)

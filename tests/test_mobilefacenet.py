@@ -131,3 +131,14 @@ def test_folded_model_gives_the_same_features():
                                    plain, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="needs a MobileFaceNet"):
         fuse_mobilefacenet(build_backbone("iresnet18_w16", 32))
+
+
+def test_int8_is_refused_for_mobilefacenet(tmp_path, monkeypatch):
+    """The int8 recipe's cosine to fp32 is 0.67 on this architecture: one line saying what to use, no file."""
+    from inference.int8 import int8_model
+
+    monkeypatch.setenv("MAGFACE_CACHE", str(tmp_path / "cache"))
+    face = REPO / "raw" / "demo_data" / "lfw" / (REPO / "raw" / "demo_data" / "lfw" / "img.list").read_text().split()[0]
+    with pytest.raises(ValueError, match="int8 is not accurate for mobilefacenet.*--backend onnxruntime"):
+        int8_model(SHIPPED, [str(face)])
+    assert not list((tmp_path / "cache").glob("*.onnx"))
