@@ -120,6 +120,7 @@ def uses_cudagraphs(cfg: TrainConfig, device: torch.device) -> bool:
 
 
 def build_run(cfg: TrainConfig, dist: DistInfo) -> Run:
+    cfg.resolve_input_convention(resume_file(cfg.resume, Path(cfg.pth_save_fold)))  # 'auto' -> a real name
     device = resolve_device(cfg.device, dist.local_rank)
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
@@ -197,7 +198,6 @@ def train(cfg: TrainConfig, dist: DistInfo) -> dict:
     steps_per_epoch = sampler.per_rank // per_rank
     if steps_per_epoch == 0:
         raise ValueError(f"the data has {len(dataset)} images, fewer than one batch of {cfg.batch_size}")
-    cfg.resolve_input_convention(resume_file(cfg.resume, out_dir))
     if dist.is_main:
         for stale in remove_stale_temporaries(out_dir):
             log.warning(f"removed {stale}: a partial checkpoint left by an interrupted write")
