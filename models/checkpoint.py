@@ -62,8 +62,11 @@ def _unsupported(message: str) -> str:
     return ""
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint safely; truncated, foreign or code-carrying files get a clear ValueError."""
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
+    """Load a checkpoint safely; truncated, foreign or code-carrying files get a clear ValueError.
+
+    ``mmap``: map the tensors instead of reading them (zip-format files only, i.e. everything this project and
+    torch >= 1.6 write): cheap when only the metadata (config, input convention) is wanted."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -73,7 +76,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*pickle protocol.*")
-            obj = torch.load(path, map_location=map_location, weights_only=True)
+            obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         detail = _unsupported(str(e))
         if detail.startswith("Unsupported global"):

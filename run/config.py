@@ -6,6 +6,7 @@ argparse is generated from the dataclass; the seed's flag names (``--batch-size`
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -139,15 +140,15 @@ class TrainConfig:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"--val-bin: verification set not found: {path}")
 
-    def resolve_input_convention(self, resume_file: str | Path | None) -> str:
-        """Replace ``auto`` by the convention of the resumed file, else of the --pretrained one, else magface."""
+    def resolve_input_convention(self, resume_file: str | Path | None, pretrained: Mapping | None = None) -> str:
+        """Replace ``auto`` by the convention of the resumed file, else of the --pretrained one (``pretrained``: that
+        file already read), else magface. The resume file's tensors are only mapped, not read: resuming reads it."""
         if self.input_convention == "auto":
             from models.checkpoint import file_convention, read_checkpoint
 
-            stored = None
-            for path in (resume_file, self.pretrained):
-                if path and stored is None:
-                    stored = file_convention(read_checkpoint(path))
+            stored = file_convention(read_checkpoint(resume_file, mmap=True)) if resume_file else None
+            if stored is None and pretrained is not None:
+                stored = file_convention(pretrained)
             self.input_convention = convention_name(stored) if stored is not None else "magface"
         return self.input_convention
 

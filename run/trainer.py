@@ -120,16 +120,16 @@ def uses_cudagraphs(cfg: TrainConfig, device: torch.device) -> bool:
 
 
 def build_run(cfg: TrainConfig, dist: DistInfo) -> Run:
-    cfg.resolve_input_convention(resume_file(cfg.resume, Path(cfg.pth_save_fold)))  # 'auto' -> a real name
+    pretrained = read_checkpoint(cfg.pretrained) if cfg.pretrained else None  # read once: weights and convention
+    cfg.resolve_input_convention(resume_file(cfg.resume, Path(cfg.pth_save_fold)), pretrained)  # 'auto' -> a name
     device = resolve_device(cfg.device, dist.local_rank)
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     backbone = build_backbone(cfg.arch, cfg.embedding_size, cfg.dropout, cfg.input_size).to(device)
-    if cfg.pretrained:
-        load_backbone_state(backbone, backbone_state(read_checkpoint(cfg.pretrained), cfg.pretrained),
-                            cfg.pretrained)
+    if pretrained is not None:
+        load_backbone_state(backbone, backbone_state(pretrained, cfg.pretrained), cfg.pretrained)
         get_logger().info(f"backbone initialised from {cfg.pretrained}")
     frozen = tuple(frozen_modules(backbone, cfg.freeze_depth)) if cfg.freeze_depth else ()
     if frozen:
