@@ -17,14 +17,13 @@ costs; ``cos`` bounds what a recognisability-driven score (MagFace's premise) re
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
 import numpy as np
 from scipy.stats import spearmanr
 
-from bench.quality_study import DATA
+from bench.quality_study import DATA, damage_sources
 from eval.damage_set import read_damage_table
 from utils.feature_io import load_feature_file
 from utils.image_list import read_image_list
@@ -34,8 +33,7 @@ from utils.table import format_markdown
 def ceiling(damaged_set: Path, clean_npz: Path, dmg_npz: Path) -> dict[str, dict[str, float]]:
     """{measure: {overall, kind...}} Spearman rho against severity over the damaged rows."""
     table = read_damage_table(damaged_set / "damage.csv")
-    with open(damaged_set / "damage.csv", newline="") as f:
-        sources = [str(Path(row["source"]).resolve()) for row in csv.DictReader(f)]
+    sources = damage_sources(damaged_set)
     clean = load_feature_file(clean_npz).features.astype(np.float64)
     index = {p: i for i, p in enumerate(read_image_list(DATA / "lfw" / "img.list")[1])}
     dmg = load_feature_file(dmg_npz).features.astype(np.float64)

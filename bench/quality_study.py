@@ -201,16 +201,21 @@ def read_path_scores(path: Path) -> dict[str, float]:
     return {str(Path(p).resolve()): float(v) for p, v in (line.split() for line in path.read_text().splitlines())}
 
 
+def damage_sources(damaged_set: Path) -> list[str]:
+    """The resolved path of the undamaged original of every row of an ``eval.damage`` set (its ``source`` column)."""
+    import csv
+
+    with open(damaged_set / "damage.csv", newline="") as f:
+        return [str(Path(row["source"]).resolve()) for row in csv.DictReader(f)]
+
+
 def below_original(damaged_set: Path, table, damaged: np.ndarray, originals: dict[str, float] | None) -> dict:
     """The property a user expects of a quality score: the fraction of damaged faces that score below their own
     undamaged original, per kind and overall (``originals``: score of each source face; None = sharpness, computed
     here from the source images)."""
-    import csv
-
     from eval.quality import laplacian_sharpness
 
-    with open(damaged_set / "damage.csv", newline="") as f:
-        sources = [str(Path(row["source"]).resolve()) for row in csv.DictReader(f)]
+    sources = damage_sources(damaged_set)
     rows = np.flatnonzero(table.damaged)
     if originals is None:
         originals = {src: laplacian_sharpness(cv2.imread(src)) for src in {sources[r] for r in rows}}
