@@ -93,6 +93,17 @@ def _resume_hint(last: Path, saved_step: int | None) -> str:
     return f"then rerun with --resume auto to continue from {last} (global step {saved_step})"
 
 
+def _dead_worker() -> RuntimeError | None:
+    """torch's own error for a dead DataLoader worker (pid and signal), checked now rather than on SIGCHLD."""
+    from torch.utils.data._utils.signal_handling import _error_if_any_worker_fails  # private, stable since 1.0
+
+    try:
+        _error_if_any_worker_fails()
+    except RuntimeError as found:
+        return found
+    return None
+
+
 def data_fault(error: BaseException, epoch: int, global_step: int, last: Path,
                saved_step: int | None) -> BaseException | None:
     """A clear error for a loader failure in the middle of an epoch, or None when ``error`` is another kind."""
@@ -101,7 +112,14 @@ def data_fault(error: BaseException, epoch: int, global_step: int, last: Path,
         return ValueError(f"{one_line(error)} ({where}). Fix or remove that sample (or pass --skip-bad-images), "
                           + _resume_hint(last, saved_step))
     text = str(error)
-    if not (isinstance(error, RuntimeError) and text.startswith("DataLoader worker")):
+    # A worker's death reaches the loop as torch's RuntimeError ("DataLoader worker (pid N) is killed by signal"
+    # or "... exited unexpectedly") or, when the result queue's pipe breaks before torch notices, as the pipe's
+    # ConnectionResetError / EOFError.
+    if isinstance(error, (ConnectionResetError, EOFError)):
+        error = _dead_worker() or error  # ask torch now which worker died, and how
+        text = str(error)
+    pipe_broke = isinstance(error, (ConnectionResetError, EOFError))
+    if not (pipe_broke or isinstance(error, RuntimeError) and text.startswith("DataLoader worker")):
         return None
     pid = re.search(r"\(pids?(?:\(s\))? ([\d, ]+)\)", text)
     how = re.search(r"killed by signal: ([^.]+)", text)

@@ -23,7 +23,7 @@ from models.fused import ChunkedMagFaceHead
 from models.sharded import ShardedMagFaceHead
 from run.config import TrainConfig
 from run.engine import BatchPrep, LoopState, Stop, lr_at, train_one_epoch
-from run.failures import data_fault, shared_save
+from run.failures import WorkerDied, data_fault, shared_save
 from run.faults import Faults
 from run.head_init import freeze, frozen_modules, init_head_from_class_means
 from run.hooks import build_hooks
@@ -233,6 +233,14 @@ def train(cfg: TrainConfig, dist: DistInfo) -> dict:
     return {"checkpoints": written, "global_step": state.global_step, "out_dir": str(out_dir)}
 
 
+def stop_workers(loader) -> None:
+    """Shut a loader's (persistent) workers down now: torch's SIGCHLD handler otherwise raises its own error for
+    the dead worker at a random later moment, e.g. while the one-line report of this failure is being written."""
+    iterator = getattr(loader, "_iterator", None)  # private: the persistent workers' iterator, if any
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+
+
 def _epochs(run: Run, loader, sampler, state: LoopState, pos: Position, tb: TensorBoard, bad,
             per_rank: int, watch: PreemptWatch) -> list[str]:
     cfg, log, written, spe = run.cfg, get_logger(), [], state.steps_per_epoch
@@ -257,10 +265,12 @@ def _epochs(run: Run, loader, sampler, state: LoopState, pos: Position, tb: Tens
             run.save_state(Position(g0 // spe, g0 % spe, g0))
             log.error(f"state from before the divergence (after global step {g0}) saved to {run.out_dir / 'last.pth'}")
             raise
-        except (ValueError, RuntimeError) as error:
+        except (ValueError, RuntimeError, ConnectionResetError, EOFError) as error:
             fault = data_fault(error, epoch, state.global_step, run.out_dir / "last.pth", run.saved_step)
             if fault is None:
                 raise
+            if isinstance(fault, WorkerDied):
+                stop_workers(loader)
             raise fault from error
         stop = result.stop
         step_reached = state.global_step - epoch * spe
