@@ -6,6 +6,12 @@ label, and when each identity's images are contiguous, keys N+1..N+C hold one id
 with labels ``[first_key, last_key + 1]``. JPEG files are copied byte for byte by default, so the
 packed pixels are identical to the files'.
 
+The three files are written as ``.NAME.partial`` in DIR, fsynced, and renamed only once complete,
+``train.idx`` last (after removing the old one, which must never pair with the new ``train.rec``): a
+killed pack leaves no final-named file (bar the instant between two renames, when the leftover partial
+``train.idx`` still marks it), readers name its partial files as an interrupted pack, and a complete
+set already in DIR stays readable until the new one replaces it. A re-run removes stale partial files.
+
     python -m dataloader.pack_rec --train_list L --out DIR [--quality 95] [--keep-bytes | --reencode]
 """
 from __future__ import annotations
@@ -18,6 +24,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import IO
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,21 +33,50 @@ import cv2
 import numpy as np
 
 from dataloader.image_list import TrainList, read_train_list
-from dataloader.recordio import HEADER, RecordIOWriter, pack_payload
+from dataloader.recordio import HEADER, RecordIOWriter, pack_payload, partial_path
 from dataloader.transforms import BadSampleError, decode_face, is_jpeg
 
 log = logging.getLogger(__name__)
 FLOAT32_EXACT = 1 << 24  # keys and identities are stored as float32 labels
+SET_FILES = ("train.rec", "property", "train.idx")  # in commit order: readers need train.idx, so it goes last
 
 
 def write_rec_set(out_dir: str | os.PathLike, samples: Iterable[tuple[int, bytes]], num_classes: int,
                   size: int = 112) -> int:
-    """Write (label, encoded image) pairs as DIR/train.rec, train.idx and property; returns the count."""
+    """Write (label, encoded image) pairs as DIR/train.rec, train.idx and property; returns the count.
+
+    All or nothing (module docstring): an error removes this attempt's files, old ones stay as they were.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rec_path, labels = out / "train.rec", []
-    with RecordIOWriter(rec_path, out / "train.idx") as writer:
-        writer.write(0, pack_payload([0.0, 0.0], b""))  # meta record, patched once N is known
+    stale = [p.name for p in _partials(out) if p.exists()]
+    if stale:
+        log.warning("removing %s in %s, left by an interrupted pack", ", ".join(stale), out)
+    try:
+        _remove_partials(out)
+        n = _write_partials(out, samples, num_classes, size)
+        _commit(out)
+    except BaseException:
+        _remove_partials(out)
+        raise
+    return n
+
+
+def _partials(out: Path) -> list[Path]:
+    return [partial_path(out / name) for name in SET_FILES]
+
+
+def _remove_partials(out: Path) -> None:
+    for p in _partials(out):
+        p.unlink(missing_ok=True)
+
+
+def _write_partials(out: Path, samples: Iterable[tuple[int, bytes]], num_classes: int, size: int) -> int:
+    """The whole set under its partial names, fsynced; the meta record is patched once N is known."""
+    rec, prop, idx = _partials(out)
+    labels: list[int] = []
+    with RecordIOWriter(rec, idx) as writer:
+        writer.write(0, pack_payload([0.0, 0.0], b""))  # placeholder meta: readers name it as an interrupted pack
         for key, (label, image) in enumerate(samples, start=1):
             if not 0 <= label < num_classes:
                 raise ValueError(f"{out}: image {key} has identity {label}, outside 0..{num_classes - 1}")
@@ -53,11 +89,40 @@ def write_rec_set(out_dir: str | os.PathLike, samples: Iterable[tuple[int, bytes
         for c, (start, end) in enumerate(first):
             writer.write(n + 1 + c, pack_payload([float(start), float(end)], b""))
     meta_end = n + 1 + (num_classes if first else 0)
-    with open(rec_path, "r+b") as f:  # fixed-size meta payload: its labels sit right after the header
+    with open(rec, "r+b") as f:  # fixed-size meta payload: its labels sit right after the header
         f.seek(8 + HEADER.size)
         f.write(np.asarray([n + 1, meta_end], dtype=np.float32).tobytes())
-    (out / "property").write_text(f"{num_classes},{size},{size}\n")
+        _flush_to_disk(f)
+    with open(idx, "rb") as f:
+        os.fsync(f.fileno())
+    with open(prop, "w") as f:
+        f.write(f"{num_classes},{size},{size}\n")
+        _flush_to_disk(f)
     return n
+
+
+def _flush_to_disk(f: IO) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _commit(out: Path) -> None:
+    """Partial names -> final names, train.idx last; a failure part-way takes back what it renamed."""
+    (out / "train.idx").unlink(missing_ok=True)  # the old index must never pair with the new train.rec
+    done: list[Path] = []
+    try:
+        for name in SET_FILES:
+            os.replace(partial_path(out / name), out / name)
+            done.append(out / name)
+    except BaseException:
+        for p in done:
+            p.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(out, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _identity_ranges(labels: np.ndarray, num_classes: int) -> list[tuple[int, int]]:

@@ -8,7 +8,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dataloader.recordio import IRHeader, read_idx, read_property, read_record, resolve_rec_paths, unpack_payload
+from dataloader.recordio import (
+    IRHeader,
+    interrupted_pack,
+    read_idx,
+    read_property,
+    read_record,
+    resolve_rec_paths,
+    unpack_payload,
+)
 from dataloader.transforms import BadSample, BadSampleError, decode_face, to_chw_tensor
 
 
@@ -32,6 +40,7 @@ class RecordIODataset(Dataset):
         self.rec_size = os.path.getsize(self.rec_path)
         self._fd: int | None = None
         self._fd_pid: int | None = None
+        self._check_not_interrupted()
         keys, offsets = read_idx(self.idx_path, self.rec_size)
         self.keys, self.offsets, self.num_classes = self._image_keys(keys, offsets)
         self.close()
@@ -42,6 +51,23 @@ class RecordIODataset(Dataset):
                 f"{self.rec_path}: the set has {self.num_classes} identities, more than {num_classes}; "
                 "--last-fc-size is too small"
             )
+
+    def _check_not_interrupted(self) -> None:
+        """A pack killed before this project wrote atomically left final-named files: an empty .rec, or one
+        whose first record is still pack_rec's placeholder meta (labels [0, 0], no image), patched only at
+        the end. Checked before the .idx, which such a pack usually left truncated too."""
+        folder = os.path.dirname(self.rec_path)
+        if self.rec_size == 0:
+            raise interrupted_pack(folder, f"{os.path.basename(self.rec_path)} is empty")
+        try:
+            header, labels, image = self._payload(0)
+        except BadSampleError:
+            return  # not a pack_rec set, or damaged: the .idx checks and the records say which
+        finally:
+            self.close()
+        if header.flag == 2 and labels is not None and not labels.any() and len(image) == 0:
+            raise interrupted_pack(folder, f"meta record 0 of {os.path.basename(self.rec_path)} is still the "
+                                           "placeholder written before the first image")
 
     def _image_keys(self, keys: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, int | None]:
         """Image keys per the meta record 0 (when its flag > 0), else every key in ``.idx`` order."""

@@ -8,6 +8,9 @@ a 4-byte aligned position is split there by dmlc's writer (flags 1 start, 2 midd
 word dropped; the reader puts it back. Payload = ``<IfQQ`` header (flag, label, id, id2), ``flag``
 float32 labels when flag > 0, then the encoded image. Record 0 of insightface sets is a meta record
 whose first label bounds the image keys: 1 .. int(label[0]) - 1.
+
+``dataloader.pack_rec`` writes each file of a set as ``.NAME.partial`` beside its final name and renames
+it once the set is complete; such files without a final ``.rec``/``.idx`` mark an interrupted pack.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import os
 import struct
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -183,8 +187,23 @@ def resolve_rec_paths(path: str | os.PathLike) -> tuple[str, str]:
     idx = os.path.splitext(rec)[0] + ".idx"
     for p in (rec, idx):
         if not os.path.isfile(p):
+            partial = [q.name for q in (partial_path(rec), partial_path(idx)) if q.is_file()]
+            if partial:
+                raise interrupted_pack(os.path.dirname(rec), f"{' and '.join(partial)} but no {os.path.basename(p)}")
             raise FileNotFoundError(f"RecordIO file {p} does not exist")
     return rec, idx
+
+
+def partial_path(path: str | os.PathLike) -> Path:
+    """Where a file of a set is written until the whole set is complete: ``.NAME.partial`` beside it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.partial")
+
+
+def interrupted_pack(folder: str | os.PathLike, evidence: str) -> ValueError:
+    """The error for a set whose packing stopped part-way: no reader can tell how many images it lacks."""
+    return ValueError(f"{folder}: the RecordIO pack in this folder was interrupted ({evidence}); re-run "
+                      f"python -m dataloader.pack_rec --train_list LIST --out {folder}")
 
 
 def read_property(folder: str) -> int | None:
