@@ -11,6 +11,8 @@ Generalised: for an FMR that is not a power of ten the index is ``floor((N_imp -
 walks the decades from FMR = 1 and stops as soon as the index reaches 0, printing nothing for the
 FMRs below; we report NaN where it would stop, i.e. when ``(N_imp - 1) * 10 * FMR < 1``, or when no
 genuine pair is left. The area under each curve is the trapezoid over the reject ratios (0..0.95).
+A pair list with which not even the first row (nothing rejected) is defined is an error; NaN rows
+further down are named in a one-line note (``nan_rows`` in the report) saying what was left there.
 
 Quality scores: ``magnitude`` (feature norm), ``random`` (seeded uniform, the no-information
 baseline) and ``sharpness`` (variance of the Laplacian of the grayscale image).
@@ -55,6 +57,28 @@ def fmr_index(n_impostor: int, fmr: float) -> int | None:
     return index if walk >= 1 else None
 
 
+def min_impostor_pairs(fmr: float) -> int:
+    """Fewest impostor pairs with which the seed's rule gives a threshold at ``fmr`` (fmr_index not None)."""
+    n = max(1, math.floor(0.1 / fmr) - 1) if 0 < fmr < 1 else 1  # fmr_index names a bad FMR
+    while fmr_index(n, fmr) is None:
+        n += 1
+    return n
+
+
+def check_pair_counts(issame: np.ndarray, fmr: float, where: str) -> None:
+    """ValueError when no entry of the ERC is defined. The first row rejects nothing and every later row
+    keeps a subset of its pairs, so when that row is NaN all are; an all-NaN table would look like a result."""
+    n_gen = int(np.count_nonzero(issame))
+    n_imp = len(issame) - n_gen
+    if n_gen >= 1 and fmr_index(n_imp, fmr) is not None:
+        return
+    raise ValueError(
+        f"{where}: {len(issame)} pairs ({n_gen} genuine, {n_imp} impostor); FNMR at FMR = {fmr:g} needs at "
+        f"least 1 genuine and {min_impostor_pairs(fmr)} impostor pairs ((N_imp - 1) * 10 * FMR >= 1), so no "
+        "entry of the error-versus-reject curve can be computed: use more pairs or a larger --fmr"
+    )
+
+
 def fnmr_at_fmr(dist: np.ndarray, issame: np.ndarray, fmr: float) -> float:
     """FNMR at the seed's FMR threshold (same when d < threshold)."""
     issame = np.asarray(issame, dtype=bool)
@@ -75,6 +99,36 @@ def error_versus_reject(
     n = len(order)
     return np.array([fnmr_at_fmr(dist[order[int(r * n):]], issame[order[int(r * n):]], fmr)
                      for r in reject_ratios])
+
+
+def nan_rows(issame: np.ndarray, pair_quality: np.ndarray, fnmr: np.ndarray,
+             reject_ratios: np.ndarray = REJECT_RATIOS) -> dict | None:
+    """Where a curve turns NaN and the pairs left there (rows keep nested subsets: NaN rows are a suffix)."""
+    bad = np.flatnonzero(np.isnan(fnmr))
+    if not len(bad):
+        return None
+    r = reject_ratios[bad[0]]
+    kept = issame[np.argsort(pair_quality)[int(r * len(issame)):]]
+    n_gen = int(np.count_nonzero(kept))
+    return {"from_reject_ratio": round(float(r), 10), "genuine_pairs_left": n_gen,
+            "impostor_pairs_left": len(kept) - n_gen}
+
+
+def nan_note(report: dict) -> str | None:
+    """One line saying why the report's NaN rows are NaN, None when it has none."""
+    parts = []
+    for name, row in report.get("nan_rows", {}).items():
+        why = []
+        if row["impostor_pairs_left"] < report["min_impostor_pairs"]:
+            left = row["impostor_pairs_left"]
+            why.append(f"{left} impostor pair{'s' * (left != 1)} left, FMR = {report['fmr']:g} needs "
+                       f"{report['min_impostor_pairs']}")
+        if row["genuine_pairs_left"] == 0:
+            why.append("no genuine pair left")
+        parts.append(f"{name} from {100 * row['from_reject_ratio']:.0f}% rejected ({'; '.join(why)})")
+    if not parts:
+        return None
+    return f"note: nan where too few pairs remain after rejection: {', '.join(parts)}; such a curve's AUC is nan"
 
 
 def curve_area(fnmr: np.ndarray, reject_ratios: np.ndarray = REJECT_RATIOS) -> float:
@@ -162,7 +216,7 @@ def evaluate_quality(
     feats = np.asarray(ff.features, dtype=np.float64)
     dist = angular_distance(feats[i0], feats[i1])
     rows = np.unique(np.concatenate([i0, i1]))
-    curves, areas, left_out = {}, {}, {}
+    curves, areas, left_out, missing = {}, {}, {}, {}
     for name in scores:
         try:
             q = image_qualities(name, ff, rows, image_roots, seed)
@@ -171,12 +225,17 @@ def evaluate_quality(
                 raise
             left_out[name] = str(e)
             continue
-        curves[name] = error_versus_reject(dist, issame, np.minimum(q[i0], q[i1]), fmr)
+        pair_quality = np.minimum(q[i0], q[i1])
+        curves[name] = error_versus_reject(dist, issame, pair_quality, fmr)
         areas[name] = curve_area(curves[name])
+        where_nan = nan_rows(issame, pair_quality, curves[name])
+        if where_nan:
+            missing[name] = where_nan
     return {
         "reject_ratio": [round(float(r), 10) for r in REJECT_RATIOS],
         "fnmr": {k: v.tolist() for k, v in curves.items()},
         "auc": areas, "fmr": fmr, "num_pairs": int(len(issame)), "left_out": left_out,
+        "nan_rows": missing, "min_impostor_pairs": min_impostor_pairs(fmr),
         "variant": "predefined pairs, min pair quality, FNMR at FMR from the remaining impostors, "
                    "AUC = trapezoid over reject ratio 0..0.95",
     }
@@ -196,6 +255,7 @@ def run(feat_list: str, pair_list: str, *, fmr: float = 1e-3, scores: Sequence[s
         raise ValueError(f"--scores: unknown {unknown} (choose from {SCORES})")
     ff = load_feature_file(feat_list, dtype=np.float64)
     i0, i1, issame = read_pair_list(pair_list, len(ff.features))
+    check_pair_counts(issame, fmr, f"pair list {pair_list} (features {feat_list})")
     if image_root:
         roots = [Path(image_root)]
     else:
@@ -233,6 +293,9 @@ def publish(report: dict, json_path: str | os.PathLike | None = None,
     rows.append(["AUC"] + [f"{report['auc'][k]:.5f}" for k in report["fnmr"]])
     print(f"FNMR at FMR = {report['fmr']:g} ({report['num_pairs']} pairs)")
     print(format_table(header, rows))
+    note = nan_note(report)
+    if note:
+        print(note)
     if plot_path:
         plot_erc(plot_path, REJECT_RATIOS, {k: np.array(v, dtype=float) for k, v in report["fnmr"].items()},
                  report["fmr"])

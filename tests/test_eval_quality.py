@@ -101,9 +101,13 @@ def test_sharpness_is_laplacian_variance(lfw_dir):
 
 
 def _lfw_subset(tmp_path, lfw_dir, n_pairs=300):
-    """Random-ish features for real LFW images (relative paths), pairs of the standard list."""
-    lines = (lfw_dir / "img.list").read_text().split()[: 2 * n_pairs]
-    labels = [int(x.split()[2]) for x in (lfw_dir / "pair.list").read_text().splitlines()[:n_pairs]]
+    """Random-ish features for real LFW images (relative paths): half genuine, half impostor pairs of the
+    standard list (its first 300 lines are all genuine, with which no ERC entry is defined)."""
+    images = (lfw_dir / "img.list").read_text().split()
+    pair_lines = (lfw_dir / "pair.list").read_text().splitlines()
+    picked = list(range(n_pairs // 2)) + list(range(300, 300 + n_pairs - n_pairs // 2))
+    lines = [images[2 * k + j] for k in picked for j in (0, 1)]
+    labels = [int(pair_lines[k].split()[2]) for k in picked]
     rng = np.random.default_rng(0)
     feats = rng.standard_normal((2 * n_pairs, 16)).astype(np.float32)
     same = np.array(labels, bool)
@@ -135,7 +139,7 @@ def test_cli_writes_json_and_plot(tmp_path, lfw_dir, capsys):
 def test_cli_missing_images_fail_clearly(tmp_path, lfw_dir, capsys):
     _lfw_subset(tmp_path, lfw_dir, n_pairs=20)
     rc = Q.main(["--feat-list", str(tmp_path / "feat.list"), "--pair-list", str(tmp_path / "pair.list"),
-                 "--scores", "sharpness", "--json", str(tmp_path / "erc.json")])
+                 "--scores", "sharpness", "--fmr", "0.1", "--json", str(tmp_path / "erc.json")])
     assert rc == 2 and "image of feature row 0 not found" in capsys.readouterr().err
     assert not (tmp_path / "erc.json").exists()
     rc = Q.main(["--feat-list", str(tmp_path / "feat.list"), "--pair-list", str(tmp_path / "pair.list"),

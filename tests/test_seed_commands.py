@@ -25,7 +25,7 @@ from utils.feature_io import load_feature_file
 REPO = Path(__file__).resolve().parents[1]
 NL = "18_w16"  # ./eval.sh CKPT SUFFIX NL -> --arch iresnet18_w16
 ENV = {**{k: v for k, v in os.environ.items() if k != "MAGFACE_DEBUG"}, "PYTHON": sys.executable,
-       "GEN_FEAT_ARGS": "--cpu-mode"}
+       "GEN_FEAT_ARGS": "--cpu-mode", "QUALITY_ARGS": "--fmr 0.1"}  # 10 impostor pairs: too few for FMR 1e-3
 
 
 def sh(script: Path, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -134,7 +134,7 @@ def test_eval_quality_sh_on_the_features_eval_sh_wrote(eval_sh_run, seed_tree):
     # the seed's own python call, in that folder, with its extra flags
     res = subprocess.run([sys.executable, str(REPO / "eval" / "eval_quality" / "eval_quality.py"), "--feat-list",
                           f"../eval_recognition/features/magface_iresnet{NL}/lfw_official.list", "--pair-list",
-                          "../eval_recognition/data/lfw/pair.list", "--eval-type", "1v1"],
+                          "../eval_recognition/data/lfw/pair.list", "--eval-type", "1v1", "--fmr", "0.1"],
                          cwd=seed_tree / "eval_quality", env=ENV, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stdout == found.stdout[len("evaluate lfw\n"):]

@@ -8,7 +8,8 @@
 #     --pair-list ../eval_recognition/data/${DATA}/pair.list
 #   FNMR at FMR 1e-3 against the ratio of rejected pairs, for the magnitude, random and (when the images
 #   are found) sharpness qualities. SUFFIX and NL are additions: the seed fixes them to official and 100.
-#   PYTHON  interpreter (default: the repository's .venv, else python3)
+#   PYTHON        interpreter (default: the repository's .venv, else python3)
+#   QUALITY_ARGS  extra eval.quality flags, e.g. "--fmr 1e-2" (a pair list too small for FMR 1e-3 is an error)
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"  # REPO, PYTHON, PYTHONPATH, print_header
 
@@ -20,6 +21,7 @@ fi
 DATA=$1 NAME=${2:-official} NL=${3:-100}
 
 echo "evaluate $DATA"
+# shellcheck disable=SC2086  # QUALITY_ARGS is a list of flags
 exec "$PYTHON" -m eval.quality \
   --feat-list "../eval_recognition/features/magface_iresnet${NL}/${DATA}_${NAME}.list" \
-  --pair-list "../eval_recognition/data/${DATA}/pair.list"
+  --pair-list "../eval_recognition/data/${DATA}/pair.list" ${QUALITY_ARGS:-}
