@@ -33,9 +33,21 @@ HEAD_KEYS = ("module.fc.weight", "parallel_fc.weight")
 ANCHOR_KEYS = ("conv1.weight", "stem.conv.weight")
 
 
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a (nested) checkpoint object: about the size torch.save writes."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to ``path`` atomically (``utils.atomic.atomic_write``: temporary file, fsync, rename)."""
-    with atomic_write(path, "wb") as f:
+    """torch.save to ``path`` atomically (``utils.atomic.atomic_write``: temporary file, fsync, rename); a refused
+    write (full disk, quota, file-size limit) is an OutputWriteError saying about how much room the file needs."""
+    with atomic_write(path, "wb", expected_size=tensor_bytes(obj)) as f:
         torch.save(obj, f)
 
 

@@ -18,7 +18,7 @@ import torch.distributed as tdist
 from run.optim import NonFiniteError
 from run.preempt import PREEMPT_EXIT, Preempted
 from utils import cli
-from utils.atomic import SPACE_ERRNOS, OutputWriteError
+from utils.atomic import SPACE_ERRNOS, WRITE_REFUSED_EXIT, OutputWriteError
 from utils.cli import one_line
 from utils.dist import broadcast_object
 from utils.logger import get_logger
@@ -133,7 +133,6 @@ def data_fault(error: BaseException, epoch: int, global_step: int, last: Path,
 # exit status of the trainers' failures beyond bad input (2, utils.cli); a write that the disk refused
 # (full, quota, read-only: run.failures.is_space_error) exits with 5
 EXIT_CODES = ((NonFiniteError, 3), (DistFailure, 4), (WorkerDied, 6), (Preempted, PREEMPT_EXIT))
-WRITE_REFUSED_EXIT = 5
 
 
 def _write_refused(error: BaseException) -> int | None:

@@ -7,9 +7,12 @@ a cluster), renames it over ``path`` and fsyncs the folder. On any error, an int
 temporary file is removed and ``path`` is left as it was. A process killed outright (SIGKILL) can leave
 a ``.NAME.*.tmp`` file behind; ``path`` itself is still intact.
 
-A full disk, an exhausted quota or a read-only folder (ENOSPC, EDQUOT, EROFS, EACCES) raises
-``OutputWriteError``: an OSError with the same errno whose message names the path, the space the write
-needed (at least the bytes written before the failure) and the space free.
+A full disk, an exhausted quota, a file-size limit or a read-only folder (ENOSPC, EDQUOT, EFBIG, EROFS,
+EACCES) raises ``OutputWriteError``: an OSError with the same errno whose message names the path, the space
+the write needed (the caller's estimate, else at least the bytes written before the failure) and the room
+left. That holds whichever layer the failure surfaces in: torch.save's zip writer, for one, swallows the
+OSError of a short write and raises a RuntimeError ("unexpected pos ...") in its place, with the OSError
+only as its context; ``space_error_in`` finds it there.
 
 ``write_json(path, obj, ...)`` is the one JSON writer on top of it: every report, summary, config and
 calibration file of the project goes through it, each caller passing the layout its files have always had.
@@ -21,6 +24,7 @@ import errno
 import json
 import math
 import os
+import resource
 import shutil
 import signal
 import tempfile
@@ -32,11 +36,15 @@ import numpy as np
 
 # The errors that mean "this folder cannot take the file now", as opposed to a bug in the writer.
 SPACE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                errno.EFBIG: "file too large for the file system or the process's file-size limit (ulimit -f)",
                 errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied"}
 # TEST HOOK (inert unless set): "ACTION:NAME" acts inside every write of a file called NAME (any file if
 # NAME is empty) once its data is in the temporary file, before fsync and rename. ACTION is an errno name
 # (ENOSPC, EDQUOT, EROFS) to raise that OSError, or a signal name (SIGTERM, SIGKILL...) to send to this process.
 FAULT_ENV = "MAGFACE_FAULT_WRITE"
+# the exit status of a command whose output the disk refused (full, quota, file-size limit, read-only): the trainers
+# and gen_feat alike
+WRITE_REFUSED_EXIT = 5
 
 
 class OutputWriteError(OSError):
@@ -76,18 +84,43 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
-def explain_write_error(error: OSError, path: Path, written: int | None) -> OutputWriteError:
+def space_error_in(error: BaseException | None) -> OSError | None:
+    """The OSError of a refused write (errno in SPACE_ERRNOS) that ``error`` is, or that caused it: the chain of
+    causes and contexts is followed, since some writers re-raise a short write as another exception."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in SPACE_ERRNOS:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _room_left(folder: Path, code: int) -> str:
+    """What limits the file: the free space (ENOSPC, EDQUOT) or the process's file-size limit (EFBIG)."""
+    if code == errno.EFBIG:
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        return "" if limit == resource.RLIM_INFINITY else f", the file-size limit (ulimit -f) is {_mib(limit)}"
+    try:
+        return f", {_mib(shutil.disk_usage(folder).free)} are free in {folder}"
+    except OSError:
+        return ""
+
+
+def explain_write_error(error: OSError, path: Path, written: int | None,
+                        expected: int | None = None) -> OutputWriteError:
     """The one-line account of a write that the folder refused (``error.errno`` in SPACE_ERRNOS)."""
     what = SPACE_ERRNOS[error.errno]
     text = f"could not write {path}: {what} ({errno.errorcode[error.errno]})"
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        try:
-            free = shutil.disk_usage(path.parent).free
-        except OSError:
-            free = None
-        need = "an unknown size" if written is None else f"at least {_mib(written)} (written before it failed)"
-        text += f": the file needs {need}" + ("" if free is None else f", {_mib(free)} are free in {path.parent}")
-        text += "; free space or write elsewhere"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if expected is not None:
+            need = f"about {_mib(expected)}"
+        elif written is not None:
+            need = f"at least {_mib(written)} (written before it failed)"
+        else:
+            need = "an unknown size"
+        way = "raise the limit" if error.errno == errno.EFBIG else "free space"
+        text += f": the file needs {need}{_room_left(path.parent, error.errno)}; {way} or write elsewhere"
     else:
         text += f": make {path.parent} writable or write elsewhere"
     text += "; the previous file, if any, is unchanged"
@@ -95,8 +128,9 @@ def explain_write_error(error: OSError, path: Path, written: int | None) -> Outp
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Write ``path`` atomically (see the module docstring); ``mode`` is "wb" or "w"."""
+def atomic_write(path: str | os.PathLike, mode: str = "wb", expected_size: int | None = None) -> Iterator[IO]:
+    """Write ``path`` atomically (see the module docstring); ``mode`` is "wb" or "w". ``expected_size`` (bytes), when
+    the caller can estimate it, is what a refused write's message says the file needs."""
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write: mode must be 'wb' or 'w', got {mode!r}")
     path = Path(path)
@@ -110,7 +144,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
                 _fault_point(path)
                 f.flush()
                 os.fsync(f.fileno())
-            except OSError:
+            except Exception:
                 with contextlib.suppress(OSError, ValueError):
                     written = f.tell()
                 raise
@@ -119,8 +153,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     except BaseException as error:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(error, OSError) and not isinstance(error, OutputWriteError) and error.errno in SPACE_ERRNOS:
-            raise explain_write_error(error, path, written) from error
+        refused = None if isinstance(error, OutputWriteError) else space_error_in(error)
+        if refused is not None:
+            raise explain_write_error(refused, path, written, expected_size) from error
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
