@@ -5,7 +5,8 @@ absolute) and token 2 (integer identity from 0) are read. The list is checked up
 bad line found hours into an epoch, inside a worker, costs a run.
 
 Paths are kept in one numpy byte buffer rather than millions of Python strings: forked DataLoader
-workers then share it without the copy-on-write growth that reference counts cause.
+workers then share it without the copy-on-write growth that reference counts cause. The list is read
+bytes-safe (``utils.text_lines``): a path with bytes that are not UTF-8 (legal on Linux) opens its file.
 """
 from __future__ import annotations
 
@@ -20,13 +21,14 @@ import torch
 from torch.utils.data import Dataset
 
 from dataloader.transforms import BadSample, BadSampleError, decode_face, to_chw_tensor
+from utils.text_lines import check_text, open_text, printable
 
 
 class PathTable(Sequence):
-    """Read-only sequence of path strings stored as one utf-8 byte buffer plus offsets."""
+    """Read-only sequence of path strings stored as one byte buffer (the file-system bytes) plus offsets."""
 
     def __init__(self, paths: Sequence[str]) -> None:
-        encoded = [p.encode("utf-8") for p in paths]
+        encoded = [os.fsencode(p) for p in paths]
         lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
         self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum(lengths, out=self._offsets[1:])
@@ -42,7 +44,7 @@ class PathTable(Sequence):
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(f"path index {i} out of range for {len(self)} paths")
-        return self._blob[self._offsets[i] : self._offsets[i + 1]].tobytes().decode("utf-8")
+        return os.fsdecode(self._blob[self._offsets[i] : self._offsets[i + 1]].tobytes())
 
     def __iter__(self) -> Iterator[str]:
         return (self[i] for i in range(len(self)))
@@ -65,7 +67,7 @@ class TrainList:
         return int(self.labels.max()) + 1
 
     def where(self, i: int) -> str:
-        return f"{self.paths[i]} (line {int(self.lines[i])} of {self.list_path})"
+        return f"{printable(self.paths[i])} (line {int(self.lines[i])} of {printable(self.list_path)})"
 
 
 def _parse_label(tokens: list[str], text: str, where: str) -> int:
@@ -103,19 +105,21 @@ def read_train_list(path: str | os.PathLike, num_classes: int | None = None,
     """Parse and validate a training list; errors name the list file, the line and its text."""
     list_path = os.path.abspath(os.fspath(path))
     if not os.path.isfile(list_path):
-        raise FileNotFoundError(f"training list {list_path} does not exist")
+        raise FileNotFoundError(f"training list {printable(list_path)} does not exist")
     prefix = os.path.dirname(list_path) + os.sep
     paths: list[str] = []
     labels, lines = array("q"), array("q")
-    with open(list_path, encoding="utf-8") as f:
+    shown = printable(list_path)
+    with open_text(list_path) as f:
         for n, text in enumerate(f, start=1):
+            check_text(list_path, n, text)
             tokens = text.split()
             if not tokens:
                 continue
-            label = _parse_label(tokens, text, f"{list_path}:{n}")
+            label = _parse_label(tokens, text, f"{shown}:{n}")
             if num_classes is not None and label >= num_classes:
                 raise ValueError(
-                    f"{list_path}:{n}: identity {label} >= {num_classes} classes; "
+                    f"{shown}:{n}: identity {label} >= {num_classes} classes; "
                     f"--last-fc-size is too small for this list (needs at least {label + 1})"
                 )
             p = tokens[0] if os.path.isabs(tokens[0]) else prefix + tokens[0]
@@ -123,13 +127,13 @@ def read_train_list(path: str | os.PathLike, num_classes: int | None = None,
             labels.append(label)
             lines.append(n)
     if not paths:
-        raise ValueError(f"training list {list_path} holds no images")
+        raise ValueError(f"training list {shown} holds no images")
     if check_files:
         missing = find_missing(paths)
         if missing:
             first = missing[0]
             raise FileNotFoundError(
-                f"{list_path}:{lines[first]}: image {paths[first]} does not exist "
+                f"{shown}:{lines[first]}: image {printable(paths[first])} does not exist "
                 f"({len(missing)} of {len(paths)} listed images are missing)"
             )
     return TrainList(list_path, PathTable(paths), np.frombuffer(labels, dtype=np.int64).copy(),

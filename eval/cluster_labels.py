@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.text_lines import field_lines
+from utils.text_lines import field_lines, open_text, printable
 
 
 def _same_image(a: str, b: str) -> bool:
@@ -31,10 +31,11 @@ def read_plain_labels(path: Path, n: int, feat_paths: list[str] | None, feat_sou
     for number, (image, label) in field_lines(path, ("path", "label")):
         row = len(labels)
         if row >= n:
-            raise ValueError(f"{path}:{number}: line for face {row + 1}, but {feat_source} has only {n} rows")
+            raise ValueError(f"{printable(path)}:{number}: line for face {row + 1}, but {feat_source} has only "
+                             f"{n} rows")
         if feat_paths is not None and not _same_image(image, feat_paths[row]):
-            raise ValueError(f"{path}:{number}: path {image} does not match feature row {row} "
-                             f"({feat_paths[row]}) of {feat_source}")
+            raise ValueError(f"{printable(path)}:{number}: path {printable(image)} does not match feature row "
+                             f"{row} ({printable(feat_paths[row])}) of {feat_source}")
         labels.append(label)
     if not labels:
         raise ValueError(f"label list {path} is empty")
@@ -42,7 +43,7 @@ def read_plain_labels(path: Path, n: int, feat_paths: list[str] | None, feat_sou
 
 
 def _csv_rows(path: Path) -> tuple[list[str], list[list[str]]]:
-    with open(path, newline="") as f:
+    with open_text(path, newline="") as f:
         rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
     if not rows:
         raise ValueError(f"{path} is empty")

@@ -40,7 +40,7 @@ import numpy as np
 from eval.metrics import read_pair_list
 from utils.atomic import write_json
 from utils.degrade import ALL_KINDS, KINDS, damage_parameter, degrade
-from utils.text_lines import line_of_row
+from utils.text_lines import ENCODING, ERRORS, line_of_row, open_text, printable
 
 TABLE_COLUMNS = ("row", "path", "pair", "kind", "severity", "parameter", "source")
 CLEAN = "none"
@@ -94,13 +94,16 @@ def _write_pair(tmp: Path, p: int, first: str, second: str, kind: str, severity:
     """Copy the clean face, write the damaged one; None if the second image does not decode."""
     clean = f"clean/{p:05d}_{Path(first).name}"
     shutil.copyfile(first, tmp / clean)
-    img = cv2.imread(second, cv2.IMREAD_COLOR)
+    data = np.fromfile(second, dtype=np.uint8)  # not cv2.imread/imwrite: they crash on a path that is not UTF-8
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if img is None:
         return None
     out = degrade(img, kind, severity, np.random.default_rng([seed, p]))
     damaged = f"damaged/{p:05d}_{Path(second).stem}.png"
-    if not cv2.imwrite(str(tmp / damaged), out):
-        raise OSError(f"could not write {tmp / damaged}")
+    ok, png = cv2.imencode(".png", out)
+    if not ok:
+        raise OSError(f"could not encode {printable(tmp / damaged)}")
+    (tmp / damaged).write_bytes(png.tobytes())
     return clean, damaged
 
 
@@ -114,15 +117,16 @@ def _build(tmp: Path, img_list: Path, resolved: list[str], i0: np.ndarray, i1: n
         kind, sev = plan_kinds[p], float(plan_sev[p])
         written = _write_pair(tmp, p, resolved[a], resolved[b], kind, sev, seed)
         if written is None:
-            raise ValueError(f"{img_list}:{line_of_row(img_list, b)}: image {resolved[b]} is unreadable")
+            raise ValueError(f"{printable(img_list)}:{line_of_row(img_list, b)}: image {printable(resolved[b])} "
+                             "is unreadable")
         clean, damaged = written
         table.append((2 * p, clean, p, CLEAN, 0.0, 0.0, resolved[a]))
         table.append((2 * p + 1, damaged, p, kind, sev, damage_parameter(kind, sev), resolved[b]))
         listed += [clean, damaged]
         pairs.append(f"{2 * p} {2 * p + 1} {int(issame[p])}\n")
-    (tmp / "img.list").write_text("".join(f"{x}\n" for x in listed))
+    (tmp / "img.list").write_text("".join(f"{x}\n" for x in listed), encoding=ENCODING, errors=ERRORS)
     (tmp / "pair.list").write_text("".join(pairs))
-    with open(tmp / "damage.csv", "w", newline="") as f:
+    with open_text(tmp / "damage.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(TABLE_COLUMNS)
         w.writerows([r, path, p, k, repr(s), f"{par:.6g}", src] for r, path, p, k, s, par, src in table)
@@ -183,7 +187,7 @@ def read_damage_table(path: str | os.PathLike) -> DamageTable:
     if not path.is_file():
         raise FileNotFoundError(f"damage table not found: {path}")
     paths, pair, kind, severity = [], [], [], []
-    with open(path, newline="") as f:
+    with open_text(path, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or tuple(header[:5]) != TABLE_COLUMNS[:5]:

@@ -40,7 +40,7 @@ from utils.atomic import write_json
 from utils.cli import keyword_defaults, run_cli
 from utils.feature_io import load_features
 from utils.table import format_table
-from utils.text_lines import line_of_row
+from utils.text_lines import line_of_row, numbered_tokens, printable
 
 AGGREGATIONS = ("mean", "norm-mean", "magnitude")
 FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -61,17 +61,17 @@ def read_face_tid_mid(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"IJB face list not found: {path}")
     try:
-        table = np.loadtxt(path, dtype=np.int64, comments=None, ndmin=2, converters={0: lambda s: 0})
+        # latin-1 reads any byte; the image names (any bytes) are dropped by the converter
+        table = np.loadtxt(path, dtype=np.int64, comments=None, ndmin=2, converters={0: lambda s: 0},
+                           encoding="latin-1")
     except ValueError:
         table = None
     if table is None or table.shape[1] != 3:
-        with open(path) as f:
-            for number, line in enumerate(f, start=1):
-                parts = line.split()
-                if parts and (len(parts) != 3 or not all(p.lstrip("-").isdigit() for p in parts[1:])):
-                    raise ValueError(f"{path}:{number}: expected 'image_name template_id media_id', "
-                                     f"got {line.strip()!r}")
-        raise ValueError(f"{path}: unreadable face/template/media list")
+        for number, parts in numbered_tokens(path):
+            if len(parts) != 3 or not all(p.lstrip("-").isdigit() for p in parts[1:]):
+                raise ValueError(f"{printable(path)}:{number}: expected 'image_name template_id media_id', "
+                                 f"got '{printable(' '.join(parts))}'")
+        raise ValueError(f"{printable(path)}: unreadable face/template/media list")
     if len(table) == 0:
         raise ValueError(f"IJB face list {path} is empty")
     return table[:, 1].copy(), table[:, 2].copy()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from utils.text_lines import line_of_row
+from utils.text_lines import line_of_row, numbered_tokens, printable
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -56,18 +56,14 @@ def tar_at_far_nearest(fpr: np.ndarray, tpr: np.ndarray, fars: Iterable[float]) 
 
 
 def _first_bad_line(path: Path, ncols: int) -> str:
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != ncols:
-                return f"{path}:{number}: expected {ncols} integers, got {len(parts)} values"
-            try:
-                [int(p) for p in parts]
-            except ValueError:
-                return f"{path}:{number}: expected {ncols} integers, got {line.strip()!r}"
-    return f"{path}: unreadable integer table"
+    for number, parts in numbered_tokens(path):
+        if len(parts) != ncols:
+            return f"{printable(path)}:{number}: expected {ncols} integers, got {len(parts)} values"
+        try:
+            [int(p) for p in parts]
+        except ValueError:
+            return f"{printable(path)}:{number}: expected {ncols} integers, got '{printable(' '.join(parts))}'"
+    return f"{printable(path)}: unreadable integer table"
 
 
 def read_int_table(path: str | os.PathLike, ncols: int, what: str = "table") -> np.ndarray:
@@ -76,7 +72,7 @@ def read_int_table(path: str | os.PathLike, ncols: int, what: str = "table") -> 
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        table = np.loadtxt(path, dtype=np.int64, comments=None, ndmin=2)
+        table = np.loadtxt(path, dtype=np.int64, comments=None, ndmin=2, encoding="latin-1")  # any byte reads
     except ValueError:
         raise ValueError(_first_bad_line(path, ncols)) from None
     if table.size == 0:

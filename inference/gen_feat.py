@@ -11,6 +11,11 @@ fp32/bf16/fp16 run in PyTorch (``inference.feat_torch``, imported only then); ``
 checkpoint's cached quantized model (``inference.int8``) without importing torch, on OpenVINO where the CPU
 has AMX (``inference.ov_model``) and on onnxruntime elsewhere (``--onnx-runtime`` to choose).
 End-to-end speed against the seed: ``python -m bench.bench_deploy``.
+
+What can be checked before the model loads is: the output folder takes a file and has room for the
+estimated output, every listed image exists and is not empty. A face that fails to decode later is reported
+as ``LIST:LINE: PATH: reason``. ``--skip-bad-images`` leaves such images out instead and lists them in
+``FEAT_LIST.skipped.txt``. Temporary files that a killed run's atomic writes left are removed at the start.
 """
 from __future__ import annotations
 
@@ -26,12 +31,25 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 
 from inference.ort_embed import RUNTIMES  # noqa: E402  (torch-free: numpy, OpenCV, utils)
+from utils.atomic import WRITE_REFUSED_EXIT, OutputWriteError  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.convention import parse_convention  # noqa: E402
-from utils.feature_io import write_features  # noqa: E402
-from utils.image_list import read_image_list, usable_cores  # noqa: E402,F401  (usable_cores: re-exported)
+from utils.feature_io import check_output_folder, check_room, sweep_stale_tmp, write_features  # noqa: E402
+from utils.image_list import (  # noqa: E402
+    ImageList,
+    SkippedImage,
+    bad_face_reason,
+    empty_images,
+    load_image_list,
+    read_image_list,
+    usable_cores,  # noqa: F401  (re-exported)
+    write_skipped,
+)
+from utils.text_lines import printable  # noqa: E402
 
 DTYPE_NAMES = ("bf16", "fp16", "fp32")  # the PyTorch precisions (utils.precision.DTYPES); int8: onnxruntime
+DEFAULT_EMBEDDING = 512  # the output estimate's size per face before the model says (most checkpoints')
+EMPTY = "empty file (0 bytes)"
 
 
 @dataclass(frozen=True)
@@ -55,6 +73,7 @@ class FeatOptions:
     threads: int = 0
     input_convention: str | None = None
     print_freq: int = 10
+    skip_bad_images: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> FeatOptions:
@@ -109,16 +128,19 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "insightface (RGB, (x-127.5)/127.5) or ORDER:m1,m2,m3:s1,s2,s3")
     p.add_argument("-p", "--print-freq", "--print_freq", type=int, default=d.print_freq,
                    help="progress line every N batches")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave out images that are empty or cannot be decoded (listed in FEAT_LIST.skipped.txt) "
+                   "instead of stopping at the first")
     p.add_argument("--dist", type=int, choices=(0, 1), default=1,
                    help="the seed's switch (1: its DataParallel wrapper), accepted so its scripts run; here the "
                    "features always come from the one device --device picks (--cpu-mode: the CPU)")
     return p
 
 
-def extract_ort(resume: str, listed: list[str], resolved: list[str], feat_list: str, opts: FeatOptions,
-                t_start: float) -> dict:
+def extract_ort(resume: str, images: ImageList, feat_list: str, opts: FeatOptions) -> tuple[np.ndarray, dict]:
     """``--dtype int8`` or ``--backend onnxruntime``: the checkpoint's cached quantized model or fp32 export
-    (``inference.int8``) on onnxruntime or OpenVINO (``--onnx-runtime``)."""
+    (``inference.int8``) on onnxruntime or OpenVINO (``--onnx-runtime``). Features in list order (NaN rows
+    for skipped faces) and timings."""
     from inference.int8 import int8_model
     from inference.ort_embed import embed_files, load_onnx_model
 
@@ -127,7 +149,7 @@ def extract_ort(resume: str, listed: list[str], resolved: list[str], feat_list: 
                          "--flip; drop --device/--flip, or use --backend torch")
     if opts.calib_count < 1:
         raise ValueError(f"--calib-count must be at least 1, got {opts.calib_count}")
-    calib = read_image_list(opts.calib_list)[1] if opts.calib_list else resolved
+    calib = read_image_list(opts.calib_list)[1] if opts.calib_list else images.resolved
     conv = parse_convention(opts.input_convention) if opts.input_convention else None
     calib = calib[:opts.calib_count] if opts.dtype == "int8" else None
     model = load_onnx_model(int8_model(resume, calib, arch=opts.arch, convention=conv), opts.onnx_runtime,
@@ -135,28 +157,92 @@ def extract_ort(resume: str, listed: list[str], resolved: list[str], feat_list: 
     emb = int(model.metadata.get("embedding_size", 0))
     if opts.embedding_size and emb and opts.embedding_size != emb:
         raise ValueError(f"--embedding_size {opts.embedding_size} but {resume} gives {emb}-d embeddings")
+    if emb:
+        check_room(feat_list, images.listed, emb)  # again, with the model's own size
     batch_size = opts.batch_size or 64
     t0 = time.perf_counter()
-    feats = embed_files(model, resolved, batch_size, opts.print_freq)
-    wall = time.perf_counter() - t0
-    mags = np.linalg.norm(feats, axis=1)
-    write_features(feat_list, listed, feats, mags)
-    total = time.perf_counter() - t_start
-    print(f"wrote {len(listed)} features ({feats.shape[1]}-d, {opts.dtype}, {model.runtime} cpu) to {feat_list} "
-          f"in {wall:.1f}s ({len(listed) / wall:.1f} img/s; {total:.1f}s in all); magnitude mean {mags.mean():.2f}")
-    return {"num_images": len(listed), "wall_s": wall, "total_s": total, "feat_list": str(feat_list),
-            "batch_size": batch_size, "workers": 0, "device": "cpu"}
+    feats = embed_files(model, images.resolved, batch_size, opts.print_freq,
+                        where=[images.where(i) for i in range(len(images))], skip_bad=opts.skip_bad_images)
+    return feats, {"wall_s": time.perf_counter() - t0, "batch_size": batch_size, "workers": 0, "device": "cpu",
+                   "what": f"{feats.shape[1]}-d, {opts.dtype}, {model.runtime} cpu"}
+
+
+def drop_empty(images: ImageList, skip: bool) -> tuple[ImageList, list[SkippedImage]]:
+    """The list without its 0-byte files (with ``skip``), or a ValueError naming the first one's line."""
+    empty = empty_images(images)
+    if empty and not skip:
+        i = empty[0]
+        raise ValueError(f"{images.where(i)}: image {printable(images.resolved[i])} is empty (0 bytes) "
+                         f"({len(empty)} of {len(images)} listed images are empty; --skip-bad-images leaves "
+                         f"them out)")
+    gone = set(empty)
+    return images.subset([i for i in range(len(images)) if i not in gone]), [images.skipped(i, EMPTY) for i in empty]
+
+
+def undecoded(images: ImageList, feats: np.ndarray) -> dict[int, SkippedImage]:
+    """The faces the embedding skipped (NaN rows) by row, each with its reason, read again here (decoding may
+    have run in worker processes). A NaN row of a readable face is the model's: it stays for the writer to
+    refuse."""
+    out = {}
+    for i in np.flatnonzero(np.isnan(feats).all(axis=1)):
+        reason = bad_face_reason(images.resolved[i])
+        if reason is not None:
+            out[int(i)] = images.skipped(int(i), reason)
+    return out
+
+
+def report_skipped(feat_list: str, skipped: list[SkippedImage], total: int) -> None:
+    """``FEAT_LIST.skipped.txt`` and one line saying how many; an old one is removed when none were skipped,
+    so that it never describes another run."""
+    side = Path(f"{feat_list}.skipped.txt")
+    if not skipped:
+        side.unlink(missing_ok=True)
+        return
+    write_skipped(side, sorted(skipped, key=lambda s: s.line))
+    print(f"skipped {len(skipped)} of {total} images; see {printable(side)}", flush=True)
+
+
+def embed(resume: str, images: ImageList, feat_list: str, opts: FeatOptions) -> tuple[np.ndarray, dict]:
+    """The features of ``images`` in list order (NaN rows: faces skipped) on the path ``opts`` picks."""
+    check_room(feat_list, images.listed, opts.embedding_size or DEFAULT_EMBEDDING)
+    if opts.dtype == "int8" or opts.backend == "onnxruntime":
+        return extract_ort(resume, images, feat_list, opts)
+    from inference.feat_torch import extract_torch
+
+    return extract_torch(resume, images, feat_list, opts)
 
 
 def extract(resume: str, inf_list: str, feat_list: str, opts: FeatOptions = FeatOptions()) -> dict:
     """Embed every face of ``inf_list`` with the checkpoint ``resume`` and write ``feat_list``; timings."""
     t_start = time.perf_counter()
-    listed, resolved = read_image_list(inf_list)  # before the (possibly large) model: fail fast
-    if opts.dtype == "int8" or opts.backend == "onnxruntime":
-        return extract_ort(resume, listed, resolved, feat_list, opts, t_start)
-    from inference.feat_torch import extract_torch
-
-    return extract_torch(resume, listed, resolved, feat_list, opts, t_start)
+    check_output_folder(feat_list)  # before the list and the (possibly large) model: fail fast
+    stale = sweep_stale_tmp(feat_list)
+    if stale:
+        print(f"removed {len(stale)} temporary file(s) that an interrupted write of {printable(feat_list)} left: "
+              f"{', '.join(printable(n) for n in stale)}", flush=True)
+    everything = load_image_list(inf_list)
+    images, skipped = drop_empty(everything, opts.skip_bad_images)
+    feats, info = embed(resume, images, feat_list, opts) if len(images) else (np.zeros((0, 0), np.float32), {})
+    bad = undecoded(images, feats) if opts.skip_bad_images else {}
+    if bad:
+        keep = [i for i in range(len(images)) if i not in bad]
+        images, feats = images.subset(keep), feats[keep]
+    skipped += bad.values()
+    if not len(images):
+        report_skipped(feat_list, skipped, len(everything))
+        raise ValueError(f"no usable image in {printable(inf_list)}: all {len(everything)} were skipped "
+                         f"(see {printable(feat_list)}.skipped.txt)")
+    mags = np.linalg.norm(feats, axis=1)
+    write_features(feat_list, images.listed, feats, mags)
+    report_skipped(feat_list, skipped, len(everything))  # after the features it describes
+    total = time.perf_counter() - t_start
+    wall = info["wall_s"]
+    print(f"wrote {len(images)} features ({info['what']}) to {printable(feat_list)} in {wall:.1f}s "
+          f"({len(images) / wall:.1f} img/s; {total:.1f}s with loading and writing); "
+          f"magnitude mean {mags.mean():.2f} [{mags.min():.2f}, {mags.max():.2f}]")
+    return {"num_images": len(images), "num_skipped": len(skipped), "wall_s": wall, "total_s": total,
+            "feat_list": str(feat_list), "batch_size": info["batch_size"], "workers": info["workers"],
+            "device": info["device"]}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -164,5 +250,15 @@ def main(argv: list[str] | None = None) -> dict:
     return extract(args.resume, args.inf_list, args.feat_list, FeatOptions.from_args(args))
 
 
+def _write_refused(error: BaseException) -> int | None:
+    """An output folder that is read-only or full: one line, exit 5 (as the trainers' refused checkpoint writes)."""
+    return WRITE_REFUSED_EXIT if isinstance(error, OutputWriteError) else None
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """The command: ``main`` under ``utils.cli.run_cli``; its exit status."""
+    return run_cli(main, argv, "gen_feat.py", classify=_write_refused)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main, None, "gen_feat.py"))
+    sys.exit(cli())

@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -33,10 +34,11 @@ import numpy as np  # noqa: E402
 
 from utils.atomic import atomic_write  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
-from utils.convention import FACE_SIZE, InputConvention, parse_convention, read_aligned_face  # noqa: E402
+from utils.convention import FACE_SIZE, InputConvention, parse_convention  # noqa: E402
 from utils.feature_io import write_features  # noqa: E402
-from utils.image_list import read_image_list, usable_cores  # noqa: E402
+from utils.image_list import listed_face, load_image_list, usable_cores  # noqa: E402
 from utils.quality_scale import OFIQ, Calibration, load_calibration, logistic_quality, side_file  # noqa: E402
+from utils.text_lines import printable  # noqa: E402
 
 
 def model_input(images: np.ndarray, convention: InputConvention) -> np.ndarray:
@@ -133,13 +135,22 @@ def load_onnx_model(path: str | os.PathLike, runtime: str = "auto", *, threads: 
     return OrtModel(path, threads=threads, convention=convention)
 
 
-def embed_files(model: OnnxFaceModel, paths: list[str], batch_size: int = 64, print_freq: int = 10) -> np.ndarray:
-    """Decode and embed aligned faces a batch at a time (decoding is ~1% of an iResNet's time)."""
+def embed_files(model: OnnxFaceModel, paths: list[str], batch_size: int = 64, print_freq: int = 10, *,
+                where: Sequence[str] | None = None, skip_bad: bool = False) -> np.ndarray:
+    """Decode and embed aligned faces a batch at a time (decoding is ~1% of an iResNet's time).
+
+    A bad file raises naming its list line (``where[i]``, e.g. ``LIST:LINE``) and the file; with ``skip_bad``
+    its row is NaN instead (gen_feat drops those rows).
+    """
     feats, t0 = [], time.perf_counter()
+    blank = np.zeros((FACE_SIZE, FACE_SIZE, 3), np.uint8)
     for b, start in enumerate(range(0, len(paths), batch_size)):
-        faces = np.stack([read_aligned_face(p) for p in paths[start:start + batch_size]])
-        feats.append(model.embed(faces, batch_size))
-        done = start + len(faces)
+        rows = range(start, min(start + batch_size, len(paths)))
+        faces = [listed_face(paths[i], where[i] if where else None, skip_bad) for i in rows]
+        out = model.embed(np.stack([blank if f is None else f for f in faces]), batch_size)
+        out[[f is None for f in faces]] = np.nan
+        feats.append(out)
+        done = rows.stop
         if (b + 1) % print_freq == 0 or done == len(paths):
             print(f"[{done}/{len(paths)}] {done / (time.perf_counter() - t0):.1f} img/s", flush=True)
     return np.concatenate(feats)
@@ -207,20 +218,22 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     t0 = time.perf_counter()
-    listed, resolved = read_image_list(args.inf_list)
+    images = load_image_list(args.inf_list)
+    listed, resolved = images.listed, images.resolved
     conv = parse_convention(args.input_convention) if args.input_convention else None
     model = load_onnx_model(args.onnx, args.runtime, threads=args.threads, convention=conv)
     calibration, scale = quality_calibration(Path(args.onnx), args.quality_json)
     if args.photos:
         kept, faces, failed = faces_from_photos(resolved)
         for i, why in failed.items():
-            print(f"{args.inf_list}: {listed[i]}: no face used ({why})", file=sys.stderr)
+            print(f"{images.where(i)}: {printable(listed[i])}: no face used ({why})", file=sys.stderr)
         listed = [listed[i] for i in kept]
         feats = model.embed(faces, args.batch_size) if kept else np.zeros((0, 0), np.float32)
         if not kept:
             raise ValueError(f"{args.inf_list}: no usable face in any of the {len(resolved)} photographs")
     else:
-        feats = embed_files(model, resolved, args.batch_size, args.print_freq)
+        feats = embed_files(model, resolved, args.batch_size, args.print_freq,
+                            where=[images.where(i) for i in range(len(images))])
     mags = np.linalg.norm(feats, axis=1)
     write_features(args.feat_list, listed, feats, mags)
     quality = logistic_quality(mags, calibration)

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from utils.align import align_face
 from utils.detect import DEFAULT_MAX_SIDE, DEFAULT_MIN_SIZE, DEFAULT_SCORE, FaceDetector, choose_faces
 from utils.photo import read_photo
+from utils.text_lines import numbered_tokens
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2"}
 LIST_SUFFIXES = {".txt", ".list", ".lst"}
@@ -56,12 +57,10 @@ class FaceOptions:
 
 def _read_list(path: Path) -> list[str]:
     out = []
-    with open(path) as f:
-        for line in f:
-            tokens = line.split()
-            if tokens and not tokens[0].startswith("#"):
-                p = Path(tokens[0])
-                out.append(str(p if p.is_absolute() else path.parent / p))
+    for _, tokens in numbered_tokens(path):
+        if not tokens[0].startswith("#"):
+            p = Path(tokens[0])
+            out.append(str(p if p.is_absolute() else path.parent / p))
     return out
 
 

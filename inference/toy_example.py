@@ -29,6 +29,7 @@ from inference.extract import embed_array
 from models.checkpoint import load_backbone
 from utils.cli import run_cli
 from utils.convention import read_aligned_face
+from utils.text_lines import numbered_tokens
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -44,14 +45,12 @@ def list_images(source: str | os.PathLike, limit: int) -> list[Path]:
     if not source.is_file():
         raise FileNotFoundError(f"image folder or list not found: {source}")
     paths = []
-    with open(source, encoding="utf-8") as f:
-        for text in f:
-            tokens = text.split()
-            if tokens and not tokens[0].startswith("#"):
-                path = Path(tokens[0])
-                paths.append(path if path.is_absolute() else source.parent / path)
-            if len(paths) == limit:
-                break
+    for _, tokens in numbered_tokens(source):
+        if not tokens[0].startswith("#"):
+            path = Path(tokens[0])
+            paths.append(path if path.is_absolute() else source.parent / path)
+        if len(paths) == limit:
+            break
     if not paths:
         raise ValueError(f"{source}: no image paths")
     return paths

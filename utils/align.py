@@ -30,6 +30,8 @@ if __package__ in (None, ""):  # run as a file: the repository root, not utils/,
 import cv2
 import numpy as np
 
+from utils.text_lines import numbered_tokens, printable
+
 ARCFACE_TEMPLATE = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
     dtype=np.float64,
@@ -168,11 +170,9 @@ def read_landmarks(path: str | Path, fmt: str = "auto") -> tuple[list[LandmarkEn
     if not path.is_file():
         raise FileNotFoundError(f"landmark file not found: {path}")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
-            tokens = text.split()
-            if tokens and not tokens[0].startswith("#"):
-                rows.append((number, tokens))
+    for number, tokens in numbered_tokens(path):
+        if not tokens[0].startswith("#"):
+            rows.append((number, tokens))
     if fmt == "auto":
         fmt, reason = detect_format(rows, str(path))
     elif fmt in FORMATS:
@@ -202,11 +202,20 @@ def write_jpeg_atomic(path: Path, image: np.ndarray, quality: int = JPEG_QUALITY
     """Encode first, then rename, so an interrupted run never leaves a truncated image behind."""
     ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
-        raise ValueError(f"JPEG encoding failed for {path}")
+        raise ValueError(f"JPEG encoding failed for {printable(path)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_bytes(data.tobytes())
     os.replace(tmp, path)
+
+
+def _read_image(path: Path) -> np.ndarray | None:
+    """BGR image or None, as ``cv2.imread`` but for any path: cv2 crashes on one that is not UTF-8."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError:
+        return None
+    return cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
 
 
 def align_list(
@@ -221,18 +230,18 @@ def align_list(
     for entry in entries:
         where = f"{landmark_file}:{entry.line}"
         if not np.any(entry.points):
-            print(f"{where}: skipped {entry.path}: no landmarks (all zero)", file=sys.stderr)
+            print(f"{where}: skipped {printable(entry.path)}: no landmarks (all zero)", file=sys.stderr)
             counts["skipped"] += 1
             continue
         try:
             rel = output_relpath(entry.path, src_root)
             src = Path(entry.path) if Path(entry.path).is_absolute() else src_root / entry.path
-            image = cv2.imread(str(src), cv2.IMREAD_COLOR)
+            image = _read_image(src)
             if image is None:
-                raise ValueError(f"cannot read image {src}")
+                raise ValueError(f"cannot read image {printable(src)}")
             write_jpeg_atomic(out_root / rel, align_face(image, entry.points, size))
         except ValueError as e:
-            print(f"{where}: failed {entry.path}: {e}", file=sys.stderr)
+            print(f"{where}: failed {printable(entry.path)}: {e}", file=sys.stderr)
             counts["failed"] += 1
             continue
         counts["aligned"] += 1

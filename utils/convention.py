@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from utils.text_lines import printable
+
 if TYPE_CHECKING:
     import torch
 
@@ -110,15 +112,31 @@ def to_model_input(
     return x if dtype is None else x.to(dtype)
 
 
-def read_aligned_face(path: str | os.PathLike) -> np.ndarray:
-    """uint8 BGR (FACE_SIZE, FACE_SIZE, 3) face, or a ValueError naming the file and what is wrong."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+def load_aligned_face(path: str | os.PathLike) -> np.ndarray:
+    """``read_aligned_face`` whose ValueError says only what is wrong, for callers that name the file their
+    own way (a list's line). The bytes are read by Python, not by ``cv2.imread``, which crashes on a path
+    that is not UTF-8 (legal on Linux; read from a list as surrogate escapes)."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise ValueError(f"cannot read the file ({e.strerror or e})") from None
+    if data.size == 0:
+        raise ValueError("empty file (0 bytes)")
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if image is None:
-        raise ValueError(f"{path}: not a readable image (missing, truncated or not an image file)")
+        raise ValueError("not a readable image (truncated, or not an image file)")
     if image.shape[:2] != (FACE_SIZE, FACE_SIZE):
-        raise ValueError(f"{path}: image is {image.shape[1]}x{image.shape[0]}, expected an aligned "
+        raise ValueError(f"image is {image.shape[1]}x{image.shape[0]}, expected an aligned "
                          f"{FACE_SIZE}x{FACE_SIZE} face (align it with python -m utils.align)")
     return image
+
+
+def read_aligned_face(path: str | os.PathLike) -> np.ndarray:
+    """uint8 BGR (FACE_SIZE, FACE_SIZE, 3) face, or a ValueError naming the file and what is wrong."""
+    try:
+        return load_aligned_face(path)
+    except ValueError as e:
+        raise ValueError(f"{printable(path)}: {e}") from None
 
 
 @functools.lru_cache(maxsize=32)
