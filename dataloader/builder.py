@@ -7,7 +7,6 @@ to ``BadSampleCounter``, which logs each one and stops the run once too large a 
 """
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Callable
 
@@ -19,8 +18,7 @@ from dataloader.image_list import ImageListDataset, read_train_list
 from dataloader.rec_dataset import RecordIODataset
 from dataloader.synthetic import SyntheticDataset
 from dataloader.transforms import FACE_SIZE, BadSample
-
-log = logging.getLogger(__name__)
+from utils.logger import get_logger
 
 
 class BadCount(int):
@@ -50,8 +48,9 @@ def collate_faces(items: list) -> tuple[torch.Tensor, torch.Tensor, BadCount]:
 class BadSampleCounter:
     """Counts samples seen and skipped; raises once the bad fraction exceeds ``max_fraction``.
 
-    The fraction is judged only after ``min_samples`` samples, so one bad file in the first batch
-    does not stop a run.
+    Each skipped sample is logged on the run's logger (console and train.log) with its file, list line and
+    reason; ``end_epoch`` gives the epoch's sum. The fraction is judged only after ``min_samples`` samples, so
+    one bad file in the first batch does not stop a run.
     """
 
     def __init__(self, max_fraction: float = 0.01, min_samples: int = 1000) -> None:
@@ -60,6 +59,7 @@ class BadSampleCounter:
         self.max_fraction, self.min_samples = max_fraction, min_samples
         self.seen = 0
         self.bad = 0
+        self.epoch_bad = 0
 
     @property
     def fraction(self) -> float:
@@ -67,18 +67,27 @@ class BadSampleCounter:
 
     def update(self, n_kept: int, n_bad: int) -> None:
         """Record one batch: ``n_kept`` usable samples and ``n_bad`` dropped ones (a ``BadCount``)."""
+        log = get_logger()
         self.seen += int(n_kept) + int(n_bad)
         self.bad += int(n_bad)
+        self.epoch_bad += int(n_bad)
         described = getattr(n_bad, "samples", ())
         for line in described:
-            log.warning("skipped bad sample %s", line)
+            log.warning(f"skipped bad sample {line}")
         if int(n_bad) > len(described):  # a plain int lost the names on the way
-            log.warning("skipped %d bad samples", int(n_bad) - len(described))
+            log.warning(f"skipped {int(n_bad) - len(described)} bad samples (their names were lost on the way)")
         if self.seen >= self.min_samples and self.fraction > self.max_fraction:
             raise RuntimeError(
                 f"{self.bad} of {self.seen} training samples ({100 * self.fraction:.2f}%) were bad, more than "
                 f"the allowed {100 * self.max_fraction:.2f}%; fix the data (see the warnings above)"
             )
+
+    def end_epoch(self, epoch: int) -> str | None:
+        """The epoch's line for the log when it skipped samples (None otherwise); starts the next epoch's count."""
+        count, self.epoch_bad = self.epoch_bad, 0
+        if not count:
+            return None
+        return f"epoch {epoch}: skipped {count} bad samples ({self.bad} of {self.seen} so far, --skip-bad-images)"
 
 
 def build_train_dataset(train_list: str | None = None, rec: str | None = None, synthetic: int | None = None,

@@ -6,6 +6,7 @@ argparse is generated from the dataclass; the seed's flag names (``--batch-size`
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -84,6 +85,7 @@ class TrainConfig:
     print_freq: int = 100
     tensorboard: bool = True
     resume: str = ""
+    overwrite: bool = False
     pretrained: str = ""
     # fine-tuning a pretrained backbone (run/head_init.py)
     head_init: str = "random"
@@ -123,6 +125,10 @@ class TrainConfig:
         for key, low in at_least.items():
             if getattr(self, key) < low:
                 raise ValueError(f"--{key.replace('_', '-')} must be >= {low}, got {getattr(self, key)}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
         if self.lr <= 0 or self.dist_timeout <= 0:
             raise ValueError(f"--lr and --dist-timeout must be positive, got {self.lr} and {self.dist_timeout}")
         DegradeAugment(self.degrade_prob, parse_kinds(self.degrade_kinds), self.degrade_max_severity)
@@ -232,6 +238,8 @@ FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "print_freq": (("--print-freq", "-p"), "log every N steps"),
     "tensorboard": (("--tensorboard",), "write TensorBoard scalars and histograms"),
     "resume": (("--resume",), "resume from a last.pth, or 'auto' for PTH_SAVE_FOLD/last.pth if present"),
+    "overwrite": (("--overwrite",), "start a new run in a PTH_SAVE_FOLD that holds one, deleting its last.pth, "
+                  "best.pth and epoch checkpoints first (without it, and without --resume, such a folder is refused)"),
     "pretrained": (("--pretrained",), "initialise the backbone from any supported checkpoint (a released MagFace "
                    "or insightface model, one of ours, raw/pretrained/mobilefacenet.pth)"),
     "head_init": (("--head-init",), "classifier rows at the start: random, or class-means (each row the mean "
@@ -296,7 +304,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 # Keys whose change between a run and its resumption does not alter the optimisation.
-BENIGN_KEYS = {"world_size", "resume", "workers", "print_freq", "tensorboard", "pth_save_fold", "max_steps",
+BENIGN_KEYS = {"world_size", "resume", "overwrite", "data", "workers", "print_freq",
+               "tensorboard", "pth_save_fold", "max_steps",
                "start_epoch", "dist_timeout", "save_every_steps", "pth_save_epoch", "compile", "compile_mode",
                "head_impl", "head_chunk",
                "device", "pretrained", "channels_last", "epochs", "max_nonfinite", "deterministic",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as tdist
 from torch import nn
 
 from models.checkpoint import (
@@ -126,17 +127,26 @@ def load_training_state(path: str | Path, backbone: nn.Module, head: ClassWeight
     return Position(int(p["epoch"]), int(p["step_in_epoch"]), int(p["global_step"])), dict(obj["config"])
 
 
-def remove_stale_temporaries(out_dir: str | Path) -> list[Path]:
-    """Delete the temporary files of checkpoint writes that a crash interrupted (``.NAME.pth.*.tmp``).
+WEIGHT_LIMIT = 1e6  # a trained weight this large means an update exploded (iResNet / MobileFaceNet weights: < 100)
 
-    ``atomic_save`` renames a finished write into place, so such a file never holds a usable state;
-    left alone, each kill during a save would leave one the size of a checkpoint behind.
+
+def unsound_tensors(backbone: nn.Module, head: ClassWeightHead, distributed: bool) -> tuple[int, int]:
+    """(tensors that are non-finite or exceed WEIGHT_LIMIT, tensors checked): weights not worth saving.
+
+    Collective when distributed: the head's rows are split over the ranks, so the flags are all-reduced (MAX);
+    the backbone is the same on every rank. One pass over the weights, one host sync.
     """
-    folder = Path(out_dir)
-    stale = sorted(folder.glob(".*.pth.*.tmp")) if folder.is_dir() else []
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
+    params = [p.detach() for p in (*backbone.parameters(), *head.parameters()) if p.numel()]
+    buffers = [b.detach() for b in backbone.buffers() if b.is_floating_point() and b.numel()]
+    # the largest |value| of each tensor in one fused pass (NaN propagates); "not <=" also catches NaN
+    largest = torch.stack(torch._foreach_norm(params, ord=float("inf"))).float()
+    flags = ~(largest <= WEIGHT_LIMIT)
+    if buffers:
+        flags = torch.cat([flags, ~torch.isfinite(torch.stack(torch._foreach_norm(buffers, ord=float("inf"))))])
+    found = flags.to(torch.int32)
+    if distributed:
+        tdist.all_reduce(found, op=tdist.ReduceOp.MAX)
+    return int(found.sum()), len(flags)
 
 
 def resume_file(resume: str, out_dir: Path) -> Path | None:
@@ -150,8 +160,9 @@ def resume_file(resume: str, out_dir: Path) -> Path | None:
 
 def resume_training(cfg: TrainConfig, dist: DistInfo, backbone: nn.Module, head: ClassWeightHead,
                     opt_backbone: torch.optim.Optimizer, opt_head: torch.optim.Optimizer,
-                    scaler: torch.amp.GradScaler, steps_per_epoch: int) -> Position | None:
-    """Apply ``--resume`` (collective): None when there is nothing to resume, else the position.
+                    scaler: torch.amp.GradScaler, steps_per_epoch: int, data: dict | None = None) -> Position | None:
+    """Apply ``--resume`` (collective): None when there is nothing to resume, else the position. ``data``: this
+    run's data fingerprint, compared with the checkpoint's.
 
     Rank 0 decides (``auto`` finds PTH_SAVE_FOLD/last.pth) and every rank loads the same file, so ranks
     cannot disagree about whether a job restarted by torchrun resumes. The global step is recounted from
@@ -167,9 +178,14 @@ def resume_training(cfg: TrainConfig, dist: DistInfo, backbone: nn.Module, head:
         raise FileNotFoundError(f"rank {dist.rank}: resume file {path} exists on rank 0 but not here; "
                                 "--pth-save-fold must be on a filesystem that every node shares")
     pos, saved_cfg = load_training_state(path, backbone, head, opt_backbone, opt_head, scaler)
+    bad, total = unsound_tensors(backbone, head, dist.distributed)
+    if bad:
+        raise ValueError(f"resume file {path}: {bad} of {total} weight tensors are non-finite or explode (written by a "
+                         "diverged run); resume from an earlier checkpoint or start over (--overwrite)")
     for diff in config_differences(saved_cfg, cfg):
         log.warning(f"resume from {path}: hyper-parameter changed: {diff}")
-    epoch, step = pos.epoch, pos.step_in_epoch
+    _warn_if_data_changed(path, saved_cfg.get("data"), data, log)
+    epoch, step = pos.epoch, _step_at_new_batch(path, pos.step_in_epoch, saved_cfg, cfg.batch_size, log)
     if step >= steps_per_epoch:
         epoch, step = epoch + 1, 0
     resumed = Position(epoch, step, epoch * steps_per_epoch + step)
@@ -180,3 +196,30 @@ def resume_training(cfg: TrainConfig, dist: DistInfo, backbone: nn.Module, head:
     log.info(f"resumed from {path} at epoch {resumed.epoch} step {resumed.step_in_epoch} (global step "
              f"{resumed.global_step})" + (f"; world size {saved_world} -> {dist.world_size}" if saved_world else ""))
     return resumed
+
+
+def _step_at_new_batch(path: Path, step: int, saved_cfg: dict, batch_size: int, log) -> int:
+    """The step in the epoch at which this run's batch size reaches the sample the checkpoint's run stopped at."""
+    saved = saved_cfg.get("batch_size")  # the total batch of the run that wrote the position
+    if not saved or saved == batch_size:
+        return step
+    sample = step * saved
+    new_step = sample // batch_size
+    replay = sample - new_step * batch_size
+    log.warning(f"resume from {path}: --batch-size {saved} -> {batch_size}: the epoch goes on from its sample {sample} "
+                f"(step {new_step} at the new size" + (f"; {replay} samples per epoch position are replayed)"
+                                                       if replay else ")"))
+    return new_step
+
+
+def _warn_if_data_changed(path: Path, saved: dict | None, now: dict | None, log) -> None:
+    """A warning that says what happens when the training data differs from the checkpoint's (same path, new
+    content included): the rest of the epoch is no exact continuation."""
+    if not saved or not now or saved == now:
+        return
+    what = [f"{k} {saved.get(k)} -> {now.get(k)}" for k in ("source", "images") if saved.get(k) != now.get(k)]
+    if saved.get("sha256") != now.get("sha256"):
+        what.append("its content changed (sha256)")
+    log.warning(f"resume from {path}: the training data changed since the checkpoint ({'; '.join(what)}): the rest of "
+                "this epoch follows the new data's shuffled order, so some of its images are seen twice and others "
+                "not at all this epoch; later epochs are whole. Start over (--overwrite) for an exact run")

@@ -15,11 +15,15 @@ from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__":  # first, before torch's import: a preemption signal from here on exits 75
+    from run import startup_signals
+
+    startup_signals.install()
 
 from run.config import config_from_args, get_args_parser  # noqa: E402
 from run.failures import run_cli  # noqa: E402
 from run.trainer import train  # noqa: E402
-from utils.dist import DistInfo  # noqa: E402
+from utils.dist import DistInfo, exit_process  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -29,4 +33,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main, None, "train.py"))
+    exit_process(run_cli(main, None, "train.py"))  # no interpreter teardown, where a SIGTERM would give 143

@@ -19,6 +19,10 @@ from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__":  # first, before torch's import: a preemption signal from here on exits 75
+    from run import startup_signals
+
+    startup_signals.install()
 
 import torch  # noqa: E402
 

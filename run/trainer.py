@@ -6,7 +6,9 @@ is built (dense MagFaceHead or the class-sharded one).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -29,9 +31,12 @@ from run.head_init import freeze, frozen_modules, init_head_from_class_means
 from run.hooks import build_hooks
 from run.optim import NonFiniteError, NonFiniteGuard, StepPolicy, sharded_grad_norm
 from run.preempt import PreemptWatch, ignore_in_worker, parse_signals, raise_preempted
-from run.state import Position, remove_stale_temporaries, resume_file, resume_training, save_training_state
+from run.run_dir import RunLock, clear_checkpoints, refuse_overwrite, sweep_temporaries
+from run.startup_signals import installed as startup_signals
+from run.state import Position, resume_file, resume_training, save_training_state, unsound_tensors
+from utils.cli import one_line
 from utils.convention import parse_convention
-from utils.dist import DistInfo, resolve_device
+from utils.dist import DistInfo, broadcast_object, resolve_device
 from utils.logger import TensorBoard, get_logger, setup_logger
 from utils.precision import amp_dtype
 
@@ -66,15 +71,27 @@ class Run:
     channels_last: bool
     frozen: tuple[nn.Module, ...] = ()  # --freeze-depth
     saved_step: int | None = None  # global step of the last last.pth this run wrote or resumed from
+    data: dict | None = None  # the training data's fingerprint (data_fingerprint), kept in every checkpoint
 
     @property
     def config(self) -> dict:
-        """The resolved config as stored in checkpoints, with the world size it ran at."""
-        return self.cfg.to_dict() | {"world_size": self.dist.world_size}
+        """The resolved config as stored in checkpoints, with the world size it ran at and the data's fingerprint."""
+        return self.cfg.to_dict() | {"world_size": self.dist.world_size, "data": self.data}
 
-    def save_state(self, pos: Position) -> None:
-        """Collective: every rank calls it; rank 0 writes last.pth (--on-save-error when it cannot)."""
+    def unsound(self) -> str | None:
+        """Collective: why the weights must not be saved (non-finite or exploded tensors), or None."""
+        bad, total = unsound_tensors(self.backbone, self.head, self.dist.distributed)
+        return f"{bad} of {total} weight tensors are non-finite or explode" if bad else None
+
+    def save_state(self, pos: Position) -> bool:
+        """Collective: every rank calls it; rank 0 writes last.pth (--on-save-error when it cannot). Weights that are
+        not finite are never written: last.pth keeps the last sound state. True when written."""
         path = self.out_dir / "last.pth"
+        problem = self.unsound()
+        if problem is not None:
+            kept = f"global step {self.saved_step}" if self.saved_step is not None else "nothing (none was written)"
+            get_logger().warning(f"{path} not written at global step {pos.global_step}: {problem}; it keeps {kept}")
+            return False
 
         def write() -> None:
             save_training_state(path, self.backbone, self.head, self.opt_backbone, self.opt_head, self.scaler, pos,
@@ -82,6 +99,8 @@ class Run:
 
         if shared_save(write, path, self.cfg.on_save_error, self.dist.distributed):
             self.saved_step = pos.global_step
+            return True
+        return False
 
     def save_epoch(self, epoch_done: int, name: str | None = None) -> Path | None:
         """Collective: the released layout with the whole [D, C] head, written by rank 0 (as ``name``); None if
@@ -153,7 +172,7 @@ def build_run(cfg: TrainConfig, dist: DistInfo) -> Run:
 def maybe_resume(run: Run, steps_per_epoch: int) -> Position:
     """Restore last.pth when --resume asks for it (collective); else the start position."""
     pos = resume_training(run.cfg, run.dist, run.backbone, run.head, run.opt_backbone, run.opt_head, run.scaler,
-                          steps_per_epoch)
+                          steps_per_epoch, run.data)
     if pos is not None:
         run.saved_step = pos.global_step
     return pos if pos is not None else Position(run.cfg.start_epoch, 0, run.cfg.start_epoch * steps_per_epoch)
@@ -184,10 +203,57 @@ def _loop_state(cfg: TrainConfig, run: Run, steps_per_epoch: int, per_rank: int,
     )
 
 
+def data_fingerprint(cfg: TrainConfig, dataset) -> dict:
+    """What identifies the training data: its source, size and the sha256 of the list (or .idx) file, so that a
+    resumed run can tell when the data changed under the same path."""
+    source = cfg.train_list or cfg.rec or f"synthetic {cfg.synthetic}"
+    index = cfg.train_list or getattr(dataset, "idx_path", None)
+    digest = None
+    if index:
+        h = hashlib.sha256()
+        with open(index, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        digest = h.hexdigest()
+    return {"source": str(source), "images": len(dataset), "sha256": digest}
+
+
+def _claim_folder(cfg: TrainConfig, dist: DistInfo, stack: contextlib.ExitStack) -> list:
+    """Rank 0 locks PTH_SAVE_FOLD for the run and refuses to overwrite a previous run's files; every rank gets
+    the verdict. Returns the previous run's checkpoints that --overwrite deleted."""
+    problem, cleared = None, []
+    if dist.is_main:
+        try:
+            stack.enter_context(RunLock(cfg.pth_save_fold))
+            refuse_overwrite(cfg.pth_save_fold, cfg.resume, cfg.overwrite)
+            if cfg.overwrite and not cfg.resume:
+                cleared = clear_checkpoints(cfg.pth_save_fold)
+        except (ValueError, OSError) as error:
+            problem = one_line(error)
+            if not dist.distributed:
+                raise
+    problem = broadcast_object(problem) if dist.distributed else problem
+    if problem is not None:
+        raise ValueError(problem)
+    return cleared
+
+
 def train(cfg: TrainConfig, dist: DistInfo) -> dict:
     """Train to the end (or --max-steps); returns a summary with the paths written."""
-    out_dir = Path(cfg.pth_save_fold)
-    log = setup_logger(out_dir / "train.log", dist.rank)
+    signals = parse_signals(cfg.preempt_signals)
+    with startup_signals(signals), contextlib.ExitStack() as stack:
+        cleared = _claim_folder(cfg, dist, stack)
+        log = setup_logger(Path(cfg.pth_save_fold) / "train.log", dist.rank)
+        if cleared:
+            log.warning(f"--overwrite: deleted the previous run's {', '.join(p.name for p in cleared)}")
+        if dist.is_main:
+            for stale in sweep_temporaries(cfg.pth_save_fold):
+                log.warning(f"removed {stale}: a partial file left by an interrupted write")
+        return _train(cfg, dist, signals)
+
+
+def _train(cfg: TrainConfig, dist: DistInfo, signals) -> dict:
+    out_dir, log = Path(cfg.pth_save_fold), get_logger()
     if cfg.batch_size % dist.world_size:
         raise ValueError(f"--batch-size {cfg.batch_size} (total) is not divisible by the world size {dist.world_size}")
     per_rank = cfg.batch_size // dist.world_size
@@ -198,11 +264,8 @@ def train(cfg: TrainConfig, dist: DistInfo) -> dict:
     steps_per_epoch = sampler.per_rank // per_rank
     if steps_per_epoch == 0:
         raise ValueError(f"the data has {len(dataset)} images, fewer than one batch of {cfg.batch_size}")
-    if dist.is_main:
-        for stale in remove_stale_temporaries(out_dir):
-            log.warning(f"removed {stale}: a partial checkpoint left by an interrupted write")
     run = build_run(cfg, dist)
-    signals = parse_signals(cfg.preempt_signals)
+    run.data = data_fingerprint(cfg, dataset)
     loader = build_train_loader(dataset, per_rank, cfg.workers, sampler, pin_memory=run.device.type == "cuda",
                                 worker_init_fn=functools.partial(ignore_in_worker, signals) if signals else None)
     pos = maybe_resume(run, steps_per_epoch)
@@ -210,7 +273,7 @@ def train(cfg: TrainConfig, dist: DistInfo) -> dict:
         init_head_from_class_means(run.head, run.backbone, dataset, dist, run.device,
                                    parse_convention(cfg.input_convention), batch_size=per_rank, workers=cfg.workers)
     if dist.is_main:
-        cfg.save_json(out_dir / "config.json", world_size=dist.world_size)
+        cfg.save_json(out_dir / "config.json", world_size=dist.world_size, data=run.data)
     state = _loop_state(cfg, run, steps_per_epoch, per_rank, pos)
     log.info(f"training {cfg.arch} on {len(dataset)} images, {cfg.last_fc_size} classes, world size "
              f"{dist.world_size}, {per_rank}/rank x {steps_per_epoch} steps/epoch, device {run.device}, amp {cfg.amp}")
@@ -260,10 +323,17 @@ def _epochs(run: Run, loader, sampler, state: LoopState, pos: Position, tb: Tens
             result = train_one_epoch(run.model, run.head, [run.opt_backbone, run.opt_head], run.scaler, loader,
                                      epoch, first, state, tb, on_step_end, bad)
         except NonFiniteError:
-            # Weights are those from before the first step of the non-finite run: resume replays from there.
+            # The weights are those from before the first non-finite step: saved when sound, so that resume replays
+            # from there; weights that an update blew up (its loss was still finite) keep the last sound last.pth.
             g0 = state.global_step - state.guard.consecutive + 1
-            run.save_state(Position(g0 // spe, g0 % spe, g0))
-            log.error(f"state from before the divergence (after global step {g0}) saved to {run.out_dir / 'last.pth'}")
+            last = run.out_dir / "last.pth"
+            if run.save_state(Position(g0 // spe, g0 % spe, g0)):
+                log.error(f"state from before the divergence (after global step {g0}) saved to {last}")
+            elif run.saved_step is not None:
+                log.error(f"{last} keeps global step {run.saved_step}, the last sound state: --resume auto with a "
+                          "lower --lr continues from it")
+            else:
+                log.error(f"no sound state to save: {last} was never written (--save-every-steps N keeps one)")
             raise
         except (ValueError, RuntimeError, ConnectionResetError, EOFError) as error:
             fault = data_fault(error, epoch, state.global_step, run.out_dir / "last.pth", run.saved_step)
@@ -277,6 +347,9 @@ def _epochs(run: Run, loader, sampler, state: LoopState, pos: Position, tb: Tens
         done = step_reached >= spe
         log.info(f"epoch {epoch} {'done' if done else f'stopped at step {step_reached}'}: "
                  + " ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
+        skipped = bad.end_epoch(epoch) if bad is not None else None
+        if skipped is not None:
+            log.warning(skipped)
         if done and ((epoch + 1) % cfg.pth_save_epoch == 0 or epoch + 1 == cfg.epochs) or stop.max_steps:
             path = run.save_epoch(epoch + 1)
             if path is not None:

@@ -2,7 +2,6 @@
 or, with skip_bad, is dropped, logged and counted against a budget."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import cv2
@@ -19,6 +18,7 @@ from dataloader import (
     decode_face,
     read_train_list,
 )
+from utils.logger import setup_logger
 
 
 def _faces(celeba_dir: Path, n: int) -> list[Path]:
@@ -142,25 +142,30 @@ def _mixed_list(tmp_path, celeba_dir, bad_files) -> Path:
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_skip_bad_counts_and_logs(tmp_path, celeba_dir, bad_files, caplog, workers):
+def test_skip_bad_counts_and_logs(tmp_path, celeba_dir, bad_files, workers):
+    """Each skipped sample reaches the run's train.log with its file, list line and reason; the epoch sums them."""
     ds = ImageListDataset(read_train_list(_mixed_list(tmp_path, celeba_dir, bad_files)), skip_bad=True)
     loader = build_train_loader(ds, batch_size=4, workers=workers, sampler=None, pin_memory=False,
                                 drop_last=False, persistent_workers=False)
     counter = BadSampleCounter(max_fraction=0.25, min_samples=5)
     kept = 0
-    with caplog.at_level(logging.WARNING, logger="dataloader.builder"):
+    setup_logger(tmp_path / "train.log")
+    try:
         for images, labels, n_bad in loader:
             assert images.dtype == torch.uint8 and labels.dtype == torch.int64
             assert images.shape[0] == labels.shape[0] <= 4
             counter.update(len(labels), n_bad)
             kept += len(labels)
-    assert (kept, counter.seen, counter.bad) == (8, 10, 2)
-    assert str(bad_files["truncated"]) in caplog.text and "line 4 of" in caplog.text
-    assert str(bad_files["gray"]) in caplog.text and "grayscale" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="dataloader.builder"):
+        assert (kept, counter.seen, counter.bad) == (8, 10, 2)
+        assert counter.end_epoch(0) == "epoch 0: skipped 2 bad samples (2 of 10 so far, --skip-bad-images)"
+        assert counter.end_epoch(1) is None  # the next epoch starts its own count
         counter.update(4, 2)  # a plain int: counted, logged without names
-    assert "skipped 2 bad samples" in caplog.text and counter.bad == 4
+    finally:
+        setup_logger(None)
+    text = (tmp_path / "train.log").read_text()
+    assert str(bad_files["truncated"]) in text and "line 4 of" in text
+    assert str(bad_files["gray"]) in text and "grayscale" in text
+    assert "skipped 2 bad samples (their names were lost on the way)" in text and counter.bad == 4
 
 
 def test_bad_fraction_limit(tmp_path, celeba_dir, bad_files):

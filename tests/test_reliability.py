@@ -17,7 +17,8 @@ from models.checkpoint import atomic_save, read_checkpoint
 from run import train as train_entry
 from run.config import config_from_args, get_args_parser
 from run.failures import run_cli
-from run.state import Position, remove_stale_temporaries
+from run.run_dir import sweep_temporaries
+from run.state import Position
 from run.trainer import build_run, maybe_resume
 from tests.test_train_support import (  # noqa: F401 (one_thread_and_restore: a fixture)
     REPO,
@@ -65,7 +66,7 @@ def test_sigkill_during_checkpoint_write_keeps_previous_file(tmp_path):
     partial = [p for p in tmp_path.iterdir() if p.name != "last.pth"]
     assert len(partial) == 1 and partial[0].name.startswith(".last.pth.") and partial[0].name.endswith(".tmp")
     assert partial[0].stat().st_size > 4_000_000  # the kill came after the new data was written
-    assert remove_stale_temporaries(tmp_path) == partial
+    assert sweep_temporaries(tmp_path) == partial
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth"]
 
 

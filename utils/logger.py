@@ -30,12 +30,27 @@ def setup_logger(log_file: str | Path | None = None, rank: int = 0, level: int =
     handlers = [console]
     if log_file is not None and rank == 0:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file))
+        handlers.append(_RunFile(log_file))
     for h in handlers:
         h.setFormatter(fmt)
         h.magface_run = True
         logger.addHandler(h)
     return logger
+
+
+class _RunFile(logging.FileHandler):
+    """The run's log file; when it can no longer be written (a full disk) it says so once, in one line, and leaves
+    the logger: logging's default prints a 10-line traceback for every record instead."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        logging.getLogger(LOGGER_NAME).removeHandler(self)
+        print(f"warning: cannot write the log file {self.baseFilename} ({error}); the log goes on on the console "
+              "only", file=sys.stderr, flush=True)
+        try:
+            self.close()
+        except OSError:
+            pass
 
 
 def run_handlers(logger: logging.Logger | None = None) -> list[logging.Handler]:
