@@ -119,7 +119,7 @@ def train_config(name: str, runs: Path, workers: int, seed: int | None = None) -
         train_entry.main([*base, "--train_list", str(DATA / "celeba" / "train.list"), "--last-fc-size",
                           str(num_classes), "--epochs", str(epochs), "--workers", str(workers), "--device", "cpu",
                           "--print-freq", "25", "--pth-save-epoch", str(epochs), "--pth-save-fold", str(folder),
-                          "--tensorboard", "0", *[f.replace("{runs}", str(runs)) for f in extra],
+                          "--tensorboard", "0", "--overwrite", *[f.replace("{runs}", str(runs)) for f in extra],
                           *(["--seed", str(seed)] if seed is not None else [])])
         (folder / "DONE").touch()
     return ckpt, log_seconds(folder / "train.log")

@@ -93,7 +93,7 @@ def train(args: argparse.Namespace, out: Path, device: str) -> tuple[Path, float
         "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
         "--schedule", "cosine", "--warmup-epochs", str(args.warmup_epochs), "--workers", str(args.workers),
         "--device", device, "--seed", str(args.seed), "--print-freq", "25", "--pth-save-epoch", str(args.epochs),
-        "--pth-save-fold", str(out / "train"), "--tensorboard", "0",
+        "--pth-save-fold", str(out / "train"), "--tensorboard", "0", "--overwrite",  # each demo run starts afresh
     ])
     return Path(result["checkpoints"][-1]), time.perf_counter() - t0
 
@@ -108,7 +108,7 @@ def finetune(args: argparse.Namespace, out: Path, device: str) -> tuple[Path, fl
         *QUALITY_FINETUNE, "--train_list", str(Path(args.data) / "celeba" / "train.list"), "--last-fc-size",
         str(num_classes), "--epochs", "1", "--max-steps", str(args.finetune_steps), "--workers", str(args.workers),
         "--device", device, "--seed", str(args.seed), "--print-freq", "25", "--pth-save-fold", str(out / "finetune"),
-        "--tensorboard", "0",
+        "--tensorboard", "0", "--overwrite",
     ])
     return Path(result["checkpoints"][-1]), time.perf_counter() - t0
 
