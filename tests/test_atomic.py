@@ -97,3 +97,37 @@ def test_write_json_keeps_each_callers_layout(tmp_path):
     with pytest.raises(ValueError, match="Out of range float values"):
         write_json(tmp_path / "strict.json", [np.nan], allow_nan=False)
     assert (tmp_path / "strict.json").read_text().endswith('"c": null\n}\n')  # the refused write changed nothing
+
+
+STUCK_WRITER = """
+import sys, time
+from utils.atomic import atomic_write
+with atomic_write(sys.argv[1], "w") as f:
+    f.write("half a report")
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_the_next_write_sweeps_what_a_killed_writer_left(tmp_path):
+    """A real writer killed with SIGKILL mid-write leaves its temporary; the next write of that file removes it,
+    while a live writer's temporary (this process's) is left alone."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    target = tmp_path / "report.json"
+    repo = Path(__file__).resolve().parents[1]
+    child = subprocess.Popen([sys.executable, "-c", STUCK_WRITER, str(target)], cwd=repo, stdout=subprocess.PIPE,
+                             text=True, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert child.stdout.readline().strip() == "writing"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(f".report.json.{atomic._HOST}-{child.pid}.")
+    live = tmp_path / f".report.json.{atomic._HOST}-{os.getpid()}.inflight.tmp"
+    live.write_text("another thread's write in progress")
+    write_json(target, {"ok": True})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "report.json"])

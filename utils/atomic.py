@@ -5,7 +5,8 @@ it flushes and fsyncs the file, gives it the permissions a plain ``open`` would 
 creates files readable by their owner only, which surprised users sharing checkpoints or features on
 a cluster), renames it over ``path`` and fsyncs the folder. On any error, an interrupt included, the
 temporary file is removed and ``path`` is left as it was. A process killed outright (SIGKILL) can leave
-a ``.NAME.*.tmp`` file behind; ``path`` itself is still intact.
+a ``.NAME.HOST-PID.*.tmp`` file behind; ``path`` itself is still intact, and the next write of ``path``
+removes such leftovers of processes of this host that are no longer alive (``sweep_leftovers``).
 
 A full disk, an exhausted quota, a file-size limit or a read-only folder (ENOSPC, EDQUOT, EFBIG, EROFS,
 EACCES) raises ``OutputWriteError``: an OSError with the same errno whose message names the path, the space
@@ -21,12 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import math
 import os
 import resource
 import shutil
 import signal
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,6 +130,33 @@ def explain_write_error(error: OSError, path: Path, written: int | None,
     return OutputWriteError(error.errno, text, str(path))
 
 
+_HOST = socket.gethostname().replace(".", "_")  # in temporary names: which host's process wrote it
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def sweep_leftovers(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that killed writers of ``path`` left (``.NAME.HOST-PID.*.tmp``): those of this
+    host whose process is gone. Another host's, or a live process's write in progress, are left alone."""
+    path = Path(path)
+    gone = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.{glob.escape(_HOST)}-*.tmp"):
+        pid = tmp.name[len(path.name) + len(_HOST) + 3:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                gone.append(tmp)
+    return gone
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb", expected_size: int | None = None) -> Iterator[IO]:
     """Write ``path`` atomically (see the module docstring); ``mode`` is "wb" or "w". ``expected_size`` (bytes), when
@@ -137,7 +167,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", expected_size: int |
     tmp, written = None, None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        sweep_leftovers(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, mode) as f:
             try:
                 yield f
