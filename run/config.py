@@ -28,7 +28,7 @@ class TrainConfig:
     train_list: str = ""
     rec: str = ""
     synthetic: int = 0
-    workers: int = 8
+    workers: int = -1  # -1: from the cores this process may use (dataloader.builder.default_workers)
     skip_bad_images: bool = False
     max_bad_fraction: float = 0.01
     # optional damage augmentation (off in the published recipe; dataloader/augment.py)
@@ -119,7 +119,7 @@ class TrainConfig:
         for key in positive:
             if getattr(self, key) <= 0:
                 raise ValueError(f"--{key.replace('_', '-')} must be positive, got {getattr(self, key)}")
-        at_least = {"workers": 0, "max_steps": 0, "save_every_steps": 0, "grad_clip": 0.0, "warmup_epochs": 0.0,
+        at_least = {"workers": -1, "max_steps": 0, "save_every_steps": 0, "grad_clip": 0.0, "warmup_epochs": 0.0,
                     "dropout": 0.0, "max_nonfinite": 1, "pth_save_epoch": 1, "freeze_depth": 0,
                     "backbone_lr_mult": 0.0}
         for key, low in at_least.items():
@@ -178,7 +178,8 @@ FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "train_list": (("--train_list", "--train-list"), "training list: 'path 0 id 0' per line"),
     "rec": (("--rec",), "folder with insightface train.rec/train.idx"),
     "synthetic": (("--synthetic",), "use N synthetic images (smoke runs, benchmarks)"),
-    "workers": (("--workers", "-j"), "data loading worker processes"),
+    "workers": (("--workers", "-j"), "data loading worker processes per rank; -1: the cores this process may use, "
+                "shared among the ranks of this node, less one for the training process (at most 8)"),
     "skip_bad_images": (("--skip-bad-images",), "log and skip unreadable images instead of stopping"),
     "max_bad_fraction": (("--max-bad-fraction",), "with --skip-bad-images: stop past this fraction"),
     "degrade_prob": (("--degrade-prob",), "damage each training face with this probability (0 = off, published)"),
@@ -196,7 +197,8 @@ FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "lr_drop_ratio": (("--lr-drop-ratio",), "factor applied at each drop epoch"),
     "schedule": (("--schedule",), "step (published) or cosine"),
     "warmup_epochs": (("--warmup-epochs",), "linear warm-up length in epochs (0 = none, published)"),
-    "max_steps": (("--max-steps",), "stop after N steps (smoke runs); still writes checkpoints"),
+    "max_steps": (("--max-steps",), "stop at global step N, counted from the run's start (a resumed run goes on to "
+                  "N, not N more); writes last.pth and a released-layout checkpoint (step_N.pth mid-epoch); 0: off"),
     "grad_clip": (("--grad-clip",), "clip the global gradient norm (0 = off)"),
     "embedding_size": (("--embedding-size",), "embedding dimension"),
     "last_fc_size": (("--last-fc-size",), "number of identities (classifier rows)"),
@@ -235,7 +237,7 @@ FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "pth_save_fold": (("--pth-save-fold",), "output folder for checkpoints and logs"),
     "pth_save_epoch": (("--pth-save-epoch",), "write {epoch:05d}.pth every N epochs"),
     "save_every_steps": (("--save-every-steps",), "also write last.pth every N steps (0 = off)"),
-    "print_freq": (("--print-freq", "-p"), "log every N steps"),
+    "print_freq": (("--print-freq", "-p"), "log progress every N steps (at least every tenth of a shorter run)"),
     "tensorboard": (("--tensorboard",), "write TensorBoard scalars and histograms"),
     "resume": (("--resume",), "resume from a last.pth, or 'auto' for PTH_SAVE_FOLD/last.pth if present"),
     "overwrite": (("--overwrite",), "start a new run in a PTH_SAVE_FOLD that holds one, deleting its last.pth, "

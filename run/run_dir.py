@@ -24,7 +24,7 @@ from pathlib import Path
 from models.checkpoint import read_checkpoint
 
 LOCK_NAME = ".run.lock"
-EPOCH_FILE = re.compile(r"^\d{5}\.pth$")  # the released-layout epoch checkpoints, 00001.pth ...
+EPOCH_FILE = re.compile(r"^(\d{5}|step_\d{8})\.pth$")  # released-layout checkpoints: 00001.pth, step_00000040.pth
 
 
 class RunLocked(ValueError):

@@ -19,6 +19,7 @@ from torch import nn
 
 from dataloader import BadSampleCounter, EpochShuffleSampler, build_train_dataset, build_train_loader
 from dataloader.augment import DegradeAugment, parse_kinds
+from dataloader.builder import train_workers
 from models import ClassWeightHead, MagFaceHead, build_backbone
 from models.checkpoint import backbone_state, load_backbone_state, read_checkpoint, save_released
 from models.fused import ChunkedMagFaceHead
@@ -182,6 +183,8 @@ def _loop_state(cfg: TrainConfig, run: Run, steps_per_epoch: int, per_rank: int,
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
+    # progress at least every tenth of a short run (--print-freq 100 would print nothing in a 40-step run)
+    print_freq = max(1, min(cfg.print_freq, (total_steps - pos.global_step) // 10))
     distributed = run.dist.distributed
     grad_norm = sharded_grad_norm(list(run.backbone.parameters()), list(run.head.parameters()), True) \
         if distributed else None
@@ -198,7 +201,7 @@ def _loop_state(cfg: TrainConfig, run: Run, steps_per_epoch: int, per_rank: int,
                               cfg.lr_drop_ratio, cfg.warmup_epochs),
         policy=StepPolicy(grad_clip=cfg.grad_clip, grad_norm_fn=grad_norm, sync_overflow=distributed),
         amp_dtype=amp_dtype(cfg.amp), cudagraph_steps=uses_cudagraphs(cfg, run.device),
-        world_size=run.dist.world_size, print_freq=cfg.print_freq,
+        world_size=run.dist.world_size, print_freq=print_freq,
         global_step=pos.global_step, guard=NonFiniteGuard(cfg.max_nonfinite), frozen=run.frozen,
     )
 
@@ -254,6 +257,9 @@ def train(cfg: TrainConfig, dist: DistInfo) -> dict:
 
 def _train(cfg: TrainConfig, dist: DistInfo, signals) -> dict:
     out_dir, log = Path(cfg.pth_save_fold), get_logger()
+    if cfg.workers < 0:
+        cfg.workers = train_workers(int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size)))
+        log.info(f"--workers -1: {cfg.workers} loader workers per rank (from the usable cores)")
     if cfg.batch_size % dist.world_size:
         raise ValueError(f"--batch-size {cfg.batch_size} (total) is not divisible by the world size {dist.world_size}")
     per_rank = cfg.batch_size // dist.world_size
@@ -351,7 +357,8 @@ def _epochs(run: Run, loader, sampler, state: LoopState, pos: Position, tb: Tens
         if skipped is not None:
             log.warning(skipped)
         if done and ((epoch + 1) % cfg.pth_save_epoch == 0 or epoch + 1 == cfg.epochs) or stop.max_steps:
-            path = run.save_epoch(epoch + 1)
+            # an epoch-named file only for a finished epoch; a --max-steps stop mid-epoch names its global step
+            path = run.save_epoch(epoch + 1, None if done else f"step_{state.global_step:08d}.pth")
             if path is not None:
                 written.append(str(path))
                 log.info(f"wrote {path}")

@@ -159,6 +159,10 @@ class Validator:
 
     def _report(self, entry: dict, global_step: int) -> None:
         log = get_logger()
+        if len(self.record["history"]) == 1:
+            log.info("validation magnitudes come from eval mode (BatchNorm's running statistics); early in training "
+                     "those differ from the batch statistics of the training steps, so these magnitudes can be far "
+                     "from the training ones ('mag' in the progress lines) until the statistics settle")
         for name, r in entry["sets"].items():
             m = r["magnitude"]
             best = self.record["sets"][name]

@@ -222,8 +222,8 @@ def test_a_rerun_without_resume_is_refused_and_overwrite_starts_over(data, tmp_p
         in _log(out)
     assert _train([*base, "--max-steps", "2", "--overwrite"]) == 0
     assert _state(out / "last.pth")["position"]["global_step"] == 2
-    assert sorted(p.name for p in out.glob("*.pth")) == ["00001.pth", "last.pth"]  # the old 00002.pth is gone
-    assert "--overwrite: deleted the previous run's 00001.pth, 00002.pth, last.pth" in _log(out)
+    assert sorted(p.name for p in out.glob("*.pth")) == ["last.pth", "step_00000002.pth"]  # the old run's are gone
+    assert "--overwrite: deleted the previous run's 00001.pth, last.pth, step_00000006.pth" in _log(out)
 
 
 def test_launchers_keep_resume_auto():

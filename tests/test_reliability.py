@@ -105,7 +105,7 @@ def test_resume_refuses_damaged_and_non_resume_files(celeba_dir, tmp_path):
     with pytest.raises(ValueError, match="could not be read"):
         train_entry.main([*args, "--resume", str(damaged)])
     with pytest.raises(ValueError, match="is not a resumable training state .* use --pretrained"):
-        train_entry.main([*args, "--resume", str(run_dir / "00001.pth")])
+        train_entry.main([*args, "--resume", str(run_dir / "step_00000001.pth")])
 
 
 def test_resume_warns_about_each_changed_hyper_parameter(celeba_dir, tmp_path, caplog):

@@ -71,17 +71,18 @@ def test_cli_starts_and_writes_readable_checkpoints(celeba_dir, tmp_path, launch
     args = train_args(data, out, classes=4, batch=4, epochs=3, extra=("--max-steps", "2", "--input-size", "112"))
     done = run_python([*launch, *args], timeout=300)
     assert done.returncode == 0, done.stdout[-3000:]
-    assert sorted(p.name for p in out.glob("*.pth")) == ["00001.pth", "last.pth"]  # --max-steps writes the epoch file
+    # --max-steps mid-epoch writes a released-layout file named by its global step, not like a finished epoch
+    assert sorted(p.name for p in out.glob("*.pth")) == ["last.pth", "step_00000002.pth"]
     config = json.loads((out / "config.json").read_text())
     assert config["arch"] == ARCH and config["max_steps"] == 2 and config["world_size"] == 1
-    model, _, info = load_backbone(out / "00001.pth")
-    seed_model = seed_style_load(out / "00001.pth", ARCH, 64, 112)
+    model, _, info = load_backbone(out / "step_00000002.pth")
+    seed_model = seed_style_load(out / "step_00000002.pth", ARCH, 64, 112)
     assert info["arch"] == ARCH and info["embedding_size"] == 64
     faces = torch.from_numpy(cv2.imread(str(celeba_dir / "images/7201/001085.jpg"))).permute(2, 0, 1)[None]
     x = faces.float() / 255
     with torch.no_grad():
         torch.testing.assert_close(model(x), seed_model(x), rtol=0, atol=0)
-    head = torch.load(out / "00001.pth", weights_only=True)["state_dict"]["module.fc.weight"]
+    head = torch.load(out / "step_00000002.pth", weights_only=True)["state_dict"]["module.fc.weight"]
     assert head.shape == (64, 4)
     state = torch.load(out / "last.pth", weights_only=True)
     assert state["position"] == {"epoch": 0, "step_in_epoch": 2, "global_step": 2}

@@ -25,9 +25,9 @@ def test_torchrun_two_ranks_end_to_end(celeba_dir, tmp_path):
     done = torchrun(2, args, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:]
     assert "world size 2, 4/rank x 5 steps/epoch" in done.stdout
-    assert sorted(p.name for p in out.glob("*.pth")) == ["00001.pth", "00002.pth", "last.pth"]
+    assert sorted(p.name for p in out.glob("*.pth")) == ["00001.pth", "last.pth", "step_00000007.pth"]
 
-    epoch_file = state_dict_of(out / "00002.pth")
+    epoch_file = state_dict_of(out / "step_00000007.pth")
     head = epoch_file["module.fc.weight"]
     assert head.shape == (64, CLASSES) and torch.isfinite(head).all()
     torch.testing.assert_close(state_dict_of(out / "last.pth")["module.fc.weight"], head, rtol=0, atol=0)
@@ -36,13 +36,13 @@ def test_torchrun_two_ranks_end_to_end(celeba_dir, tmp_path):
     moved = (head.t() - initial).norm(dim=1)
     assert (moved > 1e-4).all(), f"some classes kept their initial weights: {moved}"
 
-    model, conv, info = load_backbone(out / "00002.pth")
+    model, conv, info = load_backbone(out / "step_00000007.pth")
     assert info["arch"] == "iresnet18_w16" and info["epoch"] == 2 and conv == MAGFACE
     faces = [line.split()[0] for line in data.read_text().splitlines()[:6]]
     inf_list = tmp_path / "inf.list"
     inf_list.write_text("\n".join(faces) + "\n")
     feats = tmp_path / "feats.npz"
-    dumped = run_python(["-m", "inference.gen_feat", "--resume", str(out / "00002.pth"), "--inf_list",
+    dumped = run_python(["-m", "inference.gen_feat", "--resume", str(out / "step_00000007.pth"), "--inf_list",
                          str(inf_list), "--feat_list", str(feats), "--device", "cpu", "--workers", "0"],
                         timeout=300, env=child_env())
     assert dumped.returncode == 0, dumped.stdout[-3000:]

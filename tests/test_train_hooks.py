@@ -125,7 +125,7 @@ def test_seed_trainer_argv_runs_with_vis_mag_and_validation(celeba_dir, lfw_dir,
     record = json.loads((out / "val_metrics.json").read_text())
     assert [h["global_step"] for h in record["history"]] == [3] and record["best_global_step"] == 3
     images, issame = read_bin(val_bin)
-    model, conv, _ = load_backbone(out / "00002.pth")  # written at --max-steps 3
+    model, conv, _ = load_backbone(out / "step_00000003.pth")  # written at --max-steps 3
     feats = embed_array(model, images, convention=conv, prepare=False)
     expected = evaluate_pairs(feats[0::2], feats[1::2], issame)
     got = record["sets"]["val"]
@@ -133,7 +133,7 @@ def test_seed_trainer_argv_runs_with_vis_mag_and_validation(celeba_dir, lfw_dir,
     assert got["best_threshold"] == pytest.approx(expected["threshold"])
     mags = np.linalg.norm(feats, axis=1)
     assert record["last"]["sets"]["val"]["magnitude"]["p50"] == pytest.approx(np.median(mags), rel=1e-4)
-    assert_same_weights(out / "best.pth", out / "00002.pth")
+    assert_same_weights(out / "best.pth", out / "step_00000003.pth")
 
 
 @pytest.mark.slow
