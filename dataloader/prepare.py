@@ -33,7 +33,7 @@ from dataloader.pack_rec import pack_train_list  # noqa: E402
 from inference.photo_faces import IMAGE_SUFFIXES, FaceOptions, add_face_args, default_workers, iter_photo_faces  # noqa: E402,E501
 from utils.align import write_jpeg_atomic  # noqa: E402
 from utils.atomic import atomic_write, write_json  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from utils.cli import HelpFormatter, run_cli  # noqa: E402
 from utils.detect import POLICIES  # noqa: E402
 
 
@@ -60,7 +60,7 @@ DEFAULT_FACES = FaceOptions()
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Aligned training set from photographs, one folder per identity",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--photos", required=True, help="ROOT with one sub-folder of photographs per identity")
     p.add_argument("--out", required=True, help="output folder")
     add_face_args(p, ("largest", "center"))
@@ -68,7 +68,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="drop a photo (status ambiguous) when its runner-up face has at least this fraction of "
                    "the chosen face's area x score (largest policy; 0 keeps every photo)")
     p.add_argument("--rec", action="store_true", help="also pack DIR/rec/train.rec + train.idx")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, batch jobs)")
     return p
 
 

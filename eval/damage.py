@@ -18,11 +18,11 @@ Library use (typed values, no argv): ``make_damaged_set``, ``read_damage_table``
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,13 +31,25 @@ if __package__ in (None, ""):
 
 from eval.damage_report import BAND_EDGES, BANDS, DEFAULT_FMRS, band_of, quality_report, read_score_file  # noqa: E402
 from eval.damage_set import DamageTable, make_damaged_set, read_damage_table  # noqa: E402
+from eval.erc_plot import (  # noqa: E402
+    add_caption,
+    area_label,
+    nan_reason,
+    random_caption,
+    save_png,
+    score_label,
+    title_text,
+)
 from eval.metrics import read_pair_list  # noqa: E402
-from eval.quality import REJECT_RATIOS, SCORES, image_qualities  # noqa: E402
-from utils.atomic import atomic_write, write_json  # noqa: E402
+from eval.quality import REJECT_RATIOS, SCORES, image_qualities, min_impostor_pairs  # noqa: E402
+from utils.atomic import write_json  # noqa: E402
 from utils.cli import keyword_defaults, run_cli  # noqa: E402
 from utils.feature_io import FeatureFile, load_feature_file  # noqa: E402
 from utils.table import format_table  # noqa: E402
 from utils.text_lines import line_of_row  # noqa: E402
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["make_damaged_set", "read_damage_table", "load_scores", "quality_report", "read_score_file",
            "plot_report", "score_set", "main"]
@@ -84,55 +96,78 @@ def score_set(set_dir: str | os.PathLike, feat_list: str | os.PathLike, names: S
     return quality_report(ff.features, table, i0, i1, issame, scores, fmrs), scores, table
 
 
-def plot_report(path: str | os.PathLike, report: dict, scores: dict[str, np.ndarray], table: DamageTable) -> None:
-    """PNG (atomic, Agg): one ERC panel per FMR, and each score's median percentile rank by severity band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_report(path: str | os.PathLike, report: dict, scores: dict[str, np.ndarray], table: DamageTable, *,
+                model: str = "the model of the features", data: str = "the damaged set") -> Figure:
+    """PNG (atomic): one ERC panel per FMR, and each score's median percentile rank by severity band; titled with
+    ``model`` and ``data``, an undefined area named as such (``eval.erc_plot``). The figure is returned."""
+    from matplotlib.figure import Figure
     from scipy.stats import rankdata
 
     fmr_keys = list(report["erc"])
-    fig, axes = plt.subplots(1, len(fmr_keys) + 1, figsize=(5 * (len(fmr_keys) + 1), 4))
+    fig = Figure(figsize=(5 * (len(fmr_keys) + 1), 5), layout="constrained")
+    axes = fig.subplots(1, len(fmr_keys) + 1)
     for ax, key in zip(axes, fmr_keys, strict=False):
+        fmr = float(key)
         for name, curve in report["erc"][key].items():
-            ax.plot(100 * REJECT_RATIOS, curve["fnmr"], marker="o", markersize=3,
-                    label=f"{name} (area {curve['area']:.4f})")
-        ax.set(xlabel="rejected pairs [%]", ylabel="FNMR", title=f"ERC, FMR = {float(key):g}")
+            label = area_label(name, curve["area"], curve.get("nan_rows"), fmr, min_impostor_pairs(fmr))
+            ax.plot(100 * REJECT_RATIOS, np.array(curve["fnmr"], dtype=float), marker="o", markersize=3, label=label)
+        ax.set(xlabel="rejected pairs [%]", ylabel="FNMR", title=f"ERC, FMR = {fmr:g}")
         ax.grid(linestyle="--", linewidth=0.5)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     bands = band_of(table.severity)
     centres = [0.0] + [(lo + hi) / 2 for lo, hi in zip(BAND_EDGES[:-1], BAND_EDGES[1:], strict=True)]
     ax = axes[-1]
     for name, s in scores.items():
         pct = 100 * (rankdata(s) - 0.5) / len(s)
         ax.plot(centres, [np.median(pct[bands == b]) if np.any(bands == b) else np.nan for b in range(len(BANDS))],
-                marker="o", label=name)
+                marker="o", label=score_label(name))
     ax.set(xlabel="severity (band centre; 0 = clean)", ylabel="median score percentile",
            title="score vs known damage")
     ax.grid(linestyle="--", linewidth=0.5)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    with atomic_write(path, "wb") as f:
-        f.write(buf.getvalue())
+    ax.legend(fontsize=7)
+    fig.suptitle(title_text(model, f"{data} ({report['num_pairs']} pairs, {report['num_damaged']} damaged faces)"),
+                 fontsize=9)
+    if "random" in scores:
+        add_caption(fig, random_caption(report["num_pairs"], REJECT_RATIOS))
+    save_png(fig, path, dpi=110)
+    return fig
+
+
+def undefined_areas(report: dict) -> str | None:
+    """One line naming the ERC areas that are undefined and why, None when all are defined."""
+    parts = []
+    for key, curves in report["erc"].items():
+        fmr = float(key)
+        for name, curve in curves.items():
+            row = curve.get("nan_rows")
+            if curve["area"] is not None and np.isfinite(curve["area"]):
+                continue
+            why = "" if not row else (f" from {100 * row['from_reject_ratio']:.0f}% rejected "
+                                      f"({nan_reason(row, fmr, min_impostor_pairs(fmr))})")
+            parts.append(f"{name} at FMR {fmr:g}{why}")
+    return f"note: area n/a where too few pairs remain after rejection: {', '.join(parts)}" if parts else None
 
 
 def _fmt(x: float) -> str:
     return "nan" if x is None or np.isnan(x) else f"{x:.3f}"
 
 
+def _area(x: float | None) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.4f}"
+
+
 def print_report(report: dict) -> None:
     kinds, fmr_keys = report["kinds"], list(report["erc"])
     header = ["score", "rho all"] + [f"rho {k}" for k in kinds] + [f"ERC area {k}" for k in fmr_keys]
     rows = [[name, _fmt(rho["overall"])] + [_fmt(rho.get(k, np.nan)) for k in kinds]
-            + [f"{report['erc'][k][name]['area']:.4f}" for k in fmr_keys]
+            + [_area(report["erc"][k][name]["area"]) for k in fmr_keys]
             for name, rho in report["spearman"].items()]
     print(f"{report['num_pairs']} pairs, {report['num_damaged']} damaged faces; Spearman rho of score vs severity "
           "(-1 = score falls as damage grows)")
     print(format_table(header, rows))
+    note = undefined_areas(report)
+    if note:
+        print(note)
     counts = report["band_counts"]
     print("median score by severity band")
     print(format_table(["score"] + [f"{b} n={counts[b]}" for b in BANDS],
@@ -141,16 +176,18 @@ def print_report(report: dict) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     made, scored = keyword_defaults(make_damaged_set), keyword_defaults(score_set)
-    shared = os.environ.get("MAGFACE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
-    lfw = Path(shared) / "lfw112"
+    repo = Path(__file__).resolve().parents[1]
+    shared = Path(os.environ.get("MAGFACE_SHARED_DATA", repo.parent / "shared" / "data")) / "lfw112"
+    lfw = shared if (shared / "img.list").is_file() else repo / "raw" / "demo_data" / "lfw"  # users: the demo's
     p = argparse.ArgumentParser(prog="python -m eval.damage", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, help="make a damaged set, or score features of one")
     m = sub.add_parser("make", help="write a damaged copy of a pair list")
-    m.add_argument("--img-list", default=str(lfw / "img.list"), help="image list (default: LFW View 2 in shared data)")
+    m.add_argument("--img-list", default=str(lfw / "img.list"),
+                   help="image list (default: all LFW View 2 pairs where the shared data is, else the demo's 2,400)")
     m.add_argument("--pair-list", default=str(lfw / "pair.list"), help="'i j label' rows of --img-list")
     m.add_argument("--out", required=True, help="output folder (written atomically)")
     m.add_argument("--kinds", default=",".join(made["kinds"]), help="comma-separated damage kinds")
-    m.add_argument("--seed", type=int, default=made["seed"])
+    m.add_argument("--seed", type=int, default=made["seed"], help="seed of the damage parameters")
     m.add_argument("--force", action="store_true", help="replace a different existing set")
     s = sub.add_parser("score", aliases=["eval"], help="correlate quality scores with the known damage")
     s.add_argument("--set", required=True, help="folder written by 'make'")
@@ -161,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=scored["seed"], help="seed of the random score")
     s.add_argument("--json", default=None, help="write the report here (atomically)")
     s.add_argument("--plot", default=None, help="PNG: ERC per FMR and score vs severity")
+    s.add_argument("--model-name", default=None, help="the model, for the plot's title (default: the feature file)")
     return p
 
 
@@ -189,7 +227,8 @@ def _main(argv: list[str]) -> int:
     report, scores, table = score_set(args.set, args.feat_list, names, args.score_file, fmrs, args.seed)
     print_report(report)
     if args.plot:
-        plot_report(args.plot, report, scores, table)
+        plot_report(args.plot, report, scores, table, model=args.model_name or f"features {args.feat_list}",
+                    data=f"damaged set {args.set}")
     if args.json:
         write_json(args.json, report, nan_as_null=True)
     return 0

@@ -247,8 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="IJB-B/C 1:1 verification: TAR at FAR 1e-6..1e-1.")
     p.add_argument("--feat_list", "--feat-list", required=True, help="features in face_tid_mid order")
     p.add_argument("--base_dir", "--base-dir", default=d["base_dir"], help="folder holding meta/")
-    p.add_argument("--type", choices=("b", "c"), default=d["kind"])
-    p.add_argument("--embedding_size", "--embedding-size", type=int, default=d["embedding_size"])
+    p.add_argument("--type", choices=("b", "c"), default=d["kind"], help="IJB-B or IJB-C meta files")
+    p.add_argument("--embedding_size", "--embedding-size", type=int, default=d["embedding_size"],
+                   help="feature dimension expected in the feature file")
     p.add_argument("--magface_qlt", "--magface-qlt", type=int, choices=(0, 1), default=0,
                    help="1 = magnitude-aware aggregation (same as --aggregation magnitude)")
     p.add_argument("--aggregation", choices=AGGREGATIONS, default=None, help=f"default: {d['aggregation']}")

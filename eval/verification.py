@@ -202,15 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pair-list", help="pairs 'i j label' (0-based feature rows), with --feat-list")
     p.add_argument("--resume", help="checkpoint to embed the --bin images with")
     p.add_argument("--arch", default=d["arch"], help="backbone name when the checkpoint does not say")
-    p.add_argument("--batch-size", type=int, default=d["batch_size"])
+    p.add_argument("--batch-size", type=int, default=d["batch_size"], help="with --bin: faces per forward pass")
     p.add_argument("--device", default=d["device"], help="with --bin: auto (the GPU when there is one), cpu, cuda[:N]")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=d["dtype"],
                    help="with --bin: precision of the embedding pass (bf16 is ~2x faster on recent CPUs)")
     p.add_argument("--flip", action="store_true", help="add the embedding of the mirrored image")
     p.add_argument("--input-convention", default=d["input_convention"], help="override the checkpoint's convention")
     p.add_argument("--embedding-size", type=int, default=d["embedding_size"], help="expected feature dimension")
-    p.add_argument("--protocol", choices=PROTOCOLS, default=d["protocol"])
-    p.add_argument("--folds", type=int, default=d["folds"])
+    p.add_argument("--protocol", choices=PROTOCOLS, default=d["protocol"],
+                   help="magface: arccos distance, mean subtraction per fold (the seed's eval_1v1.py); insightface: "
+                   "squared L2 of normalised embeddings")
+    p.add_argument("--folds", type=int, default=d["folds"], help="cross-validation folds of the pair list")
     p.add_argument("--json", default=None, help="write the metrics here (atomically)")
     return p
 

@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from inference.extract import prepare_model  # noqa: E402
 from inference.feat_torch import make_loader, run_model  # noqa: E402
 from models.checkpoint import load_backbone  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from utils.cli import HelpFormatter, run_cli  # noqa: E402
 from utils.convention import parse_convention  # noqa: E402
 from utils.dist import resolve_device  # noqa: E402
 from utils.feature_io import load_feature_file  # noqa: E402
@@ -58,7 +58,7 @@ def reference_magnitudes(resume: str, inf_list: str, *, arch: str | None = None,
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Fit a checkpoint's 0-100 quality scale to a reference set",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--resume", required=True, help="the checkpoint to calibrate")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--inf_list", "--inf-list", help="reference list of aligned 112x112 faces (first token)")
@@ -67,12 +67,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="a second list of damaged faces: the scale then puts the reference's median at 80 and "
                    "these faces' median at 20 (utils.quality_scale.fit_anchored) instead of the reference's at 50")
     p.add_argument("--out", default=None, help="output (default: CKPT.quality.json beside the checkpoint)")
-    p.add_argument("--arch", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    p.add_argument("-b", "--batch-size", type=int, default=64)
-    p.add_argument("-j", "--workers", type=int, default=0)
-    p.add_argument("--input-convention", default=None)
+    p.add_argument("--arch", default=None, help="backbone; read from the checkpoint when absent")
+    p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda[:N]")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="precision of the embedding pass")
+    p.add_argument("-b", "--batch-size", type=int, default=64, help="faces per forward pass")
+    p.add_argument("-j", "--workers", type=int, default=0, help="image decoding worker processes")
+    p.add_argument("--input-convention", default=None,
+                   help="override the checkpoint's input convention (magface, insightface, imagenet)")
     return p
 
 

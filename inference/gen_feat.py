@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 
 from inference.ort_embed import RUNTIMES  # noqa: E402  (torch-free: numpy, OpenCV, utils)
 from utils.atomic import WRITE_REFUSED_EXIT, OutputWriteError  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from utils.cli import HelpFormatter, run_cli  # noqa: E402
 from utils.convention import parse_convention  # noqa: E402
 from utils.feature_io import check_output_folder, check_room, sweep_stale_tmp, write_features  # noqa: E402
 from utils.image_list import (  # noqa: E402
@@ -85,7 +85,7 @@ class FeatOptions:
 def get_args_parser() -> argparse.ArgumentParser:
     d = FeatOptions()
     p = argparse.ArgumentParser(description="Dump MagFace features and magnitudes",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--arch", default=d.arch, help="backbone; read from the checkpoint when absent")
     p.add_argument("--inf_list", "--inf-list", required=True, help="image list, first token = path")
     p.add_argument("--feat_list", "--feat-list", required=True,
@@ -117,7 +117,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-count", type=int, default=d.calib_count,
                    help="int8: calibration faces (the first N of the list)")
     p.add_argument("--flip", action="store_true", help="add the embedding of the mirrored face")
-    p.add_argument("--channels-last", choices=("auto", "on", "off"), default=d.channels_last)
+    p.add_argument("--channels-last", choices=("auto", "on", "off"), default=d.channels_last,
+                   help="NHWC memory layout for the forward (auto: on with a GPU, where it is faster)")
     p.add_argument("--fuse", choices=("on", "off"), default=d.fuse,
                    help="fold BatchNorm into the convs (features equal to float rounding)")
     p.add_argument("--compile", choices=("on", "off"), default=d.compile,

@@ -24,7 +24,7 @@ from torch import nn
 from inference.extract import prepare_model
 from models.checkpoint import load_backbone
 from utils.atomic import atomic_write
-from utils.cli import run_cli
+from utils.cli import HelpFormatter, run_cli
 from utils.convention import InputConvention, read_aligned_face, to_model_input
 from utils.image_list import read_image_list
 
@@ -92,7 +92,7 @@ def score_list(resume: str, inf_list: str, out: str, passes: int = 20, p: float 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--resume", required=True, help="backbone checkpoint (any format load_backbone reads)")
     parser.add_argument("--inf_list", required=True, help="image list: one aligned 112x112 face per line")
     parser.add_argument("--out", required=True, help="score file to write: 'path score' per line")

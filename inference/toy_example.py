@@ -128,7 +128,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", required=True, help="folder of aligned faces, or a list file")
     parser.add_argument("--out", default="toy_example_out", help="folder for the two PNGs")
     parser.add_argument("--max", type=int, default=32, help="use at most this many images")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto")
     return parser
 
 

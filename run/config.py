@@ -15,6 +15,7 @@ from dataloader.augment import DegradeAugment, parse_kinds
 from models.magface import VARIANTS, MagFaceConfig
 from run.preempt import parse_signals
 from utils.atomic import write_json
+from utils.cli import HelpFormatter
 from utils.convention import convention_name, parse_convention
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -273,7 +274,7 @@ def _str2bool(text: str) -> bool:
 
 def get_args_parser(description: str = "Train MagFace") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     for f in fields(TrainConfig):
         names, help_text = FLAGS[f.name]
         default = f.default if f.default is not MISSING else f.default_factory()

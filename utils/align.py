@@ -253,7 +253,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--landmarks", required=True, help="landmark list (see --format)")
     parser.add_argument("--src-root", required=True, help="folder the listed image paths are relative to")
     parser.add_argument("--out", required=True, help="output folder (mirrors the relative paths)")
-    parser.add_argument("--format", default="auto", choices=("auto",) + FORMATS)
+    parser.add_argument("--format", default="auto", choices=("auto",) + FORMATS,
+                        help="landmark list layout: path5 'path x1 y1 ... x5 y5', ijb 'name x1 ... y5 score', "
+                        "scored 'path score x1 ... y5'; auto guesses from the first line")
     parser.add_argument("--size", type=int, default=TEMPLATE_SIZE, help="output side (template scaled)")
     return parser
 

@@ -14,6 +14,7 @@ it) or with the environment variable ``MAGFACE_DEBUG=1``: then the exception pro
 """
 from __future__ import annotations
 
+import argparse
 import inspect
 import os
 import sys
@@ -30,6 +31,19 @@ INTERNAL_ERROR_CODE = 1
 INTERRUPTED_CODE = 130
 
 ExitCodes = Sequence[tuple[type[BaseException] | tuple[type[BaseException], ...], int]]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each flag's default, said once: not appended where the help text already says its default
+    (``default: 64 on CPU ...``), nor where there is nothing to say (None, False, a switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._HelpAction)):
+            return text
+        return super()._get_help_string(action)
 
 
 def keyword_defaults(func: Callable) -> dict[str, Any]:
