@@ -39,6 +39,7 @@ from eval.erc_plot import (  # noqa: E402
     save_png,
     score_label,
     title_text,
+    undefined_text,
 )
 from eval.metrics import read_pair_list  # noqa: E402
 from eval.quality import REJECT_RATIOS, SCORES, image_qualities, min_impostor_pairs  # noqa: E402
@@ -107,11 +108,15 @@ def plot_report(path: str | os.PathLike, report: dict, scores: dict[str, np.ndar
     fig = Figure(figsize=(5 * (len(fmr_keys) + 1), 5), layout="constrained")
     axes = fig.subplots(1, len(fmr_keys) + 1)
     for ax, key in zip(axes, fmr_keys, strict=False):
-        fmr = float(key)
-        for name, curve in report["erc"][key].items():
-            label = area_label(name, curve["area"], curve.get("nan_rows"), fmr, min_impostor_pairs(fmr))
+        fmr, curves = float(key), report["erc"][key]
+        for name, curve in curves.items():
+            label = area_label(name, curve["area"], curve.get("nan_rows"), min_impostor_pairs(fmr))
             ax.plot(100 * REJECT_RATIOS, np.array(curve["fnmr"], dtype=float), marker="o", markersize=3, label=label)
-        ax.set(xlabel="rejected pairs [%]", ylabel="FNMR", title=f"ERC, FMR = {fmr:g}")
+        empty = undefined_text([c.get("nan_rows") for c in curves.values()], fmr, min_impostor_pairs(fmr))
+        if empty:
+            ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center", fontsize=8)
+            ax.set_ylim(0, 1)
+        ax.set(xlabel="rejected pairs [%]", ylabel="FNMR", title=f"ERC, FMR = {fmr:g}", xlim=(-5, 100))
         ax.grid(linestyle="--", linewidth=0.5)
         ax.legend(fontsize=7)
     bands = band_of(table.severity)

@@ -11,7 +11,9 @@ value is undefined, e.g. a constant score or an empty band):
   and ``(0,0.25]``, ``(0.25,0.5]``, ``(0.5,0.75]``, ``(0.75,1]``; ``band_counts``: {band: rows}.
 - ``erc``: {fmr_key: {score: {"fnmr": [...], "area": a}}}: eval/quality.py's error-versus-reject curve
   (pair quality = min of the two faces' scores, FNMR at the FMR, lowest-quality pairs dropped first) at
-  ``reject_ratio`` and its trapezoid area (lower is better). ``fmr_key`` is ``"1e-02"``-style.
+  ``reject_ratio`` and its trapezoid area (lower is better); an area that is NaN because some ratio left
+  too few pairs comes with ``nan_rows`` (eval/quality.py: the first such ratio and the genuine and impostor
+  pairs left there), so a report or picture can say why. ``fmr_key`` is ``"1e-02"``-style.
 - ``num_pairs``, ``num_damaged``, ``kinds``, ``scores``, ``reject_ratio``, ``fmrs``.
 
 ``read_score_file(path, table_paths, set_dir) -> np.ndarray`` reads an external quality file (lines
@@ -30,7 +32,7 @@ from scipy.stats import spearmanr
 
 from eval.damage_set import DamageTable
 from eval.metrics import angular_distance, far_key
-from eval.quality import REJECT_RATIOS, curve_area, error_versus_reject
+from eval.quality import REJECT_RATIOS, curve_area, error_versus_reject, nan_rows
 from utils.text_lines import field_lines
 
 BAND_EDGES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -103,7 +105,11 @@ def quality_report(features: np.ndarray, table: DamageTable, i0: np.ndarray, i1:
         report["median_by_band"][name] = median_by_band(s, table.severity)
         for f in fmrs:
             fnmr, area = erc(features, i0, i1, issame, s, f)
-            report["erc"][far_key(f)][name] = {"fnmr": fnmr.tolist(), "area": area}
+            curve = {"fnmr": fnmr.tolist(), "area": area}
+            undefined = nan_rows(issame, np.minimum(s[i0], s[i1]), fnmr)
+            if undefined:
+                curve["nan_rows"] = undefined
+            report["erc"][far_key(f)][name] = curve
     return report
 
 

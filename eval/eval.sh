@@ -5,14 +5,17 @@
 # usage: eval/eval.sh CKPT [ARCH] [--data-dir DIR] [--out DIR] [--protocol magface|insightface]
 #                     [--flip] [--device DEV] [--dtype fp32|bf16|fp16] [--batch-size N]
 #                     [--input-convention NAME]
+#   ARCH        default: the checkpoint's recorded arch; given (a name, or the seed's depth suffix: 100), it
+#               must agree with the checkpoint (one line naming the right one otherwise, exit 2)
 #   --data-dir  folder searched for *.bin (default: eval/data of this repository)
-#   --out       folder of the JSON reports (default: eval_<checkpoint name> beside the checkpoint)
+#   --out       folder of the JSON reports (default: eval_<checkpoint name> beside the checkpoint; one this run
+#               made is removed again when no report lands in it)
 #   PYTHON      interpreter to use (default: the repository's .venv, else python3)
 set -euo pipefail
 
-source "$(dirname "${BASH_SOURCE[0]}")/common.sh"  # REPO, PYTHON, PYTHONPATH
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"  # REPO, PYTHON, PYTHONPATH, print_header, make_dir
 
-usage() { sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { print_header "${BASH_SOURCE[0]}"; }
 
 CKPT="" ARCH="" DATA_DIR="$REPO/eval/data" OUT="" EXTRA=()
 while [[ $# -gt 0 ]]; do
@@ -44,19 +47,21 @@ if [[ ${#BINS[@]} -eq 0 ]]; then
   exit 2
 fi
 
+found=$("$PYTHON" -m eval.checkpoint_arch --prog eval.sh "$CKPT" ${ARCH:+"$ARCH"}) || exit 2
+read -r ARCH _ <<<"$found"
+
 if [[ -z "$OUT" ]]; then
   name="$(basename "$CKPT")"
   OUT="$(dirname "$CKPT")/eval_${name%.*}"
 fi
-mkdir -p "$OUT"
+make_dir "$OUT"
 
 failed=0
 JSONS=()
 for bin in "${BINS[@]}"; do
   set_name="$(basename "$bin" .bin)"
   echo "== $set_name"
-  args=(--bin "$bin" --resume "$CKPT" --json "$OUT/$set_name.json")
-  [[ -n "$ARCH" ]] && args+=(--arch "$ARCH")
+  args=(--bin "$bin" --resume "$CKPT" --arch "$ARCH" --json "$OUT/$set_name.json")
   if "$PYTHON" -m eval.verification "${args[@]}" ${EXTRA[@]+"${EXTRA[@]}"}; then
     JSONS+=("$OUT/$set_name.json")
   else
@@ -66,8 +71,10 @@ for bin in "${BINS[@]}"; do
 done
 
 echo
-echo "Summary ($CKPT), reports in $OUT"
-if [[ ${#JSONS[@]} -gt 0 ]]; then
+if [[ ${#JSONS[@]} -eq 0 ]]; then
+  echo "Summary ($CKPT, $ARCH): no set evaluated"
+else
+  echo "Summary ($CKPT, $ARCH), reports in $OUT"
   "$PYTHON" - "${JSONS[@]}" <<'EOF'
 import json
 import sys

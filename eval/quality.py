@@ -15,7 +15,8 @@ A pair list with which not even the first row (nothing rejected) is defined is a
 further down are named in a one-line note (``nan_rows`` in the report) saying what was left there.
 
 Quality scores: ``magnitude`` (feature norm), ``random`` (seeded uniform, the no-information
-baseline) and ``sharpness`` (variance of the Laplacian of the grayscale image).
+baseline) and ``sharpness`` (variance of the Laplacian of the grayscale image). ``--plot`` draws the curves
+(``eval.erc_plot``: titled with ``--model-name`` / ``--data-name``, an undefined area named as such).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from eval.erc_plot import nan_reason, plot_erc
 from eval.metrics import angular_distance, read_pair_list
 from utils.atomic import write_json
 from utils.cli import keyword_defaults, run_cli
@@ -116,16 +118,9 @@ def nan_rows(issame: np.ndarray, pair_quality: np.ndarray, fnmr: np.ndarray,
 
 def nan_note(report: dict) -> str | None:
     """One line saying why the report's NaN rows are NaN, None when it has none."""
-    parts = []
-    for name, row in report.get("nan_rows", {}).items():
-        why = []
-        if row["impostor_pairs_left"] < report["min_impostor_pairs"]:
-            left = row["impostor_pairs_left"]
-            why.append(f"{left} impostor pair{'s' * (left != 1)} left, FMR = {report['fmr']:g} needs "
-                       f"{report['min_impostor_pairs']}")
-        if row["genuine_pairs_left"] == 0:
-            why.append("no genuine pair left")
-        parts.append(f"{name} from {100 * row['from_reject_ratio']:.0f}% rejected ({'; '.join(why)})")
+    parts = [f"{name} from {100 * row['from_reject_ratio']:.0f}% rejected "
+             f"({nan_reason(row, report['fmr'], report['min_impostor_pairs'])})"
+             for name, row in report.get("nan_rows", {}).items()]
     if not parts:
         return None
     return f"note: nan where too few pairs remain after rejection: {', '.join(parts)}; such a curve's AUC is nan"
@@ -181,27 +176,6 @@ def image_qualities(
         roots = [image_roots] if isinstance(image_roots, (str, os.PathLike)) else list(image_roots)
         return sharpness_scores(ff.paths, rows, find_image_root(ff.paths, rows, roots))
     raise ValueError(f"unknown quality score {name!r}; choose from {SCORES}")
-
-
-def plot_erc(path: str | Path, reject_ratios: np.ndarray, curves: dict[str, np.ndarray], fmr: float) -> None:
-    """One PNG with every score's curve; Agg backend, nothing shown."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for name, fnmr in curves.items():
-        ax.plot(100 * reject_ratios, fnmr, marker="o", markersize=3, label=name)
-    ax.set_xlabel("Ratio of unconsidered pairs [%]")
-    ax.set_ylabel("FNMR")
-    ax.set_title(f"FNMR at FMR = {fmr:g}")
-    ax.grid(linestyle="--", linewidth=0.5)
-    ax.legend()
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def evaluate_quality(
@@ -269,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Error-versus-reject curves of quality scores.")
     p.add_argument("--feat-list", required=True, help="feature file (text, .npz or .npy)")
     p.add_argument("--pair-list", required=True, help="pairs 'i j label' (0-based feature rows)")
-    p.add_argument("--fmr", type=float, default=d["fmr"])
+    p.add_argument("--fmr", type=float, default=d["fmr"], help="false match rate at which FNMR is reported")
     p.add_argument("--scores", default=d["scores"],
                    help=f"comma-separated, from {SCORES} (default: all three; sharpness is then left out, with one "
                    "line saying why, when the images cannot be found, as for the seed's features-and-pairs call)")
@@ -278,13 +252,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "list's folder and the current folder that holds them all)")
     p.add_argument("--seed", type=int, default=d["seed"], help="seed of the random score")
     p.add_argument("--plot", default=None, help="PNG of the curves")
+    p.add_argument("--model-name", default=None,
+                   help="the model, for the plot's title (default: the feature file, all that is known of it)")
+    p.add_argument("--data-name", default=None, help="the data, for the plot's title (default: the pair list)")
     p.add_argument("--json", default=None, help="write the curves here (atomically)")
     return p
 
 
-def publish(report: dict, json_path: str | os.PathLike | None = None,
-            plot_path: str | os.PathLike | None = None) -> None:
-    """What the command shows and writes for a report: the table on stdout, then the plot and the JSON."""
+def publish(report: dict, json_path: str | os.PathLike | None = None, plot_path: str | os.PathLike | None = None,
+            *, model: str = "the model of the features", data: str = "the pair list") -> None:
+    """What the command shows and writes for a report: the table on stdout, then the plot (titled with
+    ``model`` and ``data``, ``eval.erc_plot``) and the JSON."""
     for name, why in report["left_out"].items():
         print(f"{name} left out: {why}")
     header = ["reject"] + list(report["fnmr"])
@@ -297,8 +275,7 @@ def publish(report: dict, json_path: str | os.PathLike | None = None,
     if note:
         print(note)
     if plot_path:
-        plot_erc(plot_path, REJECT_RATIOS, {k: np.array(v, dtype=float) for k, v in report["fnmr"].items()},
-                 report["fmr"])
+        plot_erc(plot_path, report, model=model, data=data)
     if json_path:
         write_json(json_path, report, nan_as_null=True)
 
@@ -308,7 +285,8 @@ def _main(argv: list[str]) -> int:
     scores = [s.strip() for s in args.scores.split(",") if s.strip()] if args.scores else None
     report = run(args.feat_list, args.pair_list, fmr=args.fmr, scores=scores, image_root=args.image_root,
                  seed=args.seed)
-    publish(report, args.json, args.plot)
+    publish(report, args.json, args.plot, model=args.model_name or f"features {args.feat_list}",
+            data=args.data_name or f"pairs {args.pair_list}")
     return 0
 
 

@@ -176,7 +176,8 @@ def write_outputs(out: Path, outputs: Outputs, order: list[FaceRecord], feats: d
         label = "a" if scale == "raw" else "q"
         contact_sheet([faces[i].crop for i in ranked],
                       [f"{label}={quality[i]:.0f} {Path(faces[i].path).stem}" for i in ranked],
-                      out / "contact_sheet.png")
+                      out / "contact_sheet.png", title=f"{len(faces)} faces of {num_photos} photographs scored by "
+                      f"{run['arch']} ({Path(run['checkpoint']).name}), quality scale {scale}; lowest first")
     write_quality_json(out / "quality.json", rows, summary)
     write_csv(out / "quality.csv", rows)
     status_text = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))

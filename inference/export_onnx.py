@@ -8,10 +8,17 @@ Because the normalisation lives outside the graph, the file's ``metadata_props``
 convention (``input_convention``: JSON with order/mean/std, ``x = (pixel / 255 - mean) / std``)
 so a deployment can apply it.
 
+The 0-100 quality calibration travels with the model: when the checkpoint has one (its side file
+``CKPT.quality.json``, or ``--quality-json``), the export embeds it in the metadata (``quality_calibration``:
+the side file's JSON) and writes ``MODEL.onnx.quality.json`` beside the model, so ``inference.ort_embed``
+scores faces as the torch path (``inference.assess``) does. Without one, a side file left beside MODEL.onnx
+by an earlier export is removed: it belonged to the model this export replaces.
+
 The legacy TorchScript exporter (``dynamo=False``) is used: the torch.export-based one needs the extra
 ``onnxscript`` package, and the legacy path exports iResNet exactly.
 
-Usage: ``python -m inference.export_onnx --resume CKPT [--arch A] --out model.onnx [--opset 17] [--batch 4]``
+Usage: ``python -m inference.export_onnx --resume CKPT [--arch A] --out model.onnx [--opset 17] [--batch 4]
+[--quality-json CKPT.quality.json]``
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: the repository root, not inference/, goes on the path
@@ -31,9 +39,11 @@ import onnx
 import torch
 from torch import nn
 
+from inference.ort_embed import CALIBRATION_KEY
 from models.checkpoint import load_backbone
 from utils.cli import run_cli
 from utils.convention import FACE_SIZE, InputConvention, parse_convention, to_model_input
+from utils.quality_scale import Calibration, load_calibration, resolve_scale, save_calibration, side_file
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "embedding"
@@ -120,17 +130,50 @@ def check_onnx(
     return worst, scale
 
 
+def export_calibration(resume: str, info: dict, quality_json: str | None) -> Calibration | None:
+    """The calibration the export carries: ``quality_json``, else the checkpoint's side file (a warning when it
+    was fitted to another version of the checkpoint, as the torch path warns), else None."""
+    if quality_json:
+        return load_calibration(quality_json)
+    calibration, scale, warning = resolve_scale("auto", resume, info)
+    if scale != "calibrated":
+        return None
+    if warning:
+        print(warning, file=sys.stderr)
+    return calibration
+
+
+def calibration_json(calibration: Calibration) -> str:
+    """The side file's content (``utils.quality_scale.save_calibration``), for the ONNX metadata."""
+    return json.dumps({"format": "magface-quality-calibration", "version": 1, **asdict(calibration)})
+
+
+def place_calibration(out: Path, calibration: Calibration | None) -> str:
+    """Write (or clear) ``MODEL.onnx.quality.json`` beside the exported model; a line saying what was done."""
+    beside = side_file(out)
+    if calibration is not None:
+        save_calibration(calibration, beside)
+        return f"quality calibration (centre {calibration.centre:.4g}, width {calibration.width:.4g}) in the " \
+               f"metadata and in {beside}"
+    if beside.exists():
+        beside.unlink()
+        return f"no quality calibration for this checkpoint; removed {beside}, left by the model this export replaced"
+    return "no quality calibration for this checkpoint (ort_embed will use OFIQ's constants, with a warning)"
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Export a MagFace backbone to ONNX and verify it")
     parser.add_argument("--resume", required=True, help="checkpoint (released MagFace, insightface, ours)")
     parser.add_argument("--arch", default=None, help="backbone name when the checkpoint does not say")
     parser.add_argument("--out", required=True, help="output .onnx file")
-    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset of the exported graph")
     parser.add_argument("--batch", type=int, default=4, help="batch of the tracing input (axis is dynamic)")
     parser.add_argument("--input-convention", default=None,
                         help="override the checkpoint's convention: magface, insightface or ORDER:m:s")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                         help="max abs difference allowed, relative to the largest embedding value")
+    parser.add_argument("--quality-json", default=None,
+                        help="quality calibration to carry (default: the checkpoint's CKPT.quality.json when present)")
     return parser
 
 
@@ -144,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     size = FACE_SIZE
     metadata = {"arch": info["arch"], "embedding_size": str(info["embedding_size"]), "input_size": str(size),
                 "model_input_size": str(info["input_size"])}
+    calibration = export_calibration(args.resume, info, args.quality_json)
+    if calibration is not None:
+        metadata[CALIBRATION_KEY] = calibration_json(calibration)
     try:
         export_onnx(model, tmp, convention, input_size=size, opset=args.opset, batch=args.batch,
                     metadata=metadata)
@@ -160,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             tmp.unlink()
     print(f"wrote {out} ({info['arch']}, input {INPUT_NAME} (B,3,{size},{size}) {convention.to_dict()}, "
           f"output {OUTPUT_NAME} (B,{info['embedding_size']}), opset {args.opset})")
+    print(place_calibration(out, calibration))
     return 0
 
 

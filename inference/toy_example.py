@@ -73,9 +73,10 @@ def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
 
 
 def render_magnitude_grid(
-    images: np.ndarray, magnitudes: np.ndarray, path: str | os.PathLike, cols: int = 8
+    images: np.ndarray, magnitudes: np.ndarray, path: str | os.PathLike, cols: int = 8, title: str = ""
 ) -> Path:
-    """PNG grid of BGR ``images`` sorted by ascending magnitude, row by row, each captioned."""
+    """PNG grid of BGR ``images`` sorted by ascending magnitude, row by row, each captioned; ``title`` (the model
+    and the data, say) heads it."""
     magnitudes = np.asarray(magnitudes, dtype=np.float64)
     if len(images) != len(magnitudes) or len(images) == 0:
         raise ValueError(f"need as many magnitudes as images (>0), got {len(magnitudes)} and {len(images)}")
@@ -88,7 +89,8 @@ def render_magnitude_grid(
         ax.imshow(images[index][:, :, ::-1])
         ax.set_title(f"{magnitudes[index]:.2f}", fontsize=9)
         ax.axis("off")
-    fig.suptitle("sorted by magnitude (ascending)", fontsize=10)
+    fig.suptitle(f"{title}\nsorted by magnitude (ascending)" if title else "sorted by magnitude (ascending)",
+                 fontsize=10)
     return save_figure(fig, path)
 
 
@@ -142,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     for index in np.argsort(magnitudes, kind="stable"):
         print(f"{magnitudes[index]:10.4f}  {paths[index]}")
     out = Path(args.out)
-    grid = render_magnitude_grid(images, magnitudes, out / "magnitude_grid.png")
+    grid = render_magnitude_grid(images, magnitudes, out / "magnitude_grid.png",
+                                 title=f"{info.get('arch') or 'model'} ({Path(args.resume).name}) on {args.images}")
     heat = render_similarity(features, [p.stem for p in paths], out / "similarity.png")
     print(grid)
     print(heat)

@@ -28,6 +28,7 @@ if __package__ in (None, ""):
 import torch  # noqa: E402
 
 from run.recipes import QUALITY_FINETUNE, QUALITY_MODEL  # noqa: E402
+from utils.cli import HelpFormatter  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "raw" / "demo_data"
@@ -37,18 +38,18 @@ FULL_LFW = Path(os.environ.get("MAGFACE_SHARED_DATA", REPO.parent / "shared" / "
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="MagFace demo on real faces",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--out", default="demo_out", help="output folder")
     p.add_argument("--arch", default="iresnet18_w32", help="backbone (a narrow iResNet trains on a CPU)")
     p.add_argument("--input-size", type=int, default=56, help="working resolution (faces are 112x112)")
-    p.add_argument("--embedding-size", type=int, default=128)
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--warmup-epochs", type=float, default=1.0)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--embedding-size", type=int, default=128, help="embedding dimension of the model trained")
+    p.add_argument("--epochs", type=int, default=6, help="epochs of the from-scratch training (cosine schedule)")
+    p.add_argument("--batch-size", type=int, default=64, help="training batch")
+    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate of the from-scratch training")
+    p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up before the cosine decay")
+    p.add_argument("--workers", type=int, default=1, help="data loading worker processes")
+    p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda[:N]")
+    p.add_argument("--seed", type=int, default=0, help="seed of the training runs and the damaged set")
     p.add_argument("--data", default=str(DATA), help="folder with celeba/train.list and lfw/{img,pair}.list")
     p.add_argument("--finetune-steps", type=int, default=75,
                    help="steps of MagFace fine-tuning of the pretrained MobileFaceNet (0: skip it)")
@@ -156,7 +157,9 @@ def main(argv: list[str] | None = None) -> dict:
     after, feats = verify(ckpt, data, out, "trained", device)
     erc_png = out / "erc.png"
     erc = quality.run(str(feats), str(data / "lfw" / "pair.list"), fmr=1e-2, image_root=str(data / "lfw"))
-    quality.publish(erc, out / "erc.json", erc_png)
+    quality.publish(erc, out / "erc.json", erc_png, data=f"held-out LFW pairs of {data / 'lfw'}",
+                    model=f"trained: {args.arch} trained here from scratch for {args.epochs} epoch"
+                          f"{'s' * (args.epochs != 1)} ({ckpt.name})")
     erc = finite_or_none(erc)  # as written (print_summary leaves out an undefined area)
     candidates, accuracy = {"trained": ckpt}, {"trained": after["accuracy_mean"]}
     finetune_s = 0.0
@@ -203,8 +206,9 @@ def print_summary(s: dict, out: Path) -> None:
               f"{100 * s['lfw_accuracy_full_std']:.2f}")
     print(f"training {s['train_wall_s']}s, fine-tuning {s['finetune_wall_s']}s, total {s['wall_s']}s on "
           f"{s['device']}")
-    pictures = (s[k] for k in ("erc_plot", "damage_ladder", "damage_erc_plot", "face_grid"))
-    print("pictures: " + "\n          ".join(pictures))
+    drawn = {"erc_plot": f"trained {s['arch']}"} | dict.fromkeys(("damage_ladder", "damage_erc_plot", "face_grid"),
+                                                                   f"{s['quality_model']} model")
+    print("pictures: " + "\n          ".join(f"{s[k]}  (drawn with the {who})" for k, who in drawn.items()))
     print(f"summary:  {out / 'demo_summary.json'}")
 
 

@@ -9,6 +9,7 @@ the candidate whose magnitude falls most with damage (lowest Spearman rho over t
 that one it draws
 
 - ``damage_ladder.png``: one face per damage kind at rising severity, each captioned with its magnitude;
+  this picture and the next name that model (role, backbone, checkpoint) and the data in their titles;
 - ``damage_erc.png``: the error-versus-reject curves on the damaged pairs and the median score by band;
 - ``faces_by_magnitude.png``: faces of the damaged set (clean and damaged) at evenly spaced magnitude
   quantiles, lowest first.
@@ -18,9 +19,13 @@ Every candidate's numbers are returned (and written to ``quality_<name>.json``),
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 LADDER_SEVERITIES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
@@ -65,36 +70,40 @@ def ladder_faces(set_dir: Path, kinds: tuple[str, ...]) -> list[tuple[str, Path]
 
 
 def damage_ladder(ckpt: Path, faces: list[tuple[str, Path]], path: Path, device: str,
-                  severities: tuple[float, ...] = LADDER_SEVERITIES) -> dict[str, list[float]]:
-    """PNG of each (kind, face) at rising severity, captioned with magnitudes; returns the magnitudes."""
+                  severities: tuple[float, ...] = LADDER_SEVERITIES, *, model: str | None = None,
+                  data: str = "clean faces of the damaged demo LFW pairs") -> dict[str, list[float]]:
+    """PNG of each (kind, face) at rising severity, captioned with magnitudes; returns the magnitudes.
+    The title names ``model`` (default: the checkpoint's arch and file) and ``data``."""
     from inference.extract import embed_array
     from models.checkpoint import load_backbone
     from utils.convention import read_aligned_face
     from utils.degrade import degrade
 
-    model, conv, _ = load_backbone(ckpt)
+    net, conv, info = load_backbone(ckpt)
     images, mags = [], {}
     for r, (kind, face_path) in enumerate(faces):
         face = read_aligned_face(face_path)
         images.append(np.stack([degrade(face, kind, s, np.random.default_rng([r, k]))
                                 for k, s in enumerate(severities)]))
     stack = np.concatenate(images)
-    m = np.linalg.norm(embed_array(model, stack, device=device, convention=conv), axis=1)
+    m = np.linalg.norm(embed_array(net, stack, device=device, convention=conv), axis=1)
     m = m.reshape(len(faces), len(severities))
     for r, (kind, _) in enumerate(faces):
         mags[kind] = [round(float(v), 3) for v in m[r]]
-    _render_ladder(stack.reshape(len(faces), len(severities), *stack.shape[1:]), m, faces, severities, path)
+    render_ladder(stack.reshape(len(faces), len(severities), *stack.shape[1:]), m, [k for k, _ in faces],
+                  severities, path, model=model or f"{info['arch']} ({ckpt.name})", data=data)
     return mags
 
 
-def _render_ladder(images: np.ndarray, mags: np.ndarray, faces: list[tuple[str, Path]],
-                   severities: tuple[float, ...], path: Path) -> None:
+def render_ladder(images: np.ndarray, mags: np.ndarray, kinds: list[str], severities: tuple[float, ...],
+                  path: Path, *, model: str, data: str) -> Figure:
+    """The ladder PNG: rows = damage kinds, columns = severities; the title names the model and the faces."""
     from matplotlib.figure import Figure
 
-    from inference.toy_example import save_figure
+    from eval.erc_plot import save_png, title_text
 
     rows, cols = images.shape[:2]
-    fig = Figure(figsize=(1.45 * cols + 0.9, 1.6 * rows + 0.4), layout="constrained")
+    fig = Figure(figsize=(1.45 * cols + 0.9, 1.6 * rows + 0.8), layout="constrained")
     for r in range(rows):
         for c in range(cols):
             ax = fig.add_subplot(rows, cols, r * cols + c + 1)
@@ -103,12 +112,22 @@ def _render_ladder(images: np.ndarray, mags: np.ndarray, faces: list[tuple[str, 
             ax.set_yticks([])
             ax.set_title(f"s {severities[c]:.1f}: |f| {mags[r, c]:.2f}", fontsize=8)
             if c == 0:
-                ax.set_ylabel(faces[r][0], fontsize=10)
-    fig.suptitle("the same face at rising damage, captioned with severity and magnitude", fontsize=10)
-    save_figure(fig, path)
+                ax.set_ylabel(kinds[r], fontsize=10)
+    fig.suptitle("the same face at rising damage, captioned with severity and magnitude\n"
+                 + title_text(model, data), fontsize=9)
+    save_png(fig, path, dpi=100)
+    return fig
 
 
-def magnitude_grid(feats_npz: Path, root: Path, path: Path, count: int = 32) -> Path:
+def model_label(name: str, ckpt: Path) -> str:
+    """How a picture names a candidate: its role in the demo, backbone and checkpoint file."""
+    from eval.checkpoint_arch import checkpoint_arch
+
+    arch = checkpoint_arch(ckpt)[0] or "backbone not recorded"
+    return f"{name}: {arch} ({ckpt.name})"
+
+
+def magnitude_grid(feats_npz: Path, root: Path, path: Path, count: int = 32, title: str = "") -> Path:
     """A grid of faces at evenly spaced magnitude quantiles (one per distinct image), lowest first."""
     from inference.toy_example import render_magnitude_grid
 
@@ -118,7 +137,7 @@ def magnitude_grid(feats_npz: Path, root: Path, path: Path, count: int = 32) -> 
     order = sorted(unique.values(), key=lambda i: mags[i])
     pick = [order[int(round(q))] for q in np.linspace(0, len(order) - 1, min(count, len(order)))]
     images = np.stack([cv2.imread(str(root / paths[i])) for i in pick])
-    return render_magnitude_grid(images, mags[pick], path, cols=8)
+    return render_magnitude_grid(images, mags[pick], path, cols=8, title=title)
 
 
 def quality_stage(candidates: dict[str, Path], data: Path, out: Path, device: str) -> dict:
@@ -131,9 +150,13 @@ def quality_stage(candidates: dict[str, Path], data: Path, out: Path, device: st
     results = {name: score_candidate(name, ckpt, set_dir, out, device) for name, ckpt in candidates.items()}
     best = min(results.values(), key=lambda r: r["spearman"]["overall"])
     erc_png, ladder_png, grid_png = out / "damage_erc.png", out / "damage_ladder.png", out / "faces_by_magnitude.png"
-    plot_report(erc_png, best["_report"], best["_scores"], best["_table"])
-    ladder = damage_ladder(Path(best["checkpoint"]), ladder_faces(set_dir, KINDS), ladder_png, device)
-    magnitude_grid(Path(best["features"]), set_dir, grid_png)
+    model = model_label(best["name"], Path(best["checkpoint"]))
+    plot_report(erc_png, best["_report"], best["_scores"], best["_table"], model=model,
+                data=f"demo LFW pairs with the second face damaged ({set_dir})")
+    ladder = damage_ladder(Path(best["checkpoint"]), ladder_faces(set_dir, KINDS), ladder_png, device, model=model,
+                           data=f"clean first faces of {set_dir}, damaged here")
+    magnitude_grid(Path(best["features"]), set_dir, grid_png,
+                   title=f"{model}: damaged demo LFW faces at evenly spaced magnitudes")
     return {
         "quality_spearman": best["spearman"]["overall"], "quality_spearman_by_kind": best["spearman"],
         "quality_erc_auc": best["erc_auc"], "quality_checkpoint": best["checkpoint"], "quality_model": best["name"],

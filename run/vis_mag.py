@@ -15,6 +15,7 @@ softmax is assembled from each rank's shard (max, sum of exponentials and target
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,12 +88,23 @@ def scatter_figure(x_norm: np.ndarray, prob: np.ndarray, cos: np.ndarray, title:
     fig.colorbar(points, ax=ax, label="softmax probability of the target")
     for bound in (l_a, u_a):
         ax.axhline(bound, color="grey", linestyle="--", linewidth=0.8)
-    r = np.corrcoef(cos, x_norm)[0, 1] if len(cos) > 1 and np.std(cos) > 0 and np.std(x_norm) > 0 else float("nan")
+    defined = len(cos) > 1 and np.std(cos) > 0 and np.std(x_norm) > 0
+    r = f"Pearson r = {np.corrcoef(cos, x_norm)[0, 1]:.3f}" if defined else "Pearson r n/a: a constant axis"
     ax.set_xlabel("cos(theta_y): cosine to the own class centre")
     ax.set_ylabel("feature magnitude ||f||")
-    ax.set_title(f"{title}  (Pearson r = {r:.3f})", fontsize=9)
+    ax.set_title(f"{title}  ({r})", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def run_label(out_dir: Path) -> str:
+    """The model and data a picture shows, from the config.json the trainer writes beside its outputs."""
+    try:
+        cfg = json.loads((out_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return f"run {out_dir.name}"
+    data = cfg.get("train_list") or cfg.get("rec") or ("synthetic faces" if cfg.get("synthetic") else "?")
+    return f"{cfg.get('arch', '?')} in {out_dir.name}, training batch of {Path(str(data)).name}"
 
 
 class MagnitudeVisualizer:
@@ -120,8 +132,8 @@ class MagnitudeVisualizer:
         path = self.vis_dir / f"epoch_{epoch}_iter{step}.npz"
         with atomic_write(path, "wb") as f:
             np.savez(f, x_norm, prob, scaled_cos)
-        fig = scatter_figure(x_norm, prob, scaled_cos / head.config.scale, f"epoch {epoch} iter {step}",
-                             head.config.l_a, head.config.u_a)
+        title = f"{run_label(self.vis_dir.parent)}\nepoch {epoch} iter {step}"
+        fig = scatter_figure(x_norm, prob, scaled_cos / head.config.scale, title, head.config.l_a, head.config.u_a)
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
         with atomic_write(path.with_suffix(".png"), "wb") as f:

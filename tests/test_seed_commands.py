@@ -1,7 +1,7 @@
 """The official MagFace repository's command lines, typed as its users type them (paths aside).
 
 A tiny untrained iresnet18_w16 (512-d, as the seed's scripts assume) stands in for the released model;
-real LFW faces from ../shared/data are laid out as the seed's data/ folders under tmp_path.
+real LFW faces (``lfw_dir``) are laid out as the seed's data/ folders under tmp_path.
 """
 from __future__ import annotations
 
@@ -42,12 +42,16 @@ def ckpt(tmp_path_factory) -> Path:
 
 
 def _lfw_pairs(lfw_dir: Path, offset: int) -> list[tuple[str, str, int]]:
-    """Two pairs per standard fold (one same, one different): 20 pairs in 10 folds."""
+    """Two pairs per tenth of the list, the seed's 10 folds (the ``offset``-th same and different pair of each):
+    20 pairs. In lfw112 a tenth is a standard fold of 300 same then 300 different pairs."""
     images = (lfw_dir / "img.list").read_text().split()
     labels = [int(line.split()[2]) for line in (lfw_dir / "pair.list").read_text().splitlines()]
+    tenth = len(labels) // 10
     out = []
     for fold in range(10):
-        for i in (fold * 600 + offset, fold * 600 + 300 + offset):
+        block = range(fold * tenth, (fold + 1) * tenth)
+        same, different = [i for i in block if labels[i]], [i for i in block if not labels[i]]
+        for i in (same[offset], different[offset]):
             out.append((images[2 * i], images[2 * i + 1], labels[i]))
     return out
 
@@ -146,7 +150,9 @@ def _ijb_meta(base: Path, kind: str, lfw_dir: Path) -> None:
     meta = base / "meta"
     (base / "loose_crop").mkdir(parents=True)
     meta.mkdir()
-    images = (lfw_dir / "img.list").read_text().split()[:12]  # pairs 0..5 of the list: same identity each
+    listed = (lfw_dir / "img.list").read_text().split()
+    same = [i for i, line in enumerate((lfw_dir / "pair.list").read_text().splitlines()) if line.split()[2] == "1"]
+    images = [listed[2 * i + k] for i in same[:6] for k in (0, 1)]  # the first 6 same pairs: 2 faces per identity
     rows, names = [], []
     for k, rel in enumerate(images):
         name = f"{k + 1}.jpg"
@@ -192,9 +198,11 @@ def test_gen_feat_seed_flags_as_script_and_module(seed_tree, ckpt, tmp_path):
     np.testing.assert_allclose(outs[0].features, outs[1].features, rtol=1e-5, atol=1e-5)
 
 
-def test_eval_sh_failure_is_one_line_and_exit_1(seed_tree, tmp_path):
+def test_eval_sh_unusable_checkpoint_is_one_line_and_exit_2(seed_tree, tmp_path):
+    """The checkpoint is read once, for its arch, before any set: a missing one is one line and no features folder
+    (a failing gen_feat is tests/test_eval_scripts_arch.py's)."""
     shutil.copytree(seed_tree / "eval_recognition" / "data" / "lfw", tmp_path / "data" / "lfw")
     res = sh(REPO / "eval" / "eval_recognition" / "eval.sh", [str(tmp_path / "gone.pth"), "official", NL], tmp_path)
-    assert res.returncode == 1 and "Traceback" not in res.stderr
-    assert "gen_feat.py: error: " in res.stderr and "gone.pth" in res.stderr
-    assert "eval.sh: data/cfp/img.list not found" in res.stderr and "eval.sh: 1 step(s) failed" in res.stderr
+    assert res.returncode == 2 and "Traceback" not in res.stderr and res.stdout == ""
+    assert res.stderr.splitlines() == [f"eval.sh: error: checkpoint not found: {tmp_path / 'gone.pth'}"]
+    assert not (tmp_path / "features").exists()
