@@ -146,8 +146,8 @@ def test_landmark_formats_parse_and_autodetect(tmp_path, fmt):
         assert entries[0].path == ("img0.jpg" if fmt == "ijb" else "a/img0.jpg")
 
 
-def test_shared_landmarks_file_is_detected_as_scored(lfw_dir):
-    entries, used, _ = read_landmarks(lfw_dir / "landmarks.txt")
+def test_shared_landmarks_file_is_detected_as_scored(shared_data):
+    entries, used, _ = read_landmarks(shared_data / "lfw112" / "landmarks.txt")
     assert used == "scored" and len(entries) == 13233
     assert entries[0].path == "images/AJ_Cook/AJ_Cook_0001.jpg" and entries[0].score == pytest.approx(0.9998)
     np.testing.assert_allclose(entries[0].points[4], [142.77, 160.40])
@@ -168,12 +168,22 @@ def test_malformed_lines_name_file_and_line(tmp_path):
         read_landmarks(tmp_path / "missing.txt")
 
 
-def make_synthetic_originals(lfw_dir: Path, src: Path, count: int = 3) -> tuple[list[str], dict]:
+def detections_of_aligned_faces(lfw_dir: Path, photos_dir: Path, count: int) -> list[list[str]]:
+    """The first ``count`` reference lines of the LFW photographs whose aligned faces ``lfw_dir`` holds, as
+    ``images/<Name>/<file> score x1 y1 ... x5 y5`` (points in the 250x250 original)."""
+    rows = []
+    for line in (photos_dir / "landmarks.txt").read_text().splitlines():
+        tokens = line.split()
+        if tokens[0].startswith("lfw/") and (lfw_dir / "images" / tokens[0][len("lfw/"):]).is_file():
+            rows.append(["images/" + tokens[0][len("lfw/"):], *tokens[1:]])
+    assert len(rows) >= count
+    return rows[:count]
+
+
+def make_synthetic_originals(lfw_dir: Path, photos_dir: Path, src: Path, count: int = 3) -> tuple[list[str], dict]:
     """Warp aligned LFW faces back onto 250x250 canvases with known similarities; return list lines."""
     lines, aligned = [], {}
-    with open(lfw_dir / "landmarks.txt") as f:
-        rows = [next(f).split() for _ in range(count)]
-    for i, tokens in enumerate(rows):
+    for i, tokens in enumerate(detections_of_aligned_faces(lfw_dir, photos_dir, count)):
         face = cv2.imread(str(lfw_dir / tokens[0]))
         detected = np.array([float(v) for v in tokens[2:]]).reshape(5, 2)
         # where the detected landmarks sit in the aligned face (not exactly on the template)
@@ -195,9 +205,9 @@ def run_cli(args: list[str], as_file: bool = False) -> subprocess.CompletedProce
     return subprocess.run([sys.executable, *entry, *args], cwd=REPO, capture_output=True, text=True)
 
 
-def test_cli_realigns_synthetic_originals(lfw_dir, tmp_path):
+def test_cli_realigns_synthetic_originals(lfw_dir, photos_dir, tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
-    lines, aligned = make_synthetic_originals(lfw_dir, src)
+    lines, aligned = make_synthetic_originals(lfw_dir, photos_dir, src)
     (src / "images" / "broken.jpg").write_bytes(b"not an image")
     lines.append("images/broken.jpg 0.99 " + " ".join(["100.0"] * 5 + ["120.0"] * 5))
     lines.append("images/fallback.jpg -1 " + " ".join(["0"] * 10))  # a centre-crop fallback: no landmarks
@@ -222,9 +232,9 @@ def test_cli_realigns_synthetic_originals(lfw_dir, tmp_path):
         assert other > 5 * diff, (name, diff, other)
 
 
-def test_cli_runs_as_file_and_succeeds_without_failures(lfw_dir, tmp_path):
+def test_cli_runs_as_file_and_succeeds_without_failures(lfw_dir, photos_dir, tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
-    lines, aligned = make_synthetic_originals(lfw_dir, src, count=2)
+    lines, aligned = make_synthetic_originals(lfw_dir, photos_dir, src, count=2)
     list_file = tmp_path / "list.txt"
     list_file.write_text("\n".join(" ".join(t.split()[:1] + t.split()[2:]) for t in lines) + "\n")
     result = run_cli(["--landmarks", str(list_file), "--src-root", str(src), "--out", str(out)], True)

@@ -32,12 +32,12 @@ def ckpt(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def photo(shared_data: Path) -> np.ndarray:
-    return cv2.imread(str(shared_data / "photos" / "lfw" / LFW_PHOTOS[0]))
+def photo(photos_dir: Path) -> np.ndarray:
+    return cv2.imread(str(photos_dir / "lfw" / LFW_PHOTOS[0]))
 
 
 @pytest.fixture(scope="module")
-def bad_inputs(tmp_path_factory, photo: np.ndarray, shared_data: Path) -> tuple[Path, dict[str, str]]:
+def bad_inputs(tmp_path_factory, photo: np.ndarray, photos_dir: Path) -> tuple[Path, dict[str, str]]:
     """A folder of awkward files and the status each must get."""
     root = tmp_path_factory.mktemp("bad")
     (root / "text.jpg").write_text("not an image at all\n")
@@ -57,8 +57,8 @@ def bad_inputs(tmp_path_factory, photo: np.ndarray, shared_data: Path) -> tuple[
     big = np.full((4000, 6000, 3), 90, np.uint8)
     big[1000:3000, 2500:4500] = cv2.resize(photo, (2000, 2000), interpolation=cv2.INTER_CUBIC)
     cv2.imwrite(str(root / "big_6000x4000.jpg"), big, [cv2.IMWRITE_JPEG_QUALITY, 80])
-    no_face = (shared_data / "photos" / "no_face.txt").read_text().split()[0]
-    shutil.copy(shared_data / "photos" / no_face, root / "no_face.jpg")
+    no_face = (photos_dir / "no_face.txt").read_text().split()[0]
+    shutil.copy(photos_dir / no_face, root / "no_face.jpg")
     expected = {"text.jpg": "unreadable", "random.png": "unreadable", "empty.jpg": "unreadable",
                 "truncated.jpg": "unreadable", "tiny_face.png": "too_small", "gray.jpg": "ok", "cmyk.jpg": "ok",
                 "deep16.png": "ok", "alpha.png": "ok", "big_6000x4000.jpg": "ok", "no_face.jpg": "no_face"}
@@ -72,8 +72,8 @@ def read_csv(path: Path) -> list[dict]:
         return list(reader)
 
 
-def test_assess_real_photos(ckpt, shared_data, tmp_path, capsys):
-    root = shared_data / "photos" / "lfw"
+def test_assess_real_photos(ckpt, photos_dir, tmp_path, capsys):
+    root = photos_dir / "lfw"
     listed = tmp_path / "photos.txt"
     listed.write_text("".join(f"{root / p}\n" for p in LFW_PHOTOS[1:]))
     out = tmp_path / "out"
@@ -88,7 +88,7 @@ def test_assess_real_photos(ckpt, shared_data, tmp_path, capsys):
     mags = np.linalg.norm(feats["features"], axis=1)
     np.testing.assert_allclose([float(r["magnitude"]) for r in rows], mags, rtol=1e-4)
     np.testing.assert_array_equal([int(r["quality"]) for r in rows], logistic_quality(mags, OFIQ))
-    lines = (shared_data / "photos" / "landmarks.txt").read_text().splitlines()
+    lines = (photos_dir / "landmarks.txt").read_text().splitlines()
     reference = {ln.split()[0]: ln.split() for ln in lines}
     for row, rel in zip(rows, LFW_PHOTOS, strict=True):  # landmarks in the photo's own pixels
         ref = np.array(reference[f"lfw/{rel}"][2:], float)
@@ -137,24 +137,24 @@ def test_no_face_at_all_exits_nonzero(ckpt, bad_inputs, tmp_path, capsys):
     assert assess.main([str(tmp_path / "missing.jpg"), "--resume", str(ckpt), "--out", str(out)]) == 2
 
 
-def test_interrupted_run_leaves_no_csv(ckpt, shared_data, tmp_path, monkeypatch):
+def test_interrupted_run_leaves_no_csv(ckpt, photos_dir, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(assess, "embed_batch", boom)
     out = tmp_path / "out"
     # utils.cli's rule for every entry point: Ctrl-C ends with status 130 and one line, nothing half-written
-    assert assess.main([str(shared_data / "photos" / "lfw" / LFW_PHOTOS[0]), "--resume", str(ckpt), "--out",
+    assert assess.main([str(photos_dir / "lfw" / LFW_PHOTOS[0]), "--resume", str(ckpt), "--out",
                         str(out), "--no-progress"]) == 130
     assert not (out / "quality.csv").exists()
 
 
-def test_calibrated_scale_is_read_from_the_side_file(ckpt, shared_data, tmp_path, capsys):
+def test_calibrated_scale_is_read_from_the_side_file(ckpt, photos_dir, tmp_path, capsys):
     cal = Calibration(centre=20.0, width=1.5, source="test")
     save_calibration(cal, side_file(ckpt))
     try:
         out = tmp_path / "out"
-        photo = shared_data / "photos" / "lfw" / LFW_PHOTOS[0]
+        photo = photos_dir / "lfw" / LFW_PHOTOS[0]
         assert assess.main([str(photo), "--resume", str(ckpt), "--out", str(out), "--no-progress"]) == 0
         assert "UNCALIBRATED" not in capsys.readouterr().err
         row = read_csv(out / "quality.csv")[0]

@@ -78,11 +78,11 @@ def test_gpu_check_fails_fast_without_cuda(tmp_path, script):
     assert "CUDA is not available" in res.stderr
 
 
-def test_bench_assess_tiny(tmp_path, shared_data):
+def test_bench_assess_tiny(tmp_path, photos_dir):
     from bench import bench_assess
 
     out = tmp_path / "assess.json"
-    bench_assess.main(["--photos", str(shared_data / "photos"), "--arch", "iresnet18_w16", "--embedding-size", "64",
+    bench_assess.main(["--photos", str(photos_dir), "--arch", "iresnet18_w16", "--embedding-size", "64",
                        "--limit", "4", "--dtypes", "fp32,bf16", "--batch-size", "4", "--json", str(out)])
     rows = _load(out)["results"]
     assert [(r["what"], r["dtype"]) for r in rows] == [("detect+align", "-"), ("assess (exit 0)", "fp32"),

@@ -84,7 +84,8 @@ def subset(tmp_path_factory, lfw_dir):
     paths = (lfw_dir / "img.list").read_text().split()
     (root / "img.list").write_text("".join(f"{lfw_dir / p}\n" for p in paths))
     pairs = (lfw_dir / "pair.list").read_text().splitlines()
-    pairs = pairs[: N_PAIRS // 2] + pairs[300: 300 + N_PAIRS // 2]
+    pairs = [[line for line in pairs if line.split()[2] == label][: N_PAIRS // 2] for label in ("1", "0")]
+    pairs = pairs[0] + pairs[1]  # the first same and the first different pairs of the list
     assert sorted({line.split()[2] for line in pairs}) == ["0", "1"]
     (root / "pair.list").write_text("".join(f"{line}\n" for line in pairs))
     return root

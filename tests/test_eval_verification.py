@@ -261,7 +261,8 @@ def test_bin_path_equals_feature_path(tmp_path, lfw_dir):
     save_released(tmp_path / "r18.pth", model, None, epoch=0, arch="iresnet18")
     lines = (lfw_dir / "img.list").read_text().splitlines()
     labels = [int(x.split()[2]) for x in (lfw_dir / "pair.list").read_text().splitlines()]
-    pairs = list(range(0, 6000, 120))  # 50 pairs spread over the set, both labels
+    same, different = [p for p, y in enumerate(labels) if y], [p for p, y in enumerate(labels) if not y]
+    pairs = sorted(same[:: len(same) // 25][:25] + different[:: len(different) // 25][:25])  # spread over the set
     files = [lfw_dir / lines[2 * p + k] for p in pairs for k in (0, 1)]
     issame = [bool(labels[p]) for p in pairs]
     write_bin(tmp_path / "small.bin", [f.read_bytes() for f in files], issame)

@@ -100,11 +100,13 @@ def test_shipped_file_matches_its_readme():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("checkpoint", [SHIPPED, QUALITY_MODEL], ids=["pretrained", "quality"])
-def test_shipped_model_verifies_all_lfw_pairs(lfw_dir, tmp_path, checkpoint):
+def test_shipped_model_verifies_all_lfw_pairs(shared_data, tmp_path, checkpoint):
     """All 6,000 View-2 pairs (12,000 faces) through gen_feat and eval.verification: >= 99.0 % 10-fold, for the
     converted pretrained model and for the quality model fine-tuned from it."""
     from eval import verification
     from inference import gen_feat
+
+    lfw_dir = shared_data / "lfw112"
 
     feats = tmp_path / "lfw.npz"
     gen_feat.extract(str(checkpoint), str(lfw_dir / "img.list"), str(feats),

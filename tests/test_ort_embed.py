@@ -108,10 +108,10 @@ def test_no_torch_is_imported(files, tmp_path):
     assert out.is_file()
 
 
-def test_photos_are_detected_and_aligned(files, shared_data, tmp_path):
-    photos = sorted((shared_data / "photos" / "celeba").glob("*.jpg"))[:3]
-    no_face = [shared_data / "photos" / line.split()[0]
-               for line in (shared_data / "photos" / "no_face.txt").read_text().splitlines()[:1]]
+def test_photos_are_detected_and_aligned(files, photos_dir, tmp_path):
+    photos = sorted((photos_dir / "celeba").glob("*.jpg"))[:3]
+    no_face = [photos_dir / line.split()[0]
+               for line in (photos_dir / "no_face.txt").read_text().splitlines()[:1]]
     lst = tmp_path / "photos.list"
     lst.write_text("".join(f"{p}\n" for p in photos + no_face))
     out = tmp_path / "f.npz"

@@ -20,6 +20,12 @@ from utils.convention import IMAGENET
 from utils.quality_scale import file_sha256, load_calibration, side_file
 
 REPO = Path(__file__).resolve().parents[1]
+# every 12th of the shared set's 200 LFW photographs (sorted), all of them shipped in raw/demo_data/photos
+QUALITY_PHOTOS = ("AJ_Cook/AJ_Cook_0001", "Aparna_Pillai/Aparna_Pillai_0001", "Bruna_Colosio/Bruna_Colosio_0001",
+                  "Colin_Powell/Colin_Powell_0183", "Doug_Duncan/Doug_Duncan_0002", "George_W_Bush/George_W_Bush_0013",
+                  "Gonzalo_Sanchez_de_Lozada/Gonzalo_Sanchez_de_Lozada_0012", "Jack_Goodman/Jack_Goodman_0001",
+                  "Jiang_Zemin/Jiang_Zemin_0005", "Juan_Pablo_Montoya/Juan_Pablo_Montoya_0008",
+                  "Lenny_Kravitz/Lenny_Kravitz_0001", "Mary_Sue_Coleman/Mary_Sue_Coleman_0001")
 
 
 def test_shipped_files_agree():
@@ -86,11 +92,11 @@ DAMAGE = TRAINED_FAMILY | UNSEEN
 
 
 @pytest.fixture(scope="module")
-def assessed(shared_data, tmp_path_factory) -> dict[str, dict[str, float]]:
-    """12 LFW photographs (every 12th of ../shared/data/photos/lfw) and their damaged copies through
+def assessed(photos_dir, tmp_path_factory) -> dict[str, dict[str, float]]:
+    """The 12 LFW photographs of QUALITY_PHOTOS and their damaged copies through
     ``python -m inference.assess DIR --out Q`` with no --resume: {photo: {kind: quality}}."""
     root = tmp_path_factory.mktemp("photos")
-    photos = sorted((shared_data / "photos" / "lfw").glob("*/*.jpg"))[::12][:12]
+    photos = [photos_dir / "lfw" / f"{name}.jpg" for name in QUALITY_PHOTOS]
     for i, path in enumerate(photos):
         img = cv2.imread(str(path))
         cv2.imwrite(str(root / f"{i:02d}_clean.png"), img)

@@ -51,7 +51,11 @@ def test_torchrun_two_ranks_end_to_end(celeba_dir, tmp_path):
     with torch.no_grad():
         expected = model(to_model_input(images, MAGFACE)).numpy()
     got = np.load(feats)["features"]
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    # after 7 steps the features reach 1e7 to 1e10 and gen_feat's folded BN rounds differently: compare each
+    # row's magnitude and direction (measured within 3e-7 of its norm), not an element near zero on its own
+    norms = np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1, keepdims=True), norms, rtol=1e-5)
+    np.testing.assert_allclose(got / norms, expected / norms, rtol=0, atol=1e-5)
 
 
 GLOO_TIMEOUT = ("[/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:129] Timed out waiting 8000ms "

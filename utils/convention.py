@@ -127,9 +127,9 @@ def load_aligned_face(path: str | os.PathLike) -> np.ndarray:
         raise ValueError("not a readable image (truncated, or not an image file)")
     if image.shape[:2] != (FACE_SIZE, FACE_SIZE):
         raise ValueError(f"image is {image.shape[1]}x{image.shape[0]}, expected an aligned "
-                         f"{FACE_SIZE}x{FACE_SIZE} face: for photographs, python -m inference.assess PHOTOS --save-crops "
-                         "(or dataloader.prepare for a training set) detects and aligns them; python -m utils.align "
-                         "aligns from a landmark file")
+                         f"{FACE_SIZE}x{FACE_SIZE} face: for photographs, python -m inference.assess PHOTOS "
+                         "--save-crops (or dataloader.prepare for a training set) detects and aligns them; "
+                         "python -m utils.align aligns from a landmark file")
     return image
 
 
