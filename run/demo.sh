@@ -8,3 +8,4 @@ start=$(date +%s)
 bash run/setup_env.sh
 .venv/bin/python -m run.demo "$@"
 echo "demo.sh finished in $(( $(date +%s) - start ))s (set-up included)"
+echo "the README's commands run inside the environment: source .venv/bin/activate (or call .venv/bin/python)"
