@@ -167,7 +167,8 @@ def pretrained_magnitudes(img_list: Path, feats: Path) -> list[tuple[str, float]
     """(listed path, magnitude) of every face of ``img_list`` under the pretrained model."""
     from inference import gen_feat
 
-    gen_feat.extract(str(PRETRAINED), str(img_list), str(feats), gen_feat.FeatOptions(device="cpu", print_freq=10**6))
+    gen_feat.extract(str(PRETRAINED), str(img_list), str(feats),
+                     gen_feat.FeatOptions(device="cpu", dtype="fp32", print_freq=10**6))
     listed, _ = read_image_list(img_list)
     return list(zip(listed, load_feature_file(feats).magnitudes.tolist(), strict=True))
 
@@ -183,7 +184,7 @@ def score(ckpt: Path, damaged_set: Path, work: Path, score_files: list[Path] | t
     for img_list, feats in ((DATA / "lfw" / "img.list", clean), (damaged_set / "img.list", dmg)):
         if not feats.exists():
             gen_feat.extract(str(ckpt), str(img_list), str(feats),
-                             gen_feat.FeatOptions(device="cpu", print_freq=100000))
+                             gen_feat.FeatOptions(device="cpu", dtype="fp32", print_freq=100000))
     clean_report = verification.run(feat_list=str(clean), pair_list=str(DATA / "lfw" / "pair.list"))
     verification.publish(clean_report, verif)
     report, scores, table = damage.score_set(damaged_set, dmg, score_files=score_files)

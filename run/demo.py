@@ -67,8 +67,9 @@ def verify(ckpt: Path, data: Path, out: Path, tag: str, device: str) -> tuple[di
     from utils.atomic import finite_or_none
 
     feats = out / f"lfw_{tag}.npz"
+    # fp32, not gen_feat's auto (bf16 where the CPU has it): the printed numbers are then the same on every machine
     gen_feat.extract(str(ckpt), str(data / "lfw" / "img.list"), str(feats),
-                     gen_feat.FeatOptions(device=device, print_freq=1000))
+                     gen_feat.FeatOptions(device=device, dtype="fp32", print_freq=1000))
     report = verification.run(feat_list=str(feats), pair_list=str(data / "lfw" / "pair.list"))
     verification.publish(report, out / f"verification_{tag}.json")
     return finite_or_none(report), feats  # as written: an undefined metric is None, not NaN
@@ -122,8 +123,8 @@ def full_lfw_accuracy(ckpt: Path, folder: Path, out: Path, device: str) -> dict 
     from inference import gen_feat
 
     feats = out / "lfw_full.npz"
-    gen_feat.extract(str(ckpt), str(folder / "img.list"), str(feats), gen_feat.FeatOptions(device=device,
-                                                                                           print_freq=1000))
+    gen_feat.extract(str(ckpt), str(folder / "img.list"), str(feats),
+                     gen_feat.FeatOptions(device=device, dtype="fp32", print_freq=1000))
     report = verification.run(feat_list=str(feats), pair_list=str(folder / "pair.list"))
     return {"accuracy": report["accuracy_mean"], "std": report["accuracy_std"], "pairs": report["num_pairs"],
             "checkpoint": str(ckpt)}
@@ -155,9 +156,11 @@ def main(argv: list[str] | None = None) -> dict:
     before, _ = verify(untrained, data, out, "untrained", device)
     ckpt, train_s = train(args, out, device)
     after, feats = verify(ckpt, data, out, "trained", device)
+    from run.demo_quality import shown
+
     erc_png = out / "erc.png"
     erc = quality.run(str(feats), str(data / "lfw" / "pair.list"), fmr=1e-2, image_root=str(data / "lfw"))
-    quality.publish(erc, out / "erc.json", erc_png, data=f"held-out LFW pairs of {data / 'lfw'}",
+    quality.publish(erc, out / "erc.json", erc_png, data=f"held-out LFW pairs of {shown(data / 'lfw')}",
                     model=f"trained: {args.arch} trained here from scratch for {args.epochs} epoch"
                           f"{'s' * (args.epochs != 1)} ({ckpt.name})")
     erc = finite_or_none(erc)  # as written (print_summary leaves out an undefined area)

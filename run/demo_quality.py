@@ -30,11 +30,21 @@ if TYPE_CHECKING:
 LADDER_SEVERITIES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
+def shown(path: Path) -> str:
+    """``path`` as a picture's title shows it: relative to the current folder when under it (no /tmp/... or home
+    folders in the pictures the repository ships)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def embed_list(ckpt: Path, img_list: Path, feats: Path, device: str) -> Path:
     """Features of every face of ``img_list`` by ``ckpt`` (gen_feat's code path), written to ``feats``."""
     from inference import gen_feat
 
-    gen_feat.extract(str(ckpt), str(img_list), str(feats), gen_feat.FeatOptions(device=device, print_freq=100000))
+    gen_feat.extract(str(ckpt), str(img_list), str(feats),
+                     gen_feat.FeatOptions(device=device, dtype="fp32", print_freq=100000))
     return feats
 
 
@@ -152,9 +162,9 @@ def quality_stage(candidates: dict[str, Path], data: Path, out: Path, device: st
     erc_png, ladder_png, grid_png = out / "damage_erc.png", out / "damage_ladder.png", out / "faces_by_magnitude.png"
     model = model_label(best["name"], Path(best["checkpoint"]))
     plot_report(erc_png, best["_report"], best["_scores"], best["_table"], model=model,
-                data=f"demo LFW pairs with the second face damaged ({set_dir})")
+                data=f"demo LFW pairs with the second face damaged ({shown(set_dir)})")
     ladder = damage_ladder(Path(best["checkpoint"]), ladder_faces(set_dir, KINDS), ladder_png, device, model=model,
-                           data=f"clean first faces of {set_dir}, damaged here")
+                           data=f"clean first faces of {shown(set_dir)}, damaged here")
     magnitude_grid(Path(best["features"]), set_dir, grid_png,
                    title=f"{model}: damaged demo LFW faces at evenly spaced magnitudes")
     return {
