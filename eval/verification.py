@@ -130,28 +130,32 @@ def evaluate_pairs(
 
 def embed_bin(
     bin_path: str, resume: str, arch: str | None, batch_size: int, device: str, flip: bool,
-    convention: str | None, dtype: str = "fp32",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Decode a ``.bin``, embed it with the checkpoint -> (emb0, emb1, issame).
+    convention: str | None, dtype: str = "auto",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Decode a ``.bin``, embed it with the checkpoint -> (emb0, emb1, issame, precision: what ran and why).
 
-    ``device`` "auto" takes the GPU when there is one; ``dtype`` fp32 (default), bf16 or fp16.
+    ``device`` "auto" takes the GPU when there is one; ``dtype`` auto (``utils.cpu_info.choose_precision``:
+    bf16 where it is native, else fp32), fp32, bf16 or fp16.
     """
     # torch and the model code load only for --bin: scoring a feature file needs neither
     from inference.extract import embed_array
     from models.checkpoint import load_backbone
     from utils.convention import parse_convention
+    from utils.cpu_info import choose_precision
     from utils.dist import resolve_device
     from utils.precision import DTYPES
 
     images, issame = read_bin(bin_path)
     conv = parse_convention(convention) if convention else None
     dev = resolve_device(device)
+    choice = choose_precision(dtype, dev.type)  # before the model loads: fp16 on a CPU fails fast
+    choice.announce(sys.stderr)  # stdout holds the report, as the seed's
     model, conv, _ = load_backbone(resume, arch=arch, map_location=dev, convention=conv)
-    print(f"{Path(bin_path).name}: embedding {len(images)} images on {dev} ({dtype}"
+    print(f"{Path(bin_path).name}: embedding {len(images)} images on {dev} ({choice.dtype}"
           f"{', with mirrors' if flip else ''})", file=sys.stderr, flush=True)
     feats = embed_array(model, images, batch_size=batch_size, device=dev, convention=conv, flip=flip,
-                        dtype=DTYPES[dtype], progress=Path(bin_path).name)
-    return feats[0::2], feats[1::2], issame
+                        dtype=DTYPES[choice.dtype], progress=Path(bin_path).name)
+    return feats[0::2], feats[1::2], issame, choice.to_dict()
 
 
 def features_pairs(
@@ -169,7 +173,7 @@ def features_pairs(
 def run(
     *, feat_list: str | None = None, pair_list: str | None = None, bin_path: str | None = None,
     resume: str | None = None, arch: str | None = None, batch_size: int = 128, device: str = "auto",
-    dtype: str = "fp32", flip: bool = False, input_convention: str | None = None, embedding_size: int | None = None,
+    dtype: str = "auto", flip: bool = False, input_convention: str | None = None, embedding_size: int | None = None,
     protocol: str = "magface", folds: int = 10,
 ) -> dict:
     """The report of a feature file with its pair list, or of a ``.bin`` set embedded by ``resume``.
@@ -179,17 +183,20 @@ def run(
     if bin_path:
         if not resume:
             raise ValueError("--bin needs --resume CKPT")
-        emb0, emb1, issame = embed_bin(bin_path, resume, arch, batch_size, device, flip, input_convention, dtype)
+        emb0, emb1, issame, precision = embed_bin(bin_path, resume, arch, batch_size, device, flip,
+                                                  input_convention, dtype)
         name = Path(bin_path).stem
     else:
         if not pair_list:
             raise ValueError("--feat-list needs --pair-list")
         emb0, emb1, issame = features_pairs(feat_list, pair_list, embedding_size)
-        name = Path(feat_list).name
+        name, precision = Path(feat_list).name, None
     if embedding_size is not None and emb0.shape[1] != embedding_size:
         raise ValueError(f"embeddings have {emb0.shape[1]} dimensions, expected {embedding_size}")
     report = evaluate_pairs(emb0, emb1, issame, protocol, folds)
     report["set"] = name
+    if precision is not None:
+        report["precision"] = precision
     return report
 
 
@@ -204,8 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default=d["arch"], help="backbone name when the checkpoint does not say")
     p.add_argument("--batch-size", type=int, default=d["batch_size"], help="with --bin: faces per forward pass")
     p.add_argument("--device", default=d["device"], help="with --bin: auto (the GPU when there is one), cpu, cuda[:N]")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=d["dtype"],
-                   help="with --bin: precision of the embedding pass (bf16 is ~2x faster on recent CPUs)")
+    p.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default=d["dtype"],
+                   help="with --bin: precision of the embedding pass; auto: bf16 on a GPU and on CPUs with native "
+                   "bf16 (AVX512-BF16/AMX, ~2x faster), else fp32 (utils.cpu_info); in the report as 'precision'")
     p.add_argument("--flip", action="store_true", help="add the embedding of the mirrored image")
     p.add_argument("--input-convention", default=d["input_convention"], help="override the checkpoint's convention")
     p.add_argument("--embedding-size", type=int, default=d["embedding_size"], help="expected feature dimension")

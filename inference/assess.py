@@ -41,6 +41,7 @@ from models.checkpoint import load_backbone  # noqa: E402
 from models.quality_model import QUALITY_MODEL  # noqa: E402
 from utils.cli import HelpFormatter, keyword_defaults, run_cli  # noqa: E402
 from utils.convention import parse_convention  # noqa: E402
+from utils.cpu_info import choose_precision  # noqa: E402
 from utils.detect import POLICIES  # noqa: E402
 from utils.dist import resolve_device  # noqa: E402
 from utils.feature_io import write_features  # noqa: E402
@@ -65,8 +66,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_face_args(p, POLICIES)
     p.add_argument("-b", "--batch-size", type=int, default=d["batch_size"], help="faces per forward pass")
     p.add_argument("--device", default=d["device"], help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=d["dtype"],
-                   help="precision of the embedding pass (bf16 is about 2x faster on CPUs that have it)")
+    p.add_argument("--dtype", choices=["auto", *sorted(DTYPES)], default=d["dtype"],
+                   help="precision of the embedding pass; auto: bf16 on a GPU and on CPUs with native bf16 "
+                   "(AVX512-BF16/AMX, ~2x faster), else fp32 (utils.cpu_info); what ran is printed and in the report")
     p.add_argument("--input-convention", default=None, help="override the checkpoint's input convention")
     p.add_argument("--save-crops", action="store_true", help="write the aligned faces to OUT/crops/")
     p.add_argument("--save-features", action="store_true", help="write OUT/features.npz")
@@ -112,12 +114,14 @@ class Outputs:
 
 def assess(inputs: Sequence[str], resume: str, out: str | Path, *, arch: str | None = None,
            quality_scale: str = "auto", faces: FaceOptions = DEFAULT_FACES, workers: int | None = None,
-           batch_size: int = 32, device: str = "auto", dtype: str = "fp32", input_convention: str | None = None,
+           batch_size: int = 32, device: str = "auto", dtype: str = "auto", input_convention: str | None = None,
            outputs: Outputs = Outputs(), progress: bool = True) -> int:
     """Detect, align and embed the faces of ``inputs`` (files, folders, list files) with the checkpoint ``resume``
     and write the quality report to ``out``; returns the exit status (module docstring)."""
     t0 = time.perf_counter()
     torch_device = resolve_device(device)
+    choice = choose_precision(dtype, torch_device.type)  # before the model loads: fp16 on a CPU fails fast
+    choice.announce()
     if torch_device.type == "cpu":
         torch.set_num_threads(usable_cores())
     conv = parse_convention(input_convention) if input_convention else None
@@ -125,12 +129,12 @@ def assess(inputs: Sequence[str], resume: str, out: str | Path, *, arch: str | N
     calibration, scale, warning = resolve_scale(quality_scale, resume, info)
     if warning:
         print(warning, file=sys.stderr)
-    model = prepare_model(model, torch_device, dtype=DTYPES[dtype])
+    model = prepare_model(model, torch_device, dtype=DTYPES[choice.dtype])
     paths = collect_inputs(inputs)
     if not paths:
         raise ValueError(f"no images found in {' '.join(inputs)}")
     workers = default_workers() if workers is None else workers
-    embedder = Embedder(model, conv, torch_device, DTYPES[dtype], batch_size)
+    embedder = Embedder(model, conv, torch_device, DTYPES[choice.dtype], batch_size)
     order: list[FaceRecord] = []
     bar = tqdm(total=len(paths), unit="photo", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     for records in iter_photo_faces(paths, faces, workers):
@@ -143,7 +147,7 @@ def assess(inputs: Sequence[str], resume: str, out: str | Path, *, arch: str | N
     bar.close()
     feats = {id(rec): f for rec, f in embedder.done}
     run = {"checkpoint": str(resume), "arch": info["arch"], "quality_scale": scale, "policy": faces.policy,
-           "dtype": dtype}
+           "dtype": choice.dtype, "precision": choice.to_dict()}
     return write_outputs(Path(out), outputs, order, feats, calibration, run, time.perf_counter() - t0, len(paths))
 
 
@@ -170,7 +174,7 @@ def write_outputs(out: Path, outputs: Outputs, order: list[FaceRecord], feats: d
         save_crops(out / "crops", faces)
     if outputs.save_features and faces:
         write_features(out / "features.npz", [f"{r.path}#{r.face}" for r in faces],
-                       np.stack([feats[id(r)] for r in faces]), mags)
+                       np.stack([feats[id(r)] for r in faces]), mags, meta={"precision": run.get("precision")})
     if faces:
         ranked = np.argsort(mags, kind="stable")
         label = "a" if scale == "raw" else "q"

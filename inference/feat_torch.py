@@ -21,6 +21,7 @@ from inference.extract import embed_batch, prepare_model
 from inference.gen_feat import FeatOptions
 from models.checkpoint import load_backbone
 from utils.convention import FACE_SIZE, InputConvention, parse_convention
+from utils.cpu_info import choose_precision
 from utils.dist import resolve_device
 from utils.feature_io import check_room
 from utils.image_list import ImageList, listed_face, usable_cores
@@ -99,6 +100,8 @@ def run_model(model: torch.nn.Module, loader: DataLoader, num_images: int, emb: 
 def extract_torch(resume: str, images: ImageList, feat_list: str, opts: FeatOptions) -> tuple[np.ndarray, dict]:
     """gen_feat's fp32 / bf16 / fp16 path: (features in list order, NaN rows for skipped faces; timings)."""
     device = resolve_device(opts.device)
+    choice = choose_precision(opts.dtype, device.type)  # before the model loads: fp16 on a CPU fails fast
+    choice.announce()
     if device.type == "cpu":
         torch.set_num_threads(opts.threads or usable_cores())
     conv = parse_convention(opts.input_convention) if opts.input_convention else None
@@ -108,15 +111,15 @@ def extract_torch(resume: str, images: ImageList, feat_list: str, opts: FeatOpti
         raise ValueError(f"--embedding_size {opts.embedding_size} but {resume} gives {emb}-d embeddings")
     check_room(feat_list, images.listed, emb)  # again, with the model's own size
     channels_last = opts.channels_last in ("on", "auto")
-    model = prepare_model(model, device, dtype=DTYPES[opts.dtype], fuse=opts.fuse == "on", channels_last=channels_last,
-                          compile_model=opts.compile == "on")
+    model = prepare_model(model, device, dtype=DTYPES[choice.dtype], fuse=opts.fuse == "on",
+                          channels_last=channels_last, compile_model=opts.compile == "on")
     workers = opts.workers if opts.workers is not None else (8 if device.type == "cuda" else 0)
     batch_size = opts.batch_size or (256 if device.type == "cuda" else 64)
     loader = make_loader(images.resolved, batch_size, workers, device,
                          where=[images.where(i) for i in range(len(images))], skip_bad=opts.skip_bad_images)
     t0 = time.perf_counter()
     feats = run_model(model, loader, len(images), emb, device, convention=conv,
-                      dtype=DTYPES[opts.dtype], flip=opts.flip, channels_last=channels_last,
+                      dtype=DTYPES[choice.dtype], flip=opts.flip, channels_last=channels_last,
                       static_batch=batch_size if opts.compile == "on" else 0, print_freq=opts.print_freq)
     return feats, {"wall_s": time.perf_counter() - t0, "batch_size": batch_size, "workers": workers,
-                   "device": str(device), "what": f"{emb}-d, {opts.dtype}, {device}"}
+                   "device": str(device), "what": f"{emb}-d, {choice.dtype}, {device}", "precision": choice.to_dict()}

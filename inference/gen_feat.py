@@ -34,6 +34,7 @@ from inference.ort_embed import RUNTIMES  # noqa: E402  (torch-free: numpy, Open
 from utils.atomic import WRITE_REFUSED_EXIT, OutputWriteError  # noqa: E402
 from utils.cli import HelpFormatter, run_cli  # noqa: E402
 from utils.convention import parse_convention  # noqa: E402
+from utils.cpu_info import PrecisionChoice  # noqa: E402
 from utils.feature_io import check_output_folder, check_room, sweep_stale_tmp, write_features  # noqa: E402
 from utils.image_list import (  # noqa: E402
     ImageList,
@@ -61,7 +62,7 @@ class FeatOptions:
     workers: int | None = None  # None: 0 on CPU, 8 on GPU
     embedding_size: int | None = None  # checked against the checkpoint when given
     device: str = "auto"
-    dtype: str = "fp32"  # DTYPE_NAMES or int8
+    dtype: str = "auto"  # auto, DTYPE_NAMES or int8 (utils.cpu_info.choose_precision)
     backend: str = "torch"  # or onnxruntime
     onnx_runtime: str = "auto"  # inference.ort_embed.RUNTIMES
     calib_list: str | None = None
@@ -101,10 +102,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="expected embedding size (checked against the checkpoint)")
     p.add_argument("--cpu-mode", action="store_true", help="the seed's flag: same as --device cpu")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--dtype", choices=[*DTYPE_NAMES, "int8"], default=d.dtype,
-                   help="compute precision; bf16 is ~2x faster on CPUs with AVX512-BF16/AMX and on GPUs "
-                   "(cosine >= 0.999 to fp32); int8: onnxruntime static quantization on the CPU, calibrated and "
-                   "cached on first use (inference.int8)")
+    p.add_argument("--dtype", choices=["auto", *DTYPE_NAMES, "int8"], default=d.dtype,
+                   help="compute precision; auto: bf16 on a GPU and on CPUs with native bf16 (AVX512-BF16/AMX: ~2x "
+                   "faster, cosine >= 0.999 to fp32), else fp32 (bf16 is emulated there, ~3x slower); what ran is "
+                   "printed and stored in a .npz's meta (utils.cpu_info); int8: onnxruntime static quantization on "
+                   "the CPU, calibrated and cached on first use (inference.int8)")
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default=d.backend,
                    help="fp32 on the CPU: onnxruntime runs the checkpoint's ONNX export, made and cached on first "
                    "use (inference.int8; 1.2-1.3x faster end to end on a 2-core EPYC, features equal to 1e-5); "
@@ -162,10 +164,14 @@ def extract_ort(resume: str, images: ImageList, feat_list: str, opts: FeatOption
         check_room(feat_list, images.listed, emb)  # again, with the model's own size
     batch_size = opts.batch_size or 64
     t0 = time.perf_counter()
+    dtype = "int8" if opts.dtype == "int8" else "fp32"
+    choice = PrecisionChoice(dtype, opts.dtype, "cpu", "as asked" if opts.dtype == dtype else "--backend onnxruntime",
+                             backend=model.runtime)
+    choice.announce()
     feats = embed_files(model, images.resolved, batch_size, opts.print_freq,
                         where=[images.where(i) for i in range(len(images))], skip_bad=opts.skip_bad_images)
     return feats, {"wall_s": time.perf_counter() - t0, "batch_size": batch_size, "workers": 0, "device": "cpu",
-                   "what": f"{feats.shape[1]}-d, {opts.dtype}, {model.runtime} cpu"}
+                   "what": f"{feats.shape[1]}-d, {dtype}, {model.runtime} cpu", "precision": choice.to_dict()}
 
 
 def drop_empty(images: ImageList, skip: bool) -> tuple[ImageList, list[SkippedImage]]:
@@ -234,7 +240,7 @@ def extract(resume: str, inf_list: str, feat_list: str, opts: FeatOptions = Feat
         raise ValueError(f"no usable image in {printable(inf_list)}: all {len(everything)} were skipped "
                          f"(see {printable(feat_list)}.skipped.txt)")
     mags = np.linalg.norm(feats, axis=1)
-    write_features(feat_list, images.listed, feats, mags)
+    write_features(feat_list, images.listed, feats, mags, meta={"precision": info["precision"]})
     report_skipped(feat_list, skipped, len(everything))  # after the features it describes
     total = time.perf_counter() - t_start
     wall = info["wall_s"]
@@ -243,7 +249,7 @@ def extract(resume: str, inf_list: str, feat_list: str, opts: FeatOptions = Feat
           f"magnitude mean {mags.mean():.2f} [{mags.min():.2f}, {mags.max():.2f}]")
     return {"num_images": len(images), "num_skipped": len(skipped), "wall_s": wall, "total_s": total,
             "feat_list": str(feat_list), "batch_size": info["batch_size"], "workers": info["workers"],
-            "device": info["device"]}
+            "device": info["device"], "precision": info["precision"]}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -15,23 +15,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from pathlib import Path
 
 import numpy as np
 
 from inference.ort_embed import OnnxFaceModel
 from utils.convention import InputConvention
+from utils.cpu_info import cpu_has_amx
 from utils.image_list import usable_cores
-
-
-def cpu_has_amx(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
-    """Whether the CPU's flags name AMX (amx_int8 or amx_bf16); False where cpuinfo is unreadable."""
-    try:
-        text = Path(cpuinfo).read_text(errors="replace")
-    except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return "amx_int8" in flags or "amx_bf16" in flags
 
 
 def openvino_installed() -> bool:

@@ -268,7 +268,7 @@ def test_bin_path_equals_feature_path(tmp_path, lfw_dir):
     write_bin(tmp_path / "small.bin", [f.read_bytes() for f in files], issame)
 
     assert V.main(["--bin", str(tmp_path / "small.bin"), "--resume", str(tmp_path / "r18.pth"),
-                   "--batch-size", "50", "--json", str(tmp_path / "bin.json")]) == 0
+                   "--batch-size", "50", "--dtype", "fp32", "--json", str(tmp_path / "bin.json")]) == 0
     feats = embed_array(model, np.stack([cv2.imread(str(f)) for f in files]), batch_size=50)
     write_features(tmp_path / "feat.list", [str(f) for f in files], feats)
     (tmp_path / "pair.list").write_text("".join(f"{2 * i} {2 * i + 1} {int(s)}\n" for i, s in enumerate(issame)))

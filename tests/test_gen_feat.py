@@ -71,7 +71,7 @@ def reference(faces, model_and_ckpt) -> np.ndarray:
 def fp32_text(faces, model_and_ckpt, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("out") / "feats.txt"
     gen_feat.main(["--resume", str(model_and_ckpt[1]), "--inf_list", str(faces[0]), "--feat_list", str(out),
-                   "--cpu-mode", "--batch-size", "16"])
+                   "--cpu-mode", "--batch-size", "16", "--dtype", "fp32"])
     return out
 
 
@@ -207,7 +207,8 @@ def test_small_working_resolution_model_takes_112_faces(faces, tmp_path):
     ckpt = tmp_path / "small.pth"
     save_released(ckpt, small, None, 0, "iresnet18_w16", config={"input_size": 56})
     out = tmp_path / "small.npz"
-    gen_feat.main(["--resume", str(ckpt), "--inf_list", str(list_path), "--feat_list", str(out), "--cpu-mode"])
+    gen_feat.main(["--resume", str(ckpt), "--inf_list", str(list_path), "--feat_list", str(out), "--cpu-mode",
+                   "--dtype", "fp32"])
     imgs = np.stack([cv2.imread(str(list_path.parent / p)) for p in listed])
     with torch.no_grad():
         ref = small(torch.from_numpy(imgs.transpose(0, 3, 1, 2).copy()).float() / 255.0).numpy()

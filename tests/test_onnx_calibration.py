@@ -31,7 +31,7 @@ def _checkpoint(path: Path, seed: int) -> Path:
 def _torch_scores(photos: list[Path], ckpt: Path, out: Path, scale: str) -> dict[str, tuple[float, float, str]]:
     """{photo: (magnitude, quality, quality_scale)} from inference.assess (the torch path)."""
     assert assess.assess([str(p) for p in photos], str(ckpt), out, quality_scale=scale, workers=0, device="cpu",
-                         progress=False) == 0
+                         dtype="fp32", progress=False) == 0
     with open(out / "quality.csv", newline="") as f:
         return {r["path"]: (float(r["magnitude"]), float(r["quality"]), r["quality_scale"]) for r in csv.DictReader(f)}
 

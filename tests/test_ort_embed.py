@@ -52,7 +52,7 @@ def files(model, lfw_dir: Path, tmp_path_factory) -> dict[str, Path]:
 def torch_feats(files) -> np.ndarray:
     out = files["root"] / "torch.npz"
     gen_feat.main(["--resume", str(files["ckpt"]), "--inf_list", str(files["list"]), "--feat_list", str(out),
-                   "--device", "cpu", "--fuse", "off"])
+                   "--device", "cpu", "--fuse", "off", "--dtype", "fp32"])
     with np.load(out) as z:
         return z["features"]
 

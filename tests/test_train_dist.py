@@ -43,7 +43,8 @@ def test_torchrun_two_ranks_end_to_end(celeba_dir, tmp_path):
     inf_list.write_text("\n".join(faces) + "\n")
     feats = tmp_path / "feats.npz"
     dumped = run_python(["-m", "inference.gen_feat", "--resume", str(out / "step_00000007.pth"), "--inf_list",
-                         str(inf_list), "--feat_list", str(feats), "--device", "cpu", "--workers", "0"],
+                         str(inf_list), "--feat_list", str(feats), "--device", "cpu", "--workers", "0",
+                         "--dtype", "fp32"],
                         timeout=300, env=child_env())
     assert dumped.returncode == 0, dumped.stdout[-3000:]
 

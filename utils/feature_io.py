@@ -16,6 +16,7 @@ The seed parses text features as float64 for 1:1 verification and quality, and a
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import tempfile
@@ -179,8 +180,10 @@ def write_features(
     paths: Sequence[str] | None,
     feats: np.ndarray,
     magnitudes: np.ndarray | None = None,
+    meta: dict | None = None,
 ) -> None:
-    """Write by suffix: ``.npz`` (features, magnitudes, paths), ``.npy`` (features), else text."""
+    """Write by suffix: ``.npz`` (features, magnitudes, paths and, when given, ``meta``: how they were made, as
+    a JSON string, ``read_meta``), ``.npy`` (features), else text (the seed's format: no room for ``meta``)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".npz", ".npy"):
@@ -193,8 +196,15 @@ def write_features(
             np.save(f, feats)
         else:
             mags = np.linalg.norm(feats, axis=1) if magnitudes is None else magnitudes
+            extra = {} if meta is None else {"meta": np.asarray(json.dumps(meta, sort_keys=True))}
             np.savez(f, features=feats, magnitudes=np.asarray(mags, dtype=np.float32),
-                     paths=np.asarray([str(p) for p in paths], dtype=str))
+                     paths=np.asarray([str(p) for p in paths], dtype=str), **extra)
+
+
+def read_meta(path: str | os.PathLike) -> dict | None:
+    """The ``meta`` a ``.npz`` feature file was written with (precision, device...), None when it has none."""
+    with np.load(path, allow_pickle=False) as z:
+        return json.loads(str(z["meta"])) if "meta" in z.files else None
 
 
 def estimate_feature_bytes(path: str | os.PathLike, paths: Sequence[str], dim: int) -> int:
