@@ -2,15 +2,15 @@
 
     python -m bench.bench_deploy [--arch iresnet50] [--limit 256] [--demo-ckpt CKPT] [--json out.json]
 
-Each row is one command run as a fresh process and timed from start to exit (interpreter, imports,
-model load, decode, compute, writing), on the first ``--limit`` faces of an aligned LFW list, with a
-released-format checkpoint of random weights (``bench.bench_gen_feat.random_model``): the seed's
-procedure (``bench/seed_gen_feat.py``), ``python inference/gen_feat.py`` with the seed's flags and text
-output at fp32 / bf16 / int8 (int8 twice: the first run of a checkpoint quantizes and calibrates, the
-second uses the cached file), and ``python -m inference.ort_embed`` on the exported fp32 and the cached
-int8 ONNX files. The ONNX rows run on what ``auto`` picks here (OpenVINO on a CPU with AMX, else
-onnxruntime; the row names say which), with onnxruntime rows beside them for comparison. Parity:
-relative error of fp32 against the seed, minimum cosine to our fp32.
+Each row is one command run as a fresh process and timed from start to exit (interpreter, imports, model load,
+decode, compute, writing), on the first ``--limit`` faces of an aligned LFW list, with a released-format
+checkpoint of random weights (``bench.bench_gen_feat.random_model``): the seed's procedure
+(``bench/seed_gen_feat.py``), ``python inference/gen_feat.py`` with the seed's flags and text output at fp32,
+at the default ``--dtype auto`` (the row name says what it picks here), bf16 and int8 (int8 twice: the first
+run of a checkpoint quantizes and calibrates, the second uses the cached file), and ``python -m
+inference.ort_embed`` on the exported fp32 and the cached int8 ONNX files. The ONNX rows run on what ``auto``
+picks here (OpenVINO on a CPU with AMX, else onnxruntime; the row names say which), with onnxruntime rows
+beside them for comparison. Parity: relative error of fp32 against the seed, minimum cosine to our fp32.
 Breakdown: start-up (``import``) times of each entry point, model load, decoding, and the compute rate
 in-process. ``--demo-ckpt``: the 10-fold accuracy (MagFace protocol) of that checkpoint on the 2,400 demo
 LFW pairs at fp32 and int8. Sizes: installed size of the packages each path needs.
@@ -130,14 +130,18 @@ def get_args_parser() -> argparse.ArgumentParser:
 def run_rows(ckpt: Path, lst: Path, tmp: Path, arch: str, env: dict) -> tuple[list[dict], dict[str, Path]]:
     gen = [PY, "inference/gen_feat.py", "--arch", arch, "--resume", str(ckpt), "--inf_list", str(lst)]
     from inference.ov_model import choose_runtime
+    from utils.cpu_info import choose_precision
 
     auto = f"auto: {choose_runtime('auto')}"  # what --onnx-runtime / --runtime auto picks on this machine
+    picked = choose_precision("auto", "cpu").dtype  # what gen_feat's default --dtype auto runs here
     onnx = tmp / "model.onnx"
     subprocess.run([PY, "-m", "inference.export_onnx", "--resume", str(ckpt), "--out", str(onnx)], cwd=ROOT,
                    check=True, capture_output=True)
     runs = [("seed gen_feat procedure (-b 256 -j 4)", [PY, "bench/seed_gen_feat.py", "--arch", arch, "--resume",
                                                        str(ckpt), "--inf_list", str(lst)], "seed.txt"),
-            ("gen_feat fp32", gen, "fp32.txt"), ("gen_feat --dtype bf16", gen + ["--dtype", "bf16"], "bf16.txt"),
+            ("gen_feat --dtype fp32", gen + ["--dtype", "fp32"], "fp32.txt"),
+            (f"gen_feat default (--dtype auto: {picked})", gen, "auto.txt"),
+            ("gen_feat --dtype bf16", gen + ["--dtype", "bf16"], "bf16.txt"),
             (f"gen_feat --dtype int8 (first run: quantize; {auto})", gen + ["--dtype", "int8"], "int8_cold.txt"),
             (f"gen_feat --dtype int8 (cached; {auto})", gen + ["--dtype", "int8"], "int8.txt"),
             ("gen_feat --dtype int8 --onnx-runtime onnxruntime (cached)",
@@ -176,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
         save_released(ckpt, random_model(args.arch), None, 0, args.arch)
         paths = write_limited_list(Path(args.list), tmp / "img.list", args.limit)
         rows, outs = run_rows(ckpt, tmp / "img.list", tmp, args.arch, env)
-        seed, fp32 = load_feats(outs[rows[0]["method"]]), load_feats(outs["gen_feat fp32"])
+        seed, fp32 = load_feats(outs[rows[0]["method"]]), load_feats(outs["gen_feat --dtype fp32"])
         for row in rows:
             feats = load_feats(outs[row["method"]])
             row.update(img_s=len(paths) / row["seconds"], vs_seed=rows[0]["seconds"] / row["seconds"],

@@ -17,34 +17,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from utils.cpu_info import read_cpu_info
 from utils.image_list import usable_cores
 from utils.table import format_table
 
 
 def cpu_model() -> str:
     """The ``model name`` line of /proc/cpuinfo (platform's guess elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    model = read_cpu_info().model
+    return model if model != "unknown" else (platform.processor() or platform.machine())
 
 
 def cpu_flags() -> list[str]:
-    """The matmul-relevant ISA extensions (bf16 speed on CPU depends on them)."""
-    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return [w for w in wanted if w in have]
-    except OSError:
-        pass
-    return []
+    """The ISA extensions inference speed depends on (``utils.cpu_info.SPEED_FLAGS`` this CPU has)."""
+    return read_cpu_info().speed_flags()
 
 
 def gpu_name() -> str | None:
