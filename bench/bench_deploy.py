@@ -129,18 +129,19 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def run_rows(ckpt: Path, lst: Path, tmp: Path, arch: str, env: dict) -> tuple[list[dict], dict[str, Path]]:
     gen = [PY, "inference/gen_feat.py", "--arch", arch, "--resume", str(ckpt), "--inf_list", str(lst)]
+    from inference.gen_feat import FeatOptions, choose_backend
     from inference.ov_model import choose_runtime
     from utils.cpu_info import choose_precision
 
     auto = f"auto: {choose_runtime('auto')}"  # what --onnx-runtime / --runtime auto picks on this machine
-    picked = choose_precision("auto", "cpu").dtype  # what gen_feat's default --dtype auto runs here
+    picked = f"{choose_precision('auto', 'cpu').dtype}, {choose_backend(FeatOptions())[0]}"  # the default here
     onnx = tmp / "model.onnx"
     subprocess.run([PY, "-m", "inference.export_onnx", "--resume", str(ckpt), "--out", str(onnx)], cwd=ROOT,
                    check=True, capture_output=True)
     runs = [("seed gen_feat procedure (-b 256 -j 4)", [PY, "bench/seed_gen_feat.py", "--arch", arch, "--resume",
                                                        str(ckpt), "--inf_list", str(lst)], "seed.txt"),
             ("gen_feat --dtype fp32", gen + ["--dtype", "fp32"], "fp32.txt"),
-            (f"gen_feat default (--dtype auto: {picked})", gen, "auto.txt"),
+            (f"gen_feat default (auto: {picked})", gen, "auto.txt"),
             ("gen_feat --dtype bf16", gen + ["--dtype", "bf16"], "bf16.txt"),
             (f"gen_feat --dtype int8 (first run: quantize; {auto})", gen + ["--dtype", "int8"], "int8_cold.txt"),
             (f"gen_feat --dtype int8 (cached; {auto})", gen + ["--dtype", "int8"], "int8.txt"),

@@ -10,6 +10,9 @@ scripts keep working; a ``.npz`` feature file also stores the magnitudes and pat
 fp32/bf16/fp16 run in PyTorch (``inference.feat_torch``, imported only then); ``--dtype int8`` runs the
 checkpoint's cached quantized model (``inference.int8``) without importing torch, on OpenVINO where the CPU
 has AMX (``inference.ov_model``) and on onnxruntime elsewhere (``--onnx-runtime`` to choose).
+The default (``--dtype auto --backend auto``, ``choose_backend``): bf16 in PyTorch on a GPU or a CPU with native
+bf16; on any other CPU fp32 on the checkpoint's cached ONNX export, which starts without importing torch (the
+first run exports it), unless --flip or --compile asks for PyTorch.
 End-to-end speed against the seed: ``python -m bench.bench_deploy``.
 
 What can be checked before the model loads is: the output folder takes a file and has room for the
@@ -20,6 +23,8 @@ as ``LIST:LINE: PATH: reason``. ``--skip-bad-images`` leaves such images out ins
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import sys
 import time
 from dataclasses import dataclass, fields, replace
@@ -34,7 +39,7 @@ from inference.ort_embed import RUNTIMES  # noqa: E402  (torch-free: numpy, Open
 from utils.atomic import WRITE_REFUSED_EXIT, OutputWriteError  # noqa: E402
 from utils.cli import HelpFormatter, run_cli  # noqa: E402
 from utils.convention import parse_convention  # noqa: E402
-from utils.cpu_info import PrecisionChoice  # noqa: E402
+from utils.cpu_info import NATIVE_BF16, CpuInfo, PrecisionChoice, read_cpu_info  # noqa: E402
 from utils.feature_io import check_output_folder, check_room, sweep_stale_tmp, write_features  # noqa: E402
 from utils.image_list import (  # noqa: E402
     ImageList,
@@ -63,7 +68,7 @@ class FeatOptions:
     embedding_size: int | None = None  # checked against the checkpoint when given
     device: str = "auto"
     dtype: str = "auto"  # auto, DTYPE_NAMES or int8 (utils.cpu_info.choose_precision)
-    backend: str = "torch"  # or onnxruntime
+    backend: str = "auto"  # torch, onnxruntime, or auto (choose_backend)
     onnx_runtime: str = "auto"  # inference.ort_embed.RUNTIMES
     calib_list: str | None = None
     calib_count: int = 256
@@ -107,10 +112,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "faster, cosine >= 0.999 to fp32), else fp32 (bf16 is emulated there, ~3x slower); what ran is "
                    "printed and stored in a .npz's meta (utils.cpu_info); int8: onnxruntime static quantization on "
                    "the CPU, calibrated and cached on first use (inference.int8)")
-    p.add_argument("--backend", choices=("torch", "onnxruntime"), default=d.backend,
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default=d.backend,
                    help="fp32 on the CPU: onnxruntime runs the checkpoint's ONNX export, made and cached on first "
                    "use (inference.int8; 1.2-1.3x faster end to end on a 2-core EPYC, features equal to 1e-5); "
-                   "int8 always uses it")
+                   "auto: onnxruntime for --dtype auto on a CPU without native bf16 and no GPU, --flip or "
+                   "--compile on, else torch; int8 always uses onnxruntime/OpenVINO")
     p.add_argument("--onnx-runtime", choices=RUNTIMES, default=d.onnx_runtime,
                    help="what runs the ONNX model of --dtype int8 / --backend onnxruntime; auto: openvino when it "
                    "is installed and the CPU has AMX (int8 ~4x faster there), else onnxruntime")
@@ -140,12 +146,48 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def extract_ort(resume: str, images: ImageList, feat_list: str, opts: FeatOptions) -> tuple[np.ndarray, dict]:
-    """``--dtype int8`` or ``--backend onnxruntime``: the checkpoint's cached quantized model or fp32 export
-    (``inference.int8``) on onnxruntime or OpenVINO (``--onnx-runtime``). Features in list order (NaN rows
-    for skipped faces) and timings."""
+GPU_NODES = ("/dev/nvidia0", "/dev/kfd", "/dev/dxg")  # NVIDIA, ROCm and WSL drivers' device files
+
+
+def gpu_visible() -> bool:
+    """Whether a GPU may be usable, told without importing torch: a driver's device file exists and
+    CUDA_VISIBLE_DEVICES does not hide every GPU."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
+        return False
+    return any(Path(node).exists() for node in GPU_NODES)
+
+
+def choose_backend(opts: FeatOptions, cpu: CpuInfo | None = None, gpu: bool | None = None,
+                   have_onnxruntime: bool | None = None) -> tuple[str, str]:
+    """(backend, why) for ``opts``: ``--backend auto`` with ``--dtype auto`` takes onnxruntime's fp32 on a CPU
+    without native bf16 (where PyTorch would run fp32 too, after a 1.7-2.8 s import), PyTorch otherwise."""
+    if opts.dtype == "int8":
+        return "onnxruntime", "int8 runs on the ONNX path"
+    if opts.backend != "auto":
+        return opts.backend, "as asked"
+    if opts.dtype != "auto":
+        return "torch", f"--dtype {opts.dtype}"
+    needs_torch = [flag for flag, on in (("--flip", opts.flip), ("--compile on", opts.compile == "on")) if on]
+    if needs_torch:
+        return "torch", f"{' and '.join(needs_torch)} runs in PyTorch"
+    if opts.device not in ("auto", "cpu"):
+        return "torch", f"--device {opts.device}"
+    if opts.device == "auto" and (gpu_visible() if gpu is None else gpu):
+        return "torch", "a GPU may be present"
+    cpu = read_cpu_info() if cpu is None else cpu
+    if cpu.flags is None:
+        return "torch", "the CPU's flags could not be read"
+    if cpu.has(*NATIVE_BF16):
+        return "torch", "native bf16: PyTorch's bf16 is the faster path"
+    if not (importlib.util.find_spec("onnxruntime") is not None if have_onnxruntime is None else have_onnxruntime):
+        return "torch", "onnxruntime is not installed"
+    return "onnxruntime", "no native bf16 on this CPU: fp32 on onnxruntime, which starts without importing torch"
+
+
+def onnx_model_file(resume: str, images: ImageList, opts: FeatOptions) -> Path:
+    """The checkpoint's cached int8 model or fp32 export (``inference.int8``), made on first use (an OSError
+    when the cache cannot be written)."""
     from inference.int8 import int8_model
-    from inference.ort_embed import embed_files, load_onnx_model
 
     if opts.flip or opts.device not in ("auto", "cpu") or opts.dtype in ("bf16", "fp16"):
         raise ValueError("onnxruntime (--dtype int8, --backend onnxruntime) runs fp32 or int8 on the CPU without "
@@ -155,8 +197,17 @@ def extract_ort(resume: str, images: ImageList, feat_list: str, opts: FeatOption
     calib = read_image_list(opts.calib_list)[1] if opts.calib_list else images.resolved
     conv = parse_convention(opts.input_convention) if opts.input_convention else None
     calib = calib[:opts.calib_count] if opts.dtype == "int8" else None
-    model = load_onnx_model(int8_model(resume, calib, arch=opts.arch, convention=conv), opts.onnx_runtime,
-                            threads=opts.threads)
+    return int8_model(resume, calib, arch=opts.arch, convention=conv)
+
+
+def extract_ort(resume: str, onnx_file: Path, images: ImageList, feat_list: str, opts: FeatOptions,
+                why: str) -> tuple[np.ndarray, dict]:
+    """``--dtype int8``, ``--backend onnxruntime`` or the default on a CPU without native bf16: ``onnx_file``
+    on onnxruntime or OpenVINO (``--onnx-runtime``). Features in list order (NaN rows for skipped faces) and
+    timings."""
+    from inference.ort_embed import embed_files, load_onnx_model
+
+    model = load_onnx_model(onnx_file, opts.onnx_runtime, threads=opts.threads)
     emb = int(model.metadata.get("embedding_size", 0))
     if opts.embedding_size and emb and opts.embedding_size != emb:
         raise ValueError(f"--embedding_size {opts.embedding_size} but {resume} gives {emb}-d embeddings")
@@ -165,7 +216,12 @@ def extract_ort(resume: str, images: ImageList, feat_list: str, opts: FeatOption
     batch_size = opts.batch_size or 64
     t0 = time.perf_counter()
     dtype = "int8" if opts.dtype == "int8" else "fp32"
-    choice = PrecisionChoice(dtype, opts.dtype, "cpu", "as asked" if opts.dtype == dtype else "--backend onnxruntime",
+    if opts.dtype == dtype:
+        reason = "as asked"
+    else:
+        reason = "--backend onnxruntime runs fp32" if opts.backend == "onnxruntime" else f"auto: {why}"
+    cpu = read_cpu_info()
+    choice = PrecisionChoice(dtype, opts.dtype, "cpu", reason, cpu.model, tuple(cpu.speed_flags()),
                              backend=model.runtime)
     choice.announce()
     feats = embed_files(model, images.resolved, batch_size, opts.print_freq,
@@ -212,8 +268,18 @@ def report_skipped(feat_list: str, skipped: list[SkippedImage], total: int) -> N
 def embed(resume: str, images: ImageList, feat_list: str, opts: FeatOptions) -> tuple[np.ndarray, dict]:
     """The features of ``images`` in list order (NaN rows: faces skipped) on the path ``opts`` picks."""
     check_room(feat_list, images.listed, opts.embedding_size or DEFAULT_EMBEDDING)
-    if opts.dtype == "int8" or opts.backend == "onnxruntime":
-        return extract_ort(resume, images, feat_list, opts)
+    backend, why = choose_backend(opts)
+    if backend == "onnxruntime":
+        chosen = opts.backend == "auto" and opts.dtype != "int8"
+        try:
+            onnx_file = onnx_model_file(resume, images, opts)
+        except (OSError, RuntimeError) as e:  # the cache cannot be written (a read-only home), or the export failed
+            if not chosen or not Path(resume).is_file():
+                raise
+            print(f"the ONNX export of {printable(resume)} could not be made or cached ({e}); PyTorch instead "
+                  "(--backend torch skips this attempt, MAGFACE_CACHE moves the cache)", file=sys.stderr, flush=True)
+        else:
+            return extract_ort(resume, onnx_file, images, feat_list, opts, why)
     from inference.feat_torch import extract_torch
 
     return extract_torch(resume, images, feat_list, opts)

@@ -109,25 +109,37 @@ def faces(tmp_path_factory) -> tuple[Path, Path]:
     return ckpt, root / "img.list"
 
 
-def gen_feat(args: list[str], flags: str | None) -> subprocess.CompletedProcess:
+def gen_feat(args: list[str], flags: str | None, cache: Path | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != FLAGS_ENV}
     if flags is not None:
         env[FLAGS_ENV] = flags
+    if cache is not None:
+        env["MAGFACE_CACHE"] = str(cache)
     return subprocess.run([sys.executable, "-m", "inference.gen_feat", "--cpu-mode", "--print-freq", "1000", *args],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("flags, expected", [(EPYC_AVX2, "fp32"), (EPYC_ZEN4, "bf16")])
-def test_gen_feat_auto_prints_and_stores_what_ran(faces, tmp_path, flags, expected):
+@pytest.mark.parametrize("flags, expected, backend", [(EPYC_AVX2, "fp32", "onnxruntime"),
+                                                      (EPYC_ZEN4, "bf16", "torch")])
+def test_gen_feat_auto_prints_and_stores_what_ran(faces, tmp_path, flags, expected, backend):
+    """The default on each kind of CPU (--cpu-mode: no GPU question): bf16 in PyTorch where it is native, else
+    fp32 on the cached ONNX export; both within float tolerance of PyTorch's fp32."""
     ckpt, img_list = faces
-    out = tmp_path / "f.npz"
-    done = gen_feat(["--resume", str(ckpt), "--inf_list", str(img_list), "--feat_list", str(out)], flags)
+    out, fp32 = tmp_path / "f.npz", tmp_path / "fp32.npz"
+    done = gen_feat(["--resume", str(ckpt), "--inf_list", str(img_list), "--feat_list", str(out)], flags,
+                    tmp_path / "cache")
     assert done.returncode == 0, done.stderr
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("precision ")]
-    assert len(lines) == 1 and lines[0].startswith(f"precision {expected} on cpu, torch (auto: "), done.stdout
+    assert len(lines) == 1 and lines[0].startswith(f"precision {expected} on cpu, {backend} (auto: "), done.stdout
     assert "bf16 is emulated" not in done.stderr
     meta = read_meta(out)["precision"]
-    assert (meta["dtype"], meta["requested"], meta["device"]) == (expected, "auto", "cpu")
+    assert (meta["dtype"], meta["requested"], meta["device"], meta["backend"]) == (expected, "auto", "cpu", backend)
+    assert len(list((tmp_path / "cache").glob("*.fp32.onnx"))) == (backend == "onnxruntime")
+    assert gen_feat(["--resume", str(ckpt), "--inf_list", str(img_list), "--feat_list", str(fp32), "--dtype", "fp32"],
+                    flags).returncode == 0
+    a, b = np.load(out)["features"], np.load(fp32)["features"]
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() >= (0.999 if expected == "bf16" else 0.99999), cos
     assert meta["cpu_flags"] == [f for f in ("avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2", "fma", "f16c")
                                  if f in flags.split()]
 
@@ -165,3 +177,37 @@ def test_verification_report_records_the_precision(faces, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "precision fp32 on cpu, torch (auto: no native bf16" in done.stderr  # stdout: the report only
     assert json.loads((tmp_path / "r.json").read_text())["precision"]["dtype"] == "fp32"
+
+
+def test_choose_backend_takes_onnxruntime_only_for_the_default_on_a_cpu_without_native_bf16():
+    from inference.gen_feat import FeatOptions, choose_backend
+
+    avx2, amx = cpu(EPYC_AVX2), cpu(XEON_AMX)
+
+    def pick(cpu_info=avx2, gpu=False, ort=True, **kw):
+        return choose_backend(FeatOptions(**kw), cpu_info, gpu, ort)[0]
+
+    assert pick() == "onnxruntime" and pick(device="cpu") == "onnxruntime"
+    assert pick(cpu_info=amx) == "torch"  # native bf16: PyTorch's bf16
+    assert pick(cpu_info=cpu(None)) == "torch"  # flags unknown: PyTorch fp32, as before
+    assert pick(gpu=True) == "torch" and pick(gpu=True, device="cpu") == "onnxruntime"
+    assert pick(device="cuda") == "torch"
+    assert pick(flip=True) == "torch" and pick(compile="on") == "torch"
+    assert pick(ort=False) == "torch"
+    assert pick(dtype="fp32") == "torch" and pick(dtype="bf16") == "torch"  # an explicit precision: PyTorch
+    assert pick(backend="torch") == "torch" and pick(backend="onnxruntime", cpu_info=amx) == "onnxruntime"
+    assert pick(dtype="int8", cpu_info=amx) == "onnxruntime"
+
+
+def test_gen_feat_default_falls_back_to_torch_when_the_export_cannot_be_cached(faces, tmp_path):
+    ckpt, img_list = faces
+    (tmp_path / "a_file").write_text("not a folder\n")
+    out = tmp_path / "f.npz"
+    done = gen_feat(["--resume", str(ckpt), "--inf_list", str(img_list), "--feat_list", str(out)], EPYC_AVX2,
+                    tmp_path / "a_file" / "cache")  # mkdir there fails: NotADirectoryError
+    assert done.returncode == 0, done.stderr
+    assert "could not be made or cached" in done.stderr and "PyTorch instead" in done.stderr
+    assert read_meta(out)["precision"]["backend"] == "torch"
+    explicit = gen_feat(["--resume", str(ckpt), "--inf_list", str(img_list), "--feat_list", str(tmp_path / "g.npz"),
+                         "--backend", "onnxruntime"], EPYC_AVX2, tmp_path / "a_file" / "cache")
+    assert explicit.returncode != 0 and "Traceback" not in explicit.stderr  # asked for: an error, not a fallback

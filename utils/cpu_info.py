@@ -45,9 +45,11 @@ class CpuInfo:
 
 
 def read_cpu_info(cpuinfo: str | os.PathLike = CPUINFO, env: dict[str, str] | None = None) -> CpuInfo:
-    """The CPU's model name and flags: ``$MAGFACE_CPU_FLAGS`` when set, else the first ``flags`` line of
-    ``cpuinfo``; flags None when neither can be read (not Linux, a sandbox hiding /proc)."""
-    env = os.environ if env is None else env
+    """The CPU's model name and flags: the first ``flags`` line of ``cpuinfo``, replaced by ``$MAGFACE_CPU_FLAGS``
+    when set (in ``env``; by default the process environment, for this machine's own /proc/cpuinfo only); flags
+    None when neither can be read (not Linux, a sandbox hiding /proc)."""
+    if env is None:
+        env = os.environ if Path(cpuinfo) == CPUINFO else {}
     model, flags = "unknown", None
     try:
         text = Path(cpuinfo).read_text(errors="replace")
