@@ -36,14 +36,13 @@ from eval.erc_plot import (  # noqa: E402
     area_label,
     nan_reason,
     random_caption,
-    save_png,
     score_label,
     title_text,
     undefined_text,
 )
 from eval.metrics import read_pair_list  # noqa: E402
 from eval.quality import REJECT_RATIOS, SCORES, image_qualities, min_impostor_pairs  # noqa: E402
-from utils.atomic import write_json  # noqa: E402
+from utils.atomic import save_png, write_json  # noqa: E402
 from utils.cli import keyword_defaults, run_cli  # noqa: E402
 from utils.feature_io import FeatureFile, load_feature_file  # noqa: E402
 from utils.table import format_table  # noqa: E402

@@ -8,21 +8,19 @@
 - The title names the model and the data; a picture without them was read as the wrong model's.
 
 Figures are ``matplotlib.figure.Figure`` objects (no pyplot state; matplotlib is imported only to draw),
-returned after ``save_png`` so callers and tests can read their texts.
+returned after ``utils.atomic.save_png`` so callers and tests can read their texts.
 """
 from __future__ import annotations
 
-import io
 import math
 import os
 import textwrap
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from utils.atomic import atomic_write
+from utils.atomic import save_png
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -109,16 +107,6 @@ def erc_figure(report: Mapping, *, model: str, data: str) -> Figure:
     if "random" in report["fnmr"]:
         add_caption(fig, random_caption(int(report["num_pairs"]), ratios))
     return fig
-
-
-def save_png(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Render, then write atomically: a reader never sees half a PNG."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, "wb") as f:
-        f.write(buf.getvalue())
-    return Path(path)
 
 
 def plot_erc(path: str | os.PathLike, report: Mapping, *, model: str, data: str) -> Figure:

@@ -28,7 +28,6 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: the repository root, not inference/, goes on the path
@@ -43,7 +42,14 @@ from inference.ort_embed import CALIBRATION_KEY
 from models.checkpoint import load_backbone
 from utils.cli import run_cli
 from utils.convention import FACE_SIZE, InputConvention, parse_convention, to_model_input
-from utils.quality_scale import Calibration, load_calibration, resolve_scale, save_calibration, side_file
+from utils.quality_scale import (
+    Calibration,
+    calibration_text,
+    load_calibration,
+    resolve_scale,
+    save_calibration,
+    side_file,
+)
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "embedding"
@@ -143,11 +149,6 @@ def export_calibration(resume: str, info: dict, quality_json: str | None) -> Cal
     return calibration
 
 
-def calibration_json(calibration: Calibration) -> str:
-    """The side file's content (``utils.quality_scale.save_calibration``), for the ONNX metadata."""
-    return json.dumps({"format": "magface-quality-calibration", "version": 1, **asdict(calibration)})
-
-
 def place_calibration(out: Path, calibration: Calibration | None) -> str:
     """Write (or clear) ``MODEL.onnx.quality.json`` beside the exported model; a line saying what was done."""
     beside = side_file(out)
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 "model_input_size": str(info["input_size"])}
     calibration = export_calibration(args.resume, info, args.quality_json)
     if calibration is not None:
-        metadata[CALIBRATION_KEY] = calibration_json(calibration)
+        metadata[CALIBRATION_KEY] = calibration_text(calibration)
     try:
         export_onnx(model, tmp, convention, input_size=size, opset=args.opset, batch=args.batch,
                     metadata=metadata)

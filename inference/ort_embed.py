@@ -39,7 +39,14 @@ from utils.cli import HelpFormatter, run_cli  # noqa: E402
 from utils.convention import FACE_SIZE, InputConvention, parse_convention  # noqa: E402
 from utils.feature_io import write_features  # noqa: E402
 from utils.image_list import listed_face, load_image_list, usable_cores  # noqa: E402
-from utils.quality_scale import OFIQ, Calibration, load_calibration, logistic_quality, side_file  # noqa: E402
+from utils.quality_scale import (  # noqa: E402
+    OFIQ,
+    Calibration,
+    load_calibration,
+    logistic_quality,
+    parse_calibration,
+    side_file,
+)
 from utils.text_lines import printable  # noqa: E402
 
 CALIBRATION_KEY = "quality_calibration"  # the metadata key inference.export_onnx writes
@@ -186,19 +193,7 @@ def faces_from_photos(paths: list[str], max_side: int = 640) -> tuple[list[int],
 def stored_calibration(model: OnnxFaceModel) -> Calibration | None:
     """The calibration ``inference.export_onnx`` embedded in the metadata (the side file's JSON), if any."""
     text = model.metadata.get(CALIBRATION_KEY)
-    if text is None:
-        return None
-    where = f"{model.path}: metadata key {CALIBRATION_KEY!r}"
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{where} is not JSON ({e})") from None
-    if not isinstance(data, dict) or data.get("format") != "magface-quality-calibration":
-        raise ValueError(f"{where} is not a quality calibration (key 'format' missing or wrong)")
-    fields = {k: data[k] for k in Calibration.__dataclass_fields__ if k in data}
-    if not all(isinstance(fields.get(k), (int, float)) for k in ("centre", "width")):
-        raise ValueError(f"{where}: 'centre' or 'width' missing or not a number")
-    return Calibration(**fields)
+    return None if text is None else parse_calibration(text, f"{model.path}: metadata key {CALIBRATION_KEY!r}")
 
 
 def quality_calibration(model: OnnxFaceModel, quality_json: str | None) -> tuple[Calibration, str]:

@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 
 from inference.extract import embed_array
 from models.checkpoint import load_backbone
+from utils.atomic import save_png
 from utils.cli import run_cli
 from utils.convention import read_aligned_face
 from utils.text_lines import numbered_tokens
@@ -62,16 +63,6 @@ def load_images(paths: Sequence[Path]) -> np.ndarray:
     return np.stack([read_aligned_face(path) for path in paths])
 
 
-def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
-    """Render to a temporary name, then rename: a reader never sees half a PNG."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fig.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, path)
-    return path
-
-
 def render_magnitude_grid(
     images: np.ndarray, magnitudes: np.ndarray, path: str | os.PathLike, cols: int = 8, title: str = ""
 ) -> Path:
@@ -91,7 +82,7 @@ def render_magnitude_grid(
         ax.axis("off")
     fig.suptitle(f"{title}\nsorted by magnitude (ascending)" if title else "sorted by magnitude (ascending)",
                  fontsize=10)
-    return save_figure(fig, path)
+    return save_png(fig, path, dpi=100)
 
 
 def cosine_matrix(features: np.ndarray) -> np.ndarray:
@@ -120,7 +111,7 @@ def render_similarity(features: np.ndarray, labels: Sequence[str], path: str | o
                 ink = "white" if abs(sim[i, j]) > 0.6 else "black"
                 ax.text(j, i, f"{sim[i, j]:.2f}", ha="center", va="center", fontsize=7, color=ink)
     ax.set_title("cosine similarity of the embeddings")
-    return save_figure(fig, path)
+    return save_png(fig, path, dpi=100)
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -110,7 +110,8 @@ def render_ladder(images: np.ndarray, mags: np.ndarray, kinds: list[str], severi
     """The ladder PNG: rows = damage kinds, columns = severities; the title names the model and the faces."""
     from matplotlib.figure import Figure
 
-    from eval.erc_plot import save_png, title_text
+    from eval.erc_plot import title_text
+    from utils.atomic import save_png
 
     rows, cols = images.shape[:2]
     fig = Figure(figsize=(1.45 * cols + 0.9, 1.6 * rows + 0.8), layout="constrained")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import io
 import json
 import math
 import os
@@ -206,6 +207,17 @@ def finite_or_none(obj: Any) -> Any:
     if isinstance(obj, np.integer):
         return int(obj)
     return obj
+
+
+def save_png(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """A matplotlib figure as a PNG, rendered in memory, then written atomically (a reader never sees half a
+    PNG; the parent folder is made). matplotlib itself is the caller's import."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "wb") as f:
+        f.write(buf.getvalue())
+    return Path(path)
 
 
 def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2, end: str = "\n",

@@ -141,24 +141,34 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def calibration_text(calibration: Calibration) -> str:
+    """The side file's JSON: what ``save_calibration`` writes and ``inference.export_onnx`` embeds in a model."""
+    return json.dumps({"format": "magface-quality-calibration", "version": 1, **asdict(calibration)})
+
+
+def parse_calibration(text: str, where: str) -> Calibration:
+    """A calibration from its JSON text; a malformed one is a ValueError naming ``where`` (a file, a metadata key)
+    and the key at fault."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not valid JSON ({e})") from None
+    if not isinstance(data, dict) or data.get("format") != "magface-quality-calibration":
+        raise ValueError(f"{where}: not a quality calibration (key 'format' missing or wrong)")
+    fields = {k: data[k] for k in Calibration.__dataclass_fields__ if k in data}
+    for key in ("centre", "width"):
+        if not isinstance(fields.get(key), (int, float)):
+            raise ValueError(f"{where}: key {key!r} missing or not a number")
+    return Calibration(**fields)
+
+
 def save_calibration(calibration: Calibration, path: str | os.PathLike) -> None:
-    write_json(path, {"format": "magface-quality-calibration", "version": 1, **asdict(calibration)})
+    write_json(path, json.loads(calibration_text(calibration)))
 
 
 def load_calibration(path: str | os.PathLike) -> Calibration:
     """Read a side file; a malformed one is a ValueError naming the file and the key."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict) or data.get("format") != "magface-quality-calibration":
-        raise ValueError(f"{path}: not a quality calibration file (key 'format' missing or wrong)")
-    fields = {k: data[k] for k in Calibration.__dataclass_fields__ if k in data}
-    for key in ("centre", "width"):
-        if not isinstance(fields.get(key), (int, float)):
-            raise ValueError(f"{path}: key {key!r} missing or not a number")
-    return Calibration(**fields)
+    return parse_calibration(Path(path).read_text(), str(path))
 
 
 def find_calibration(checkpoint: str | os.PathLike) -> Calibration | None:
