@@ -28,9 +28,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from bench.common import PeakRss, csv_arg, format_machine, format_rows, machine_info
+from bench.common import PeakRss, csv_arg, format_machine, machine_info, print_results, row_line
 from models.sharded import ShardedMagFaceHead
-from utils.atomic import write_json
 
 COLUMNS = ("classes", "world", "sample_rate", "dim", "global_batch", "shard_mb", "peak_rss_mb", "rss_growth_mb",
            "step_ms", "cpu_ms_per_rank", "loss", "status")
@@ -153,13 +152,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         except Exception as e:  # one configuration failing (memory, timeout) must not stop the others
             row = {"classes": classes, "world": world, "sample_rate": rate, "status": f"FAILED {e}"[:200]}
         rows.append(row)
-        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
-    print(f"\nsharded MagFace head, forward + backward, gloo on CPU, {args.threads} thread(s) per rank, "
-          f"best of {args.steps} steps after {args.warmup}")
-    print(format_machine(info))
-    print(format_rows(rows, COLUMNS), flush=True)
-    if args.json:
-        write_json(args.json, {"machine": info, "args": vars(args), "results": rows}, default=str)
+        print(row_line(row), flush=True)
+    print_results(f"sharded MagFace head, forward + backward, gloo on CPU, {args.threads} thread(s) per rank, "
+                  f"best of {args.steps} steps after {args.warmup}", info, rows, COLUMNS, args.json, args)
     return rows
 
 
