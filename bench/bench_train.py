@@ -1,4 +1,4 @@
-"""Training throughput of the real training step (run.trainer.build_run + run.engine.train_one_epoch).
+"""Training throughput of the real training step (run.build.build_run + run.engine.train_one_epoch).
 
     python -m bench.bench_train --archs iresnet50 --amp bf16 --channels-last on --compile on \\
         --batch-size 256 --classes 85742 --steps 30 --warmup 5 --data rec,tensor --workers 12 --json out.json
@@ -16,6 +16,7 @@ reported and the others still run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import itertools
 import tempfile
@@ -38,9 +39,9 @@ from bench.common import (
 )
 from dataloader import RecordIODataset, TensorImageDataset, build_train_loader
 from dataloader.pack_rec import write_rec_set
+from run.build import build_run, uses_cudagraphs
 from run.config import TrainConfig
-from run.engine import BatchPrep, LoopState, train_one_epoch
-from run.trainer import build_run, uses_cudagraphs
+from run.engine import Progress, StepConfig, train_one_epoch
 from utils.atomic import write_json
 from utils.dist import DistInfo
 from utils.precision import amp_dtype
@@ -92,13 +93,14 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_steps(run, state: LoopState, batches, steps: int) -> float:
+def run_steps(run, state: tuple[StepConfig, Progress], batches, steps: int) -> float:
     """Seconds for ``steps`` training steps of the real loop (synchronised at both ends)."""
-    state.steps_per_epoch = steps
+    step_cfg, progress = state
     sync(run.device)
     t = time.perf_counter()
     train_one_epoch(run.model, run.head, [run.opt_backbone, run.opt_head], run.scaler,
-                    itertools.islice(batches, steps), 0, 0, state)
+                    itertools.islice(batches, steps), 0, 0, dataclasses.replace(step_cfg, steps_per_epoch=steps),
+                    progress)
     sync(run.device)
     return time.perf_counter() - t
 
@@ -115,7 +117,8 @@ def bench_config(spec: dict, size: int, args: argparse.Namespace, workers: int, 
 
 
 def build_bench_run(cfg: TrainConfig, dataset, steps: int, lr: float = 0.1):
-    """(run, loader, loop state) for ``steps`` steps of ``cfg`` over ``dataset`` in a fixed random order."""
+    """(run, loader, (step configuration, progress)) for ``steps`` steps of ``cfg`` over ``dataset`` in a fixed
+    random order."""
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           "cpu" if cfg.device == "auto" else cfg.device)
     reset_peak_memory(device)
@@ -123,10 +126,10 @@ def build_bench_run(cfg: TrainConfig, dataset, steps: int, lr: float = 0.1):
     sampler = RandomSampler(dataset, num_samples=steps * cfg.batch_size, generator=torch.Generator().manual_seed(0))
     loader = build_train_loader(dataset, cfg.batch_size, cfg.workers, sampler, pin_memory=run.device.type == "cuda",
                                 persistent_workers=False)
-    prep = BatchPrep(run.device, cfg.batch_size, channels_last=run.channels_last)
-    state = LoopState(prep, steps_per_epoch=1, total_steps=steps, lr_fn=lambda step: lr,
-                      amp_dtype=amp_dtype(cfg.amp), cudagraph_steps=uses_cudagraphs(cfg, run.device), print_freq=10**9)
-    return run, loader, state
+    step_cfg = StepConfig(run.device, cfg.batch_size, steps_per_epoch=1, total_steps=steps, lr_fn=lambda step: lr,
+                          channels_last=run.channels_last, amp_dtype=amp_dtype(cfg.amp),
+                          cudagraph_steps=uses_cudagraphs(cfg, run.device), print_freq=10**9)
+    return run, loader, (step_cfg, Progress())
 
 
 def bench_one(spec: dict, dataset, args: argparse.Namespace, workers: int, out_dir: str,

@@ -19,7 +19,7 @@ from torch import nn
 from models import MagFaceHead
 from models.fused import ChunkedMagFaceHead
 from models.sharded import ShardedMagFaceHead
-from run.engine import BatchPrep, LoopState, train_one_epoch
+from run.engine import Progress, StepConfig, train_one_epoch
 
 HEAD_KINDS = ("dense", "sharded1", "fused")
 
@@ -96,10 +96,10 @@ def step_fits(model: nn.Module, kind: str, classes: int, batch: int, embedding: 
         gen = torch.Generator().manual_seed(classes)
         images = torch.randint(0, 256, (batch, 3, input_size, input_size), dtype=torch.uint8, generator=gen)
         labels = torch.randint(0, classes, (batch,), generator=gen)
-        state = LoopState(BatchPrep(device, batch, channels_last=channels_last), steps_per_epoch=steps,
-                          total_steps=steps, lr_fn=lambda step: 1e-4, amp_dtype=amp_dtype, print_freq=10**9)
+        step_cfg = StepConfig(device, batch, steps_per_epoch=steps, total_steps=steps, lr_fn=lambda step: 1e-4,
+                              channels_last=channels_last, amp_dtype=amp_dtype, print_freq=10**9)
         train_one_epoch(model, head, [opt_model, opt_head], torch.amp.GradScaler(device.type, enabled=False),
-                        [(images, labels, 0)] * steps, 0, 0, state)
+                        [(images, labels, 0)] * steps, 0, 0, step_cfg, Progress())
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return True

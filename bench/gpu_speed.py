@@ -96,7 +96,7 @@ def loss_curve(arch: str, lever: str, args: argparse.Namespace, dataset, out_dir
     batches, losses = iter(loader), []
     for _ in range(args.curve_steps):
         result = train_one_epoch(run.model, run.head, [run.opt_backbone, run.opt_head], run.scaler,
-                                 itertools.islice(batches, 1), 0, 0, state)
+                                 itertools.islice(batches, 1), 0, 0, *state)
         losses.append(result.metrics["loss"])
     return losses
 

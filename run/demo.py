@@ -22,13 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from run.recipes import QUALITY_FINETUNE, QUALITY_MODEL  # noqa: E402
-from utils.cli import HelpFormatter  # noqa: E402
+from run.recipes import QUALITY_FINETUNE, QUALITY_MODEL
+from utils.cli import HelpFormatter
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "raw" / "demo_data"

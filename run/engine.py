@@ -1,12 +1,12 @@
-"""The one training loop, shared by train.py and train_dist.py.
+"""The one training loop, shared by train.py and train_dist.py: one step reads top to bottom in ``train_one_epoch``.
 
-``train_one_epoch`` is the same for every execution mode; only the wrapping of the backbone (plain,
-DataParallel or DDP) and the head (dense or class-sharded) differ, and both are decided by the caller.
+The loop is the same for every execution mode; only the wrapping of the backbone (plain, DataParallel or DDP)
+and the head (dense or class-sharded) differ, and both are decided by the caller (``run.trainer``).
 
 Everything random in a step is a pure function of (seed, rank, global step): the mirror mask
-(``flip_mask``), the optional damage augmentation (``LoopState.degrade``) and the global torch RNG that
-dropout draws from (``step_seed``). A run resumed at
-step k therefore replays exactly what an uninterrupted run does from step k on.
+(``flip_mask``), the optional damage augmentation (``StepConfig.degrade``) and the global torch RNG that
+dropout draws from (``step_seed``). A run resumed at step k therefore replays exactly what an uninterrupted
+run does from step k on.
 """
 from __future__ import annotations
 
@@ -15,18 +15,24 @@ import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import torch
+import torch.distributed as tdist
 from torch import nn
+from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 
-from run.faults import Faults
-from run.optim import NonFiniteGuard, StepPolicy, optimizer_step
+from run.meters import Meters, log_window, step_metrics
+from run.optim import NonFiniteGuard
+from run.preempt import PreemptWatch
+from run.state import Position
 from utils.convention import MAGFACE, InputConvention, to_model_input
-from utils.logger import TensorBoard, Throughput, format_eta, get_logger
+from utils.logger import TensorBoard, Throughput, get_logger
 from utils.precision import autocast
 
-METRICS = ("loss", "loss_id", "loss_g_weighted", "accuracy", "mag_mean", "mag_min", "mag_max", "margin")
+if TYPE_CHECKING:  # only named: importing validate costs a run start a second (scikit-learn, inference)
+    from run.validate import Validator
+    from run.vis_mag import MagnitudeVisualizer
 
 
 def lr_at(step: int, steps_per_epoch: int, base_lr: float, epochs: int, schedule: str = "step",
@@ -44,49 +50,44 @@ def lr_at(step: int, steps_per_epoch: int, base_lr: float, epochs: int, schedule
     return base_lr * drop_ratio ** sum(completed >= e for e in drop_epochs)
 
 
-class StepHooks(Protocol):
-    """Monitoring that reads a step without changing it (``run.hooks.TrainHooks``: --vis_mag, --val-bin)."""
-
-    def on_forward(self, epoch: int, step: int, embeddings: torch.Tensor, labels: torch.Tensor,
-                   head: nn.Module) -> None: ...
-
-    def after_step(self, epoch: int, step: int, global_step: int) -> None: ...
-
-
 @dataclass(frozen=True)
-class BatchPrep:
-    """How a loader batch becomes this rank's model input (``prepare_batch``); fixed for a run."""
+class StepConfig:
+    """What every step of a run shares, fixed for the run (``run.trainer.step_config`` builds it)."""
 
     device: torch.device
     batch_size: int  # per rank; short batches (skipped bad images) are padded to it
+    steps_per_epoch: int = 1
+    total_steps: int = 1
+    lr_fn: Callable[[int], float] | None = None  # the schedule; train_one_epoch needs it, prepare_batch does not
     seed: int = 0
     rank: int = 0
+    world_size: int = 1
+    # in a process group: collectives line up (overflow verdict, stop checks); ranks hold different head rows
+    distributed: bool = False
     convention: InputConvention = MAGFACE
     channels_last: bool = False
     # Optional damage augmentation of the host batch (--degrade-prob); None = off.
     degrade: Callable[[torch.Tensor, int, int, int], torch.Tensor] | None = None
-    faults: Faults | None = None  # test hooks (run/faults.py)
-
-
-@dataclass
-class LoopState:
-    """The loop's schedule and position, with the fixed parts of a step; ``global_step`` advances as it runs."""
-
-    prep: BatchPrep
-    steps_per_epoch: int
-    total_steps: int
-    lr_fn: Callable[[int], float]
-    policy: StepPolicy = field(default_factory=StepPolicy)
     amp_dtype: torch.dtype | None = None
     # The backbone replays CUDA graphs (--compile-mode reduce-overhead / max-autotune): mark each step.
     cudagraph_steps: bool = False
-    world_size: int = 1
-    print_freq: int = 100
-    global_step: int = 0
-    guard: NonFiniteGuard = field(default_factory=NonFiniteGuard)
-    hooks: StepHooks | None = None
+    grad_clip: float = 0.0  # --grad-clip: the global gradient norm's limit (0 = off)
+    # Global gradient norm for --grad-clip; None = the norm of every optimised gradient in this process.
+    grad_norm_fn: Callable[[], torch.Tensor] | None = None
     # --freeze-depth: backbone modules kept in eval mode (their BatchNorm statistics fixed) while the rest trains
     frozen: tuple[nn.Module, ...] = ()
+    print_freq: int = 100
+    save_every_steps: int = 0  # --save-every-steps (0 = off)
+    max_steps: int = 0  # --max-steps (0 = no limit)
+    val_every: int = 0  # --val-every: validate every N global steps (0 = at the end of each epoch)
+
+
+@dataclass
+class Progress:
+    """Where the run stands, advanced by the loop: the global step (steps done) and the non-finite streak."""
+
+    global_step: int = 0
+    guard: NonFiniteGuard = field(default_factory=NonFiniteGuard)
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,8 @@ class Stop:
 
 @dataclass
 class EpochResult:
-    metrics: dict[str, float]  # the epoch's mean step metrics (METRICS)
-    stop: Stop = field(default_factory=Stop)  # the last on_step_end verdict; false when nothing asked to stop
+    metrics: dict[str, float]  # the epoch's mean step metrics (run.meters.METRICS)
+    stop: Stop = field(default_factory=Stop)  # the last step's stop verdict; false when nothing asked to stop
 
 
 def flip_mask(seed: int, step: int, n: int) -> torch.Tensor:
@@ -117,159 +118,156 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     return ((seed * 1_000_003 + step) * 4099 + rank + 1) % (2**63)
 
 
-def prepare_batch(images: torch.Tensor, labels: torch.Tensor, prep: BatchPrep,
+def prepare_batch(images: torch.Tensor, labels: torch.Tensor, cfg: StepConfig,
                   global_step: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad short batches (skipped bad images), mirror, move uint8 to the device, then normalise there."""
     if images.shape[0] == 0:
         raise ValueError(f"every image of the batch at global step {global_step} was unreadable "
                          "(see the 'skipped bad sample' warnings); fix the training data")
-    if images.shape[0] < prep.batch_size:
-        idx = torch.arange(prep.batch_size) % images.shape[0]
+    if images.shape[0] < cfg.batch_size:
+        idx = torch.arange(cfg.batch_size) % images.shape[0]
         images, labels = images[idx], labels[idx]
-    if prep.degrade is not None:
-        images = prep.degrade(images, prep.seed, prep.rank, global_step)
+    if cfg.degrade is not None:
+        images = cfg.degrade(images, cfg.seed, cfg.rank, global_step)
     # The loader's pinned batch goes to the device as it is and is mirrored there: mirroring 10 MB of
     # uint8 on the host made an unpinned copy (a blocking transfer) and kept the GPU waiting each step.
-    mask = flip_mask(prep.seed, global_step, images.shape[0]).to(prep.device, non_blocking=True)
-    images = images.to(prep.device, non_blocking=True)
-    labels = labels.to(prep.device, non_blocking=True)
+    mask = flip_mask(cfg.seed, global_step, images.shape[0]).to(cfg.device, non_blocking=True)
+    images = images.to(cfg.device, non_blocking=True)
+    labels = labels.to(cfg.device, non_blocking=True)
     images = torch.where(mask.view(-1, 1, 1, 1), images.flip(3), images)
-    x = to_model_input(images, prep.convention)
-    if prep.faults is not None:
-        x = prep.faults.corrupt(x, global_step, prep.rank)
-    if prep.channels_last:
+    x = to_model_input(images, cfg.convention)
+    if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, labels
 
 
-def _step_metrics(out: dict[str, torch.Tensor]) -> torch.Tensor:
-    x = out["x_norm"].detach()
-    return torch.stack([
-        out["loss"].detach(), out["loss_id"].detach(), out["loss_g_weighted"].detach(),
-        out["accuracy"].detach().float(), x.mean(), x.min(), x.max(), out["m_a"].detach().mean(),
-    ]).float()
-
-
-class _Meters:
-    """Sums of the step metrics over the log window and over the epoch.
-
-    The sums stay on the metrics' device and reach the host only when a window is logged or the epoch
-    ends: a per-step ``.cpu()`` would make the host wait for the GPU after every step, and the next
-    batch's transfer could no longer overlap the current step's compute.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.window, self.epoch = torch.zeros(len(METRICS), device=device), torch.zeros(len(METRICS), device=device)
-        self.window_n = self.epoch_n = 0
-
-    def add(self, metrics: torch.Tensor) -> None:
-        self.window += metrics
-        self.epoch += metrics
-        self.window_n += 1
-        self.epoch_n += 1
-
-    def take_window(self) -> torch.Tensor:
-        mean = (self.window / max(self.window_n, 1)).cpu()
-        self.window.zero_()
-        self.window_n = 0
-        return mean
-
-    def epoch_means(self) -> dict[str, float]:
-        return dict(zip(METRICS, (self.epoch / max(self.epoch_n, 1)).tolist(), strict=True))
-
-
-def _guarded_forward(backbone: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.Tensor, buffers: list,
-                     saved: list, state: LoopState) -> tuple[dict[str, torch.Tensor], torch.Tensor, bool]:
-    """Forward pass; when the loss is not finite the BatchNorm statistics it touched are put back."""
-    if buffers:
-        torch._foreach_copy_(saved, buffers)
-    with autocast(state.prep.device, state.amp_dtype):
-        emb = backbone(x)
-    out = head(emb, y)
-    finite = bool(torch.isfinite(out["loss"]))
-    if not finite and buffers:
-        torch._foreach_copy_(buffers, saved)
-    return out, emb, finite
+def _rng_devices(device: torch.device) -> list[int]:
+    return [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
 
 
 def train_one_epoch(
-    backbone: nn.Module,
+    model: nn.Module,
     head: nn.Module,
     optimizers: list[torch.optim.Optimizer],
     scaler: torch.amp.GradScaler,
     batches: Iterable,
     epoch: int,
     first_step: int,
-    state: LoopState,
+    cfg: StepConfig,
+    progress: Progress,
     tb: TensorBoard | None = None,
-    on_step_end: Callable[[int], Stop] | None = None,
     bad_counter=None,
+    visualizer: MagnitudeVisualizer | None = None,
+    validator: Validator | None = None,
+    save_state: Callable[[Position], bool] | None = None,
+    watch: PreemptWatch | None = None,
 ) -> EpochResult:
     """Run the steps of one epoch from ``first_step``; returns the epoch's mean metrics and why it stopped.
 
-    ``on_step_end(step_in_epoch)`` runs after every step (periodic saves, the stop checks); a true ``Stop``
-    (``--max-steps`` reached, a preemption signal) ends the epoch after that step and is returned. A step with
-    a non-finite loss changes nothing: no update, and the BatchNorm statistics of its forward pass are put back.
+    After each step, in this order: the progress line, validation (--val-bin; the RNG states are restored around
+    it), the periodic last.pth (``save_state``, --save-every-steps) and the stop checks (--max-steps, the
+    preemption signal: collective, so every rank stops after the same step). A step with a non-finite loss
+    changes nothing: no update, and the BatchNorm statistics of its forward pass are put back.
     """
     log = get_logger()
-    backbone.train()
+    model.train()
     head.train()
-    for module in state.frozen:
+    for module in cfg.frozen:
         module.eval()
     params = [p for opt in optimizers for g in opt.param_groups for p in g["params"]]
-    buffers = list(backbone.buffers())
+    buffers = list(model.buffers())
     saved_buffers = [b.detach().clone() for b in buffers]
-    prep, stop = state.prep, Stop()
-    meters, speed, step = _Meters(prep.device), Throughput(), first_step
+    spe, stop = cfg.steps_per_epoch, Stop()
+    meters, speed, step = Meters(cfg.device), Throughput(), first_step
     for images, labels, n_bad in batches:
         if bad_counter is not None:
             bad_counter.update(int(images.shape[0]), int(n_bad))
-        if prep.faults is not None:
-            prep.faults.at_step_start(state.global_step, prep.rank)
-        torch.manual_seed(step_seed(prep.seed, prep.rank, state.global_step))
-        if state.cudagraph_steps:
+        torch.manual_seed(step_seed(cfg.seed, cfg.rank, progress.global_step))
+        if cfg.cudagraph_steps:
             torch.compiler.cudagraph_mark_step_begin()
-        x, y = prepare_batch(images, labels, prep, state.global_step)
-        lr = state.lr_fn(state.global_step)
+        x, y = prepare_batch(images, labels, cfg, progress.global_step)
+        lr = cfg.lr_fn(progress.global_step)
         for group in (g for opt in optimizers for g in opt.param_groups):
             group["lr"] = lr * group.get("lr_scale", 1.0)  # --backbone-lr-mult
-        out, emb, finite = _guarded_forward(backbone, head, x, y, buffers, saved_buffers, state)
+
+        # forward; a non-finite loss puts back the BatchNorm statistics it touched and skips the update
+        if buffers:
+            torch._foreach_copy_(saved_buffers, buffers)
+        with autocast(cfg.device, cfg.amp_dtype):
+            emb = model(x)
+        out = head(emb, y)
+        finite = bool(torch.isfinite(out["loss"]))
+        if not finite and buffers:
+            torch._foreach_copy_(buffers, saved_buffers)
         loss_value = 0.0 if finite else out["loss"].item()
-        if state.guard.update(finite, loss_value, epoch, step + 1, state.global_step + 1):
-            if state.hooks is not None:
-                state.hooks.on_forward(epoch, step, emb, y, head)
+        if progress.guard.update(finite, loss_value, epoch, step + 1, progress.global_step + 1):
+            if visualizer is not None:
+                visualizer.on_forward(epoch, step, epoch * spe + step + 1, emb, y, head)
             scaler.scale(out["loss"]).backward()
-            optimizer_step(optimizers, scaler, params, state.policy)
-            meters.add(_step_metrics(out))
-        speed.update(prep.batch_size * state.world_size)
+            optimizer_step(optimizers, scaler, params, cfg.grad_clip, cfg.grad_norm_fn, cfg.distributed)
+            meters.add(step_metrics(out))
+        speed.update(cfg.batch_size * cfg.world_size)
         step += 1
-        state.global_step += 1
-        if step % state.print_freq == 0 or step == state.steps_per_epoch:
-            _log_window(log, tb, epoch, step, state, lr, meters.take_window(), speed.rate(), out)
+        progress.global_step += 1
+        global_step = progress.global_step
+
+        if step % cfg.print_freq == 0 or step == spe:
+            remaining = (cfg.total_steps - global_step) * cfg.batch_size * cfg.world_size
+            log_window(log, tb, epoch, step, spe, global_step, lr, meters.take_window(), speed.rate(), remaining, out)
             speed.reset()
-        if state.hooks is not None:
+        if validator is not None and (global_step % cfg.val_every == 0 if cfg.val_every else step >= spe):
             began = time.perf_counter()
-            state.hooks.after_step(epoch, step, state.global_step)
+            with torch.random.fork_rng(devices=_rng_devices(cfg.device)):
+                validator(global_step // spe, global_step, cfg.distributed)
             speed.skip(time.perf_counter() - began)
-        if on_step_end is not None:
-            stop = on_step_end(step)
-        if stop or step >= state.steps_per_epoch:
+        if save_state is not None and cfg.save_every_steps and global_step % cfg.save_every_steps == 0 \
+                and step < spe:
+            save_state(Position(epoch, step, global_step))
+        stop = Stop(max_steps=bool(cfg.max_steps) and global_step >= cfg.max_steps,
+                    signal=watch.agreed(cfg.device, cfg.distributed) if watch is not None else None)
+        if stop or step >= spe:
             break
     return EpochResult(meters.epoch_means(), stop)
 
 
-def _log_window(log, tb: TensorBoard | None, epoch: int, step: int, state: LoopState, lr: float,
-                mean: torch.Tensor, rate: float, out: dict[str, torch.Tensor]) -> None:
-    m = dict(zip(METRICS, mean.tolist(), strict=True))
-    remaining = state.total_steps - state.global_step
-    eta = remaining * state.prep.batch_size * state.world_size / max(rate, 1e-9)
-    log.info(
-        f"epoch {epoch} [{step}/{state.steps_per_epoch}] global step {state.global_step} lr {lr:.5f} "
-        f"loss {m['loss']:.4f} L_id {m['loss_id']:.4f} lambda_g*L_g {m['loss_g_weighted']:.4f} "
-        f"acc {m['accuracy'] * 100:.2f}% mag {m['mag_mean']:.2f} [{m['mag_min']:.2f}, {m['mag_max']:.2f}] "
-        f"margin {m['margin']:.4f} {rate:.1f} img/s ETA {format_eta(eta)}"
-    )
-    if tb is not None:
-        tb.scalars({f"train/{k}": v for k, v in m.items()} | {"train/lr": lr, "train/img_per_s": rate},
-                   state.global_step)
-        tb.histogram("train/magnitude", out["x_norm"].detach().float().cpu(), state.global_step)
+def agree_on_overflow(scaler: torch.amp.GradScaler, optimizers: list[torch.optim.Optimizer], distributed: bool) -> bool:
+    """After ``scaler.unscale_``: one fp16 overflow verdict for every optimizer and every rank.
+
+    GradScaler decides per optimizer and per process. With the class-sharded head an inf in one rank's
+    head shard would make that rank alone skip its update while the others step, and the ranks would
+    drift apart. The found-inf flags of all optimizers are combined, all-reduced (MAX) and written back
+    into GradScaler's per-optimizer state, where ``scaler.step`` and ``scaler.update`` read them (the
+    place torch's own ShardedGradScaler synchronises). Returns True when the step is skipped.
+    """
+    states = [scaler._per_optimizer_states[id(opt)]["found_inf_per_device"] for opt in optimizers]
+    flags = [flag for per_device in states for flag in per_device.values()]
+    if not flags:
+        return False
+    verdict = torch.stack([f.to(flags[0].device, torch.float32) for f in flags]).amax()
+    if distributed:
+        tdist.all_reduce(verdict, op=tdist.ReduceOp.MAX)
+    for per_device in states:
+        for flag in per_device.values():
+            flag.copy_(verdict)
+    return bool(verdict)
+
+
+def optimizer_step(optimizers: list[torch.optim.Optimizer], scaler: torch.amp.GradScaler, params: list[nn.Parameter],
+                   grad_clip: float = 0.0, grad_norm_fn: Callable[[], torch.Tensor] | None = None,
+                   distributed: bool = False) -> bool:
+    """Unscale, agree on overflow, clip, step, update the scale; False when fp16 overflow skipped it."""
+    skipped = False
+    if scaler.is_enabled():
+        for opt in optimizers:
+            scaler.unscale_(opt)
+        skipped = agree_on_overflow(scaler, optimizers, distributed)
+    if grad_clip > 0:
+        norm = grad_norm_fn() if grad_norm_fn is not None else \
+            get_total_norm([p.grad for p in params if p.grad is not None])
+        clip_grads_with_norm_(params, grad_clip, norm)
+    for opt in optimizers:
+        scaler.step(opt)
+    scaler.update()
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    return not skipped

@@ -1,7 +1,8 @@
 """Failures outside the model, explained in one line with what to do: refused checkpoint writes (full
 disk, quota, read-only folder), data faults in the middle of an epoch (an undecodable record, a
 DataLoader worker killed by the out-of-memory killer) and failed collectives; and the trainers' exit
-statuses for each (``run_cli``).
+statuses for each (``EXIT_CODES``, ``write_refused``: what train.py and train_dist.py give
+``utils.cli.run_cli``).
 
 A refused write never costs the previous checkpoint (``utils.atomic``); ``--on-save-error`` says whether
 training then stops (exit 5) or goes on with the older ``last.pth``. Only rank 0 writes, so its verdict
@@ -17,7 +18,6 @@ import torch.distributed as tdist
 
 from run.optim import NonFiniteError
 from run.preempt import PREEMPT_EXIT, Preempted
-from utils import cli
 from utils.atomic import SPACE_ERRNOS, WRITE_REFUSED_EXIT, OutputWriteError
 from utils.cli import one_line
 from utils.dist import broadcast_object
@@ -135,10 +135,6 @@ def data_fault(error: BaseException, epoch: int, global_step: int, last: Path,
 EXIT_CODES = ((NonFiniteError, 3), (DistFailure, 4), (WorkerDied, 6), (Preempted, PREEMPT_EXIT))
 
 
-def _write_refused(error: BaseException) -> int | None:
+def write_refused(error: BaseException) -> int | None:
+    """``utils.cli.run_cli``'s ``classify`` for the trainers: a write the disk refused exits with 5."""
     return WRITE_REFUSED_EXIT if is_space_error(error) else None
-
-
-def run_cli(main, argv: list[str] | None, prog: str) -> int:
-    """``utils.cli.run_cli`` with the trainers' exit statuses."""
-    return cli.run_cli(main, argv, prog, EXIT_CODES, classify=_write_refused)

@@ -21,8 +21,9 @@ if __name__ == "__main__":  # first, before torch's import: a preemption signal 
     startup_signals.install()
 
 from run.config import config_from_args, get_args_parser  # noqa: E402
-from run.failures import run_cli  # noqa: E402
+from run.failures import EXIT_CODES, write_refused  # noqa: E402
 from run.trainer import train  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 from utils.dist import DistInfo, exit_process  # noqa: E402
 
 
@@ -32,5 +33,10 @@ def main(argv: list[str] | None = None) -> dict:
     return train(cfg, DistInfo(rank=0, world_size=1, local_rank=0))
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """The command: ``main`` under ``utils.cli.run_cli`` with the trainers' exit statuses; its exit status."""
+    return run_cli(main, argv, "train.py", EXIT_CODES, classify=write_refused)
+
+
 if __name__ == "__main__":
-    exit_process(run_cli(main, None, "train.py"))  # no interpreter teardown, where a SIGTERM would give 143
+    exit_process(cli())  # no interpreter teardown, where a SIGTERM would give 143

@@ -27,8 +27,9 @@ if __name__ == "__main__":  # first, before torch's import: a preemption signal 
 import torch  # noqa: E402
 
 from run.config import config_from_args, get_args_parser  # noqa: E402
-from run.failures import explain_dist_error, run_cli  # noqa: E402
+from run.failures import EXIT_CODES, explain_dist_error, write_refused  # noqa: E402
 from run.trainer import train  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 from utils.dist import barrier, cleanup, exit_process, init_distributed, resolve_device  # noqa: E402
 
 
@@ -54,5 +55,10 @@ def main(argv: list[str] | None = None) -> dict:
         cleanup()
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """The command: ``main`` under ``utils.cli.run_cli`` with the trainers' exit statuses; its exit status."""
+    return run_cli(main, argv, "train_dist.py", EXIT_CODES, classify=write_refused)
+
+
 if __name__ == "__main__":
-    exit_process(run_cli(main, None, "train_dist.py"))
+    exit_process(cli())

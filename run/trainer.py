@@ -1,224 +1,83 @@
-"""Set-up shared by train.py and train_dist.py: data, model, head, optimizers, resume, epochs, saves.
-
-The only difference between the entry points is ``dist`` (a DistInfo with world_size 1 for the
-single-process trainer) and hence how the backbone is wrapped (DataParallel or DDP) and which head
-is built (dense MagFaceHead or the class-sharded one).
+"""Training from a config to the last checkpoint, for train.py and train_dist.py alike: the data, the run's
+parts (``run.build``), the step configuration, and the epoch loop around ``run.engine.train_one_epoch`` with what
+happens between epochs (epoch checkpoints, last.pth, the stop reasons) and the failures it explains.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import os
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from dataloader import BadSampleCounter, EpochShuffleSampler, build_train_dataset, build_train_loader
 from dataloader.augment import DegradeAugment, parse_kinds
 from dataloader.builder import train_workers
-from models import ClassWeightHead, MagFaceHead, build_backbone
-from models.checkpoint import backbone_state, load_backbone_state, read_checkpoint, save_released
-from models.fused import ChunkedMagFaceHead
-from models.sharded import ShardedMagFaceHead
+from run.build import Run, build_run, data_fingerprint, maybe_resume, uses_cudagraphs
 from run.config import TrainConfig
-from run.engine import BatchPrep, LoopState, Stop, lr_at, train_one_epoch
-from run.failures import WorkerDied, data_fault, shared_save
-from run.faults import Faults
-from run.head_init import freeze, frozen_modules, init_head_from_class_means
-from run.hooks import build_hooks
-from run.optim import NonFiniteError, NonFiniteGuard, StepPolicy, sharded_grad_norm
+from run.engine import Progress, StepConfig, lr_at, train_one_epoch
+from run.failures import WorkerDied, data_fault
+from run.head_init import init_head_from_class_means
+from run.optim import NonFiniteError, NonFiniteGuard, sharded_grad_norm
 from run.preempt import PreemptWatch, ignore_in_worker, parse_signals, raise_preempted
 from run.run_dir import RunLock, clear_checkpoints, refuse_overwrite, sweep_temporaries
 from run.startup_signals import installed as startup_signals
-from run.state import Position, resume_file, resume_training, save_training_state, unsound_tensors
+from run.state import Position
+from run.vis_mag import MagnitudeVisualizer
 from utils.cli import one_line
 from utils.convention import parse_convention
-from utils.dist import DistInfo, broadcast_object, resolve_device
+from utils.dist import DistInfo, broadcast_object
 from utils.logger import TensorBoard, get_logger, setup_logger
 from utils.precision import amp_dtype
 
 
-def build_head(cfg: TrainConfig, dist: DistInfo, device: torch.device) -> ClassWeightHead:
-    """The dense, fused or class-sharded head; its initial rows depend on --seed only, not on the world size."""
-    config, dim, classes = cfg.head_config(), cfg.embedding_size, cfg.last_fc_size
-    if dist.distributed and cfg.head_impl != "dense":
-        raise ValueError(f"--head-impl {cfg.head_impl} is for single-process training; the distributed trainer's "
-                         "class-sharded head already fuses the margin and the cross-entropy")
-    if dist.distributed:
-        head = ShardedMagFaceHead(dim, classes, dist.rank, dist.world_size, config, init_seed=cfg.seed)
-    elif cfg.head_impl == "fused":
-        head = ChunkedMagFaceHead(dim, classes, config, chunk=cfg.head_chunk, init_seed=cfg.seed)
-    else:
-        head = MagFaceHead(dim, classes, config, init_seed=cfg.seed)
-    return head.to(device)
-
-
-@dataclass
-class Run:
-    cfg: TrainConfig
-    dist: DistInfo
-    device: torch.device
-    backbone: nn.Module
-    model: nn.Module
-    head: ClassWeightHead
-    opt_backbone: torch.optim.Optimizer
-    opt_head: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    out_dir: Path
-    channels_last: bool
-    frozen: tuple[nn.Module, ...] = ()  # --freeze-depth
-    saved_step: int | None = None  # global step of the last last.pth this run wrote or resumed from
-    data: dict | None = None  # the training data's fingerprint (data_fingerprint), kept in every checkpoint
-
-    @property
-    def config(self) -> dict:
-        """The resolved config as stored in checkpoints, with the world size it ran at and the data's fingerprint."""
-        return self.cfg.to_dict() | {"world_size": self.dist.world_size, "data": self.data}
-
-    def unsound(self) -> str | None:
-        """Collective: why the weights must not be saved (non-finite or exploded tensors), or None."""
-        bad, total = unsound_tensors(self.backbone, self.head, self.dist.distributed)
-        return f"{bad} of {total} weight tensors are non-finite or explode" if bad else None
-
-    def save_state(self, pos: Position) -> bool:
-        """Collective: every rank calls it; rank 0 writes last.pth (--on-save-error when it cannot). Weights that are
-        not finite are never written: last.pth keeps the last sound state. True when written."""
-        path = self.out_dir / "last.pth"
-        problem = self.unsound()
-        if problem is not None:
-            kept = f"global step {self.saved_step}" if self.saved_step is not None else "nothing (none was written)"
-            get_logger().warning(f"{path} not written at global step {pos.global_step}: {problem}; it keeps {kept}")
-            return False
-
-        def write() -> None:
-            save_training_state(path, self.backbone, self.head, self.opt_backbone, self.opt_head, self.scaler, pos,
-                                self.cfg.arch, self.config, self.dist.is_main)
-
-        if shared_save(write, path, self.cfg.on_save_error, self.dist.distributed):
-            self.saved_step = pos.global_step
-            return True
-        return False
-
-    def save_epoch(self, epoch_done: int, name: str | None = None) -> Path | None:
-        """Collective: the released layout with the whole [D, C] head, written by rank 0 (as ``name``); None if
-        refused."""
-        path = self.out_dir / (name or f"{epoch_done:05d}.pth")
-
-        def write() -> None:
-            full = self.head.gather_full_weight(dst=0)
-            if self.dist.is_main:
-                save_released(path, self.backbone, full, epoch_done, self.cfg.arch, self.opt_backbone.state_dict(),
-                              self.config, parse_convention(self.cfg.input_convention))
-
-        return path if shared_save(write, path, self.cfg.on_save_error, self.dist.distributed) else None
-
-
-def _wrap(backbone: nn.Module, cfg: TrainConfig, dist: DistInfo, device: torch.device) -> nn.Module:
-    model = backbone
-    if dist.distributed:
-        ids = [device.index] if device.type == "cuda" else None
-        with warnings.catch_warnings():
-            # BN statistics stay per rank, as in the seed; newer torch renames the flag.
-            warnings.simplefilter("ignore", FutureWarning)
-            model = nn.parallel.DistributedDataParallel(backbone, device_ids=ids, broadcast_buffers=False)
-    elif device.type == "cuda" and torch.cuda.device_count() > 1:
-        model = nn.DataParallel(backbone)
-    use_compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
-    if use_compile:
-        model = torch.compile(model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
-    return model
-
-
-def uses_cudagraphs(cfg: TrainConfig, device: torch.device) -> bool:
-    """The compiled backbone replays CUDA graphs: each step must be marked (their outputs are reused)."""
-    compiled = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
-    return compiled and device.type == "cuda" and cfg.compile_mode in ("reduce-overhead", "max-autotune")
-
-
-def build_run(cfg: TrainConfig, dist: DistInfo) -> Run:
-    pretrained = read_checkpoint(cfg.pretrained) if cfg.pretrained else None  # read once: weights and convention
-    cfg.resolve_input_convention(resume_file(cfg.resume, Path(cfg.pth_save_fold)), pretrained)  # 'auto' -> a name
-    device = resolve_device(cfg.device, dist.local_rank)
-    torch.manual_seed(cfg.seed)
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-    backbone = build_backbone(cfg.arch, cfg.embedding_size, cfg.dropout, cfg.input_size).to(device)
-    if pretrained is not None:
-        load_backbone_state(backbone, backbone_state(pretrained, cfg.pretrained), cfg.pretrained)
-        get_logger().info(f"backbone initialised from {cfg.pretrained}")
-    frozen = tuple(frozen_modules(backbone, cfg.freeze_depth)) if cfg.freeze_depth else ()
-    if frozen:
-        count = freeze(list(frozen))
-        get_logger().info(f"--freeze-depth {cfg.freeze_depth}: {count} backbone parameters fixed, "
-                          f"{sum(p.numel() for p in backbone.parameters() if p.requires_grad)} train")
-    channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
-    if channels_last:
-        backbone = backbone.to(memory_format=torch.channels_last)
-    head = build_head(cfg, dist, device)
-    sgd = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    trainable = [p for p in backbone.parameters() if p.requires_grad]
-    opt_backbone = torch.optim.SGD([{"params": trainable, "lr_scale": cfg.backbone_lr_mult}], **sgd)
-    opt_head = torch.optim.SGD(head.parameters(), **sgd)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    model = _wrap(backbone, cfg, dist, device)
-    return Run(cfg, dist, device, backbone, model, head, opt_backbone, opt_head, scaler, Path(cfg.pth_save_fold),
-               channels_last, frozen)
-
-
-def maybe_resume(run: Run, steps_per_epoch: int) -> Position:
-    """Restore last.pth when --resume asks for it (collective); else the start position."""
-    pos = resume_training(run.cfg, run.dist, run.backbone, run.head, run.opt_backbone, run.opt_head, run.scaler,
-                          steps_per_epoch, run.data)
-    if pos is not None:
-        run.saved_step = pos.global_step
-    return pos if pos is not None else Position(run.cfg.start_epoch, 0, run.cfg.start_epoch * steps_per_epoch)
-
-
-def _loop_state(cfg: TrainConfig, run: Run, steps_per_epoch: int, per_rank: int, pos: Position) -> LoopState:
+def step_config(cfg: TrainConfig, run: Run, steps_per_epoch: int, per_rank: int, start_step: int) -> StepConfig:
+    """The constants of every step of this run."""
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
-    # progress at least every tenth of a short run (--print-freq 100 would print nothing in a 40-step run)
-    print_freq = max(1, min(cfg.print_freq, (total_steps - pos.global_step) // 10))
     distributed = run.dist.distributed
-    grad_norm = sharded_grad_norm(list(run.backbone.parameters()), list(run.head.parameters()), True) \
-        if distributed else None
-    prep = BatchPrep(
-        device=run.device, batch_size=per_rank, seed=cfg.seed, rank=run.dist.rank,
+    return StepConfig(
+        device=run.device, batch_size=per_rank, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+        lr_fn=lambda s: lr_at(s, steps_per_epoch, cfg.lr, cfg.epochs, cfg.schedule, cfg.lr_drop_epoch,
+                              cfg.lr_drop_ratio, cfg.warmup_epochs),
+        seed=cfg.seed, rank=run.dist.rank, world_size=run.dist.world_size, distributed=distributed,
         convention=parse_convention(cfg.input_convention), channels_last=run.channels_last,
         degrade=DegradeAugment(cfg.degrade_prob, parse_kinds(cfg.degrade_kinds), cfg.degrade_max_severity)
         if cfg.degrade_prob > 0 else None,
-        faults=Faults.from_env(),
-    )
-    return LoopState(
-        prep=prep, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-        lr_fn=lambda s: lr_at(s, steps_per_epoch, cfg.lr, cfg.epochs, cfg.schedule, cfg.lr_drop_epoch,
-                              cfg.lr_drop_ratio, cfg.warmup_epochs),
-        policy=StepPolicy(grad_clip=cfg.grad_clip, grad_norm_fn=grad_norm, sync_overflow=distributed),
-        amp_dtype=amp_dtype(cfg.amp), cudagraph_steps=uses_cudagraphs(cfg, run.device),
-        world_size=run.dist.world_size, print_freq=print_freq,
-        global_step=pos.global_step, guard=NonFiniteGuard(cfg.max_nonfinite), frozen=run.frozen,
+        amp_dtype=amp_dtype(cfg.amp), cudagraph_steps=uses_cudagraphs(cfg, run.device), grad_clip=cfg.grad_clip,
+        grad_norm_fn=sharded_grad_norm(list(run.backbone.parameters()), list(run.head.parameters()), True)
+        if distributed else None,
+        frozen=run.frozen,
+        # progress at least every tenth of a short run (--print-freq 100 would print nothing in a 40-step run)
+        print_freq=max(1, min(cfg.print_freq, (total_steps - start_step) // 10)),
+        save_every_steps=cfg.save_every_steps, max_steps=cfg.max_steps, val_every=cfg.val_every,
     )
 
 
-def data_fingerprint(cfg: TrainConfig, dataset) -> dict:
-    """What identifies the training data: its source, size and the sha256 of the list (or .idx) file, so that a
-    resumed run can tell when the data changed under the same path."""
-    source = cfg.train_list or cfg.rec or f"synthetic {cfg.synthetic}"
-    index = cfg.train_list or getattr(dataset, "idx_path", None)
-    digest = None
-    if index:
-        h = hashlib.sha256()
-        with open(index, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        digest = h.hexdigest()
-    return {"source": str(source), "images": len(dataset), "sha256": digest}
+def monitors(run: Run, tb: TensorBoard | None, dtype: torch.dtype | None, resume_step: int | None):
+    """The (visualizer, validator) pair that --vis_mag and --val-bin ask for; None for each one not asked for."""
+    cfg, dist = run.cfg, run.dist
+    visualizer = None
+    if cfg.vis_mag:
+        visualizer = MagnitudeVisualizer(run.out_dir, cfg.vis_mag_start, cfg.vis_mag_every, dist.is_main,
+                                         dist.distributed, cfg.last_fc_size, tb)
+    validator = None
+    if cfg.val_bin:
+        # imported here: scikit-learn and the inference code cost every run start a second or more otherwise
+        from run.validate import Validator, embed_sharded, load_val_sets
+
+        sets = load_val_sets(cfg.val_bin, dist.world_size, dist.rank)
+        get_logger().info(f"--val-bin: {', '.join(f'{s.name} ({len(s.issame)} pairs)' for s in sets)}, every "
+                          f"{f'{cfg.val_every} steps' if cfg.val_every else 'epoch'}")
+        embed = functools.partial(embed_sharded, run.backbone, device=run.device,
+                                  convention=parse_convention(cfg.input_convention),
+                                  dtype=dtype or torch.float32, batch_size=cfg.val_batch_size,
+                                  embedding_size=cfg.embedding_size)
+        save_best = functools.partial(run.save_epoch, name="best.pth") if cfg.save_best else None
+        validator = Validator(sets, run.out_dir, embed, dist.is_main, tb, save_best, resume_step)
+    return visualizer, validator
 
 
 def _claim_folder(cfg: TrainConfig, dist: DistInfo, stack: contextlib.ExitStack) -> list:
@@ -280,26 +139,25 @@ def _train(cfg: TrainConfig, dist: DistInfo, signals) -> dict:
                                    parse_convention(cfg.input_convention), batch_size=per_rank, workers=cfg.workers)
     if dist.is_main:
         cfg.save_json(out_dir / "config.json", world_size=dist.world_size, data=run.data)
-    state = _loop_state(cfg, run, steps_per_epoch, per_rank, pos)
+    step_cfg = step_config(cfg, run, steps_per_epoch, per_rank, pos.global_step)
+    progress = Progress(pos.global_step, NonFiniteGuard(cfg.max_nonfinite))
     log.info(f"training {cfg.arch} on {len(dataset)} images, {cfg.last_fc_size} classes, world size "
              f"{dist.world_size}, {per_rank}/rank x {steps_per_epoch} steps/epoch, device {run.device}, amp {cfg.amp}")
-    if state.prep.faults is not None:
-        log.warning(f"fault injection active (test hooks): {state.prep.faults}")
     tb = TensorBoard(out_dir / "tb", enabled=cfg.tensorboard and dist.is_main)
     bad = BadSampleCounter(cfg.max_bad_fraction) if cfg.skip_bad_images else None
     written: list[str] = []
     try:
-        state.hooks = build_hooks(run, steps_per_epoch, tb, state.amp_dtype, pos.global_step if cfg.resume else None)
-        if cfg.max_steps and state.global_step >= cfg.max_steps:
-            log.info(f"--max-steps {cfg.max_steps} already reached (global step {state.global_step}); nothing to do")
+        checks = monitors(run, tb, step_cfg.amp_dtype, pos.global_step if cfg.resume else None)
+        if cfg.max_steps and progress.global_step >= cfg.max_steps:
+            log.info(f"--max-steps {cfg.max_steps} already reached (global step {progress.global_step}); nothing to do")
         elif pos.epoch >= cfg.epochs:
             log.info(f"all {cfg.epochs} epochs already done; nothing to do")
         else:
             with PreemptWatch(signals) as watch:
-                written = _epochs(run, loader, sampler, state, pos, tb, bad, per_rank, watch)
+                written = _epochs(run, loader, sampler, step_cfg, progress, pos, tb, bad, watch, *checks)
     finally:
         tb.close()
-    return {"checkpoints": written, "global_step": state.global_step, "out_dir": str(out_dir)}
+    return {"checkpoints": written, "global_step": progress.global_step, "out_dir": str(out_dir)}
 
 
 def stop_workers(loader) -> None:
@@ -310,46 +168,43 @@ def stop_workers(loader) -> None:
         iterator._shutdown_workers()
 
 
-def _epochs(run: Run, loader, sampler, state: LoopState, pos: Position, tb: TensorBoard, bad,
-            per_rank: int, watch: PreemptWatch) -> list[str]:
-    cfg, log, written, spe = run.cfg, get_logger(), [], state.steps_per_epoch
+def _diverged(run: Run, progress: Progress, spe: int) -> None:
+    """After NonFiniteError: the weights are those from before the first non-finite step; saved when sound, so that
+    resume replays from there; weights that an update blew up (its loss was still finite) keep the last sound
+    last.pth."""
+    log, last = get_logger(), run.out_dir / "last.pth"
+    g0 = progress.global_step - progress.guard.consecutive + 1
+    if run.save_state(Position(g0 // spe, g0 % spe, g0)):
+        log.error(f"state from before the divergence (after global step {g0}) saved to {last}")
+    elif run.saved_step is not None:
+        log.error(f"{last} keeps global step {run.saved_step}, the last sound state: --resume auto with a "
+                  "lower --lr continues from it")
+    else:
+        log.error(f"no sound state to save: {last} was never written (--save-every-steps N keeps one)")
+
+
+def _epochs(run: Run, loader, sampler, step_cfg: StepConfig, progress: Progress, pos: Position, tb: TensorBoard,
+            bad, watch: PreemptWatch, visualizer, validator) -> list[str]:
+    cfg, log, written, spe = run.cfg, get_logger(), [], step_cfg.steps_per_epoch
     for epoch in range(pos.epoch, cfg.epochs):
         first = pos.step_in_epoch if epoch == pos.epoch else 0
         sampler.set_epoch(epoch)
-        sampler.set_start(first * per_rank)
-
-        def on_step_end(step: int, epoch: int = epoch) -> Stop:
-            if cfg.save_every_steps and state.global_step % cfg.save_every_steps == 0 and step < spe:
-                run.save_state(Position(epoch, step, state.global_step))
-            # the signal check is collective: every rank makes it after every step and stops after the same one
-            return Stop(max_steps=bool(cfg.max_steps) and state.global_step >= cfg.max_steps,
-                        signal=watch.agreed(run.device, run.dist.distributed))
-
+        sampler.set_start(first * step_cfg.batch_size)
         try:
             result = train_one_epoch(run.model, run.head, [run.opt_backbone, run.opt_head], run.scaler, loader,
-                                     epoch, first, state, tb, on_step_end, bad)
+                                     epoch, first, step_cfg, progress, tb, bad, visualizer, validator,
+                                     run.save_state, watch)
         except NonFiniteError:
-            # The weights are those from before the first non-finite step: saved when sound, so that resume replays
-            # from there; weights that an update blew up (its loss was still finite) keep the last sound last.pth.
-            g0 = state.global_step - state.guard.consecutive + 1
-            last = run.out_dir / "last.pth"
-            if run.save_state(Position(g0 // spe, g0 % spe, g0)):
-                log.error(f"state from before the divergence (after global step {g0}) saved to {last}")
-            elif run.saved_step is not None:
-                log.error(f"{last} keeps global step {run.saved_step}, the last sound state: --resume auto with a "
-                          "lower --lr continues from it")
-            else:
-                log.error(f"no sound state to save: {last} was never written (--save-every-steps N keeps one)")
+            _diverged(run, progress, spe)
             raise
         except (ValueError, RuntimeError, ConnectionResetError, EOFError) as error:
-            fault = data_fault(error, epoch, state.global_step, run.out_dir / "last.pth", run.saved_step)
+            fault = data_fault(error, epoch, progress.global_step, run.out_dir / "last.pth", run.saved_step)
             if fault is None:
                 raise
             if isinstance(fault, WorkerDied):
                 stop_workers(loader)
             raise fault from error
-        stop = result.stop
-        step_reached = state.global_step - epoch * spe
+        stop, step_reached = result.stop, progress.global_step - epoch * spe
         done = step_reached >= spe
         log.info(f"epoch {epoch} {'done' if done else f'stopped at step {step_reached}'}: "
                  + " ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
@@ -358,15 +213,15 @@ def _epochs(run: Run, loader, sampler, state: LoopState, pos: Position, tb: Tens
             log.warning(skipped)
         if done and ((epoch + 1) % cfg.pth_save_epoch == 0 or epoch + 1 == cfg.epochs) or stop.max_steps:
             # an epoch-named file only for a finished epoch; a --max-steps stop mid-epoch names its global step
-            path = run.save_epoch(epoch + 1, None if done else f"step_{state.global_step:08d}.pth")
+            path = run.save_epoch(epoch + 1, None if done else f"step_{progress.global_step:08d}.pth")
             if path is not None:
                 written.append(str(path))
                 log.info(f"wrote {path}")
-        if run.saved_step != state.global_step:  # a signal during a --save-every-steps save: already written
-            run.save_state(Position(epoch + 1, 0, state.global_step) if done else Position(epoch, step_reached,
-                                                                                          state.global_step))
+        if run.saved_step != progress.global_step:  # a signal during a --save-every-steps save: already written
+            run.save_state(Position(epoch + 1, 0, progress.global_step) if done
+                           else Position(epoch, step_reached, progress.global_step))
         if stop.signal is not None:
-            raise_preempted(stop.signal.name, state.global_step, run.out_dir / "last.pth", run.saved_step,
+            raise_preempted(stop.signal.name, progress.global_step, run.out_dir / "last.pth", run.saved_step,
                             watch.repeats, requeue=cfg.slurm_requeue and run.dist.is_main)
         if stop.max_steps:
             log.info(f"--max-steps {cfg.max_steps} reached; resumable state in {run.out_dir / 'last.pth'}")

@@ -90,3 +90,28 @@ def fresh_magface_logger():
     for handler in run_handlers(log):
         log.removeHandler(handler)
         handler.close()
+
+
+@pytest.fixture
+def one_thread_and_restore():
+    """One intra-op thread (as the subprocess runs use: two spin against each other on a busy 2-core box,
+    and results stay bit-comparable across processes); afterwards the thread count and the
+    deterministic-algorithms switch (--deterministic sets it) are put back. Training test modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread_and_restore")``."""
+    import torch
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+
+
+@pytest.fixture
+def fault_injection():
+    """The MAGFACE_FAULT_* variables a test sets act on the training runs and atomic writes it makes in this process
+    (tests/fault_launch.py installs them from outside the production code)."""
+    from tests.fault_launch import training_faults
+
+    with training_faults():
+        yield

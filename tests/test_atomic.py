@@ -10,6 +10,7 @@ import stat
 import numpy as np
 import pytest
 
+from tests.fault_launch import WRITE_ENV
 from utils import atomic
 from utils.atomic import atomic_write, write_json
 
@@ -51,12 +52,14 @@ def test_mode_is_checked(tmp_path):
 @pytest.mark.parametrize("code, what", [("ENOSPC", "no space left on device (ENOSPC): the file needs at least 2.0 MiB"),
                                         ("EDQUOT", "disk quota exceeded (EDQUOT): the file needs at least 2.0 MiB"),
                                         ("EROFS", "the file system is read-only (EROFS): make")])
+@pytest.mark.usefixtures("fault_injection")
 def test_refused_write_keeps_the_old_file_and_names_path_and_space(tmp_path, monkeypatch, code, what):
-    """The MAGFACE_FAULT_WRITE hook raises the OSError inside the write, after 2 MiB reached the temporary."""
+    """The MAGFACE_FAULT_WRITE fault (tests/fault_launch.py) raises the OSError inside the write, after 2 MiB
+    reached the temporary."""
     target = tmp_path / "feats.npy"
     with atomic_write(target) as f:
         f.write(b"old")
-    monkeypatch.setenv(atomic.FAULT_ENV, f"{code}:feats.npy")
+    monkeypatch.setenv(WRITE_ENV, f"{code}:feats.npy")
     with pytest.raises(OSError) as info:
         with atomic_write(target) as f:
             f.write(b"x" * 2**21)

@@ -20,17 +20,15 @@ import pytest
 import torch
 
 from run import train as train_entry
-from run.failures import WRITE_REFUSED_EXIT, run_cli
+from run.failures import WRITE_REFUSED_EXIT
 from run.run_dir import LOCK_NAME, RunLock, RunLocked
 from run.startup_signals import EXIT_STATUS
 from run.state import WEIGHT_LIMIT
-from tests.test_train_support import (  # noqa: F401 (one_thread_and_restore: a fixture)
+from tests.training import (
     REPO,
     child_env,
     free_port,
-    one_thread_and_restore,
     train_args,
-    wait_for,
     write_list,
 )
 
@@ -49,7 +47,7 @@ def _state(path) -> dict:
 
 
 def _train(args: list[str]) -> int:
-    return run_cli(train_entry.main, args, "train.py")
+    return train_entry.cli(args)
 
 
 def _log(out) -> str:

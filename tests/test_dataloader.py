@@ -20,7 +20,7 @@ from dataloader import (
     read_train_list,
 )
 from dataloader.image_list import PathTable, find_missing
-from run.engine import BatchPrep, flip_mask, prepare_batch
+from run.engine import StepConfig, flip_mask, prepare_batch
 from utils.convention import to_model_input
 
 
@@ -93,7 +93,7 @@ def test_training_mirrors_about_half_by_seed_and_step(small_list):
     tl = read_train_list(small_list)
     ref = torch.from_numpy(_bgr_chw(tl.paths[0]).copy())
     batch = ref.unsqueeze(0).repeat(200, 1, 1, 1)
-    prep = BatchPrep(torch.device("cpu"), batch_size=200)
+    prep = StepConfig(torch.device("cpu"), batch_size=200)
     x, _ = prepare_batch(batch, torch.zeros(200, dtype=torch.long), prep, global_step=7)
     plain, flipped = to_model_input(ref[None])[0], to_model_input(ref.flip(2)[None])[0]
     mirrored = torch.tensor([torch.equal(img, flipped) for img in x])

@@ -18,12 +18,11 @@ from models.backbones import backbone_units
 from models.checkpoint import read_checkpoint, save_released
 from run import train as train_entry
 from run.head_init import class_mean_sums, frozen_modules, init_head_from_class_means
-from tests.test_train_support import (  # noqa: F401 (one_thread_and_restore: a fixture)
+from tests.training import (
     ARCH,
     INPUT_SIZE,
     assert_same_weights,
     free_port,
-    one_thread_and_restore,
     state_dict_of,
     torchrun,
     train_args,

@@ -10,11 +10,11 @@ import torch
 
 from models import MagFaceConfig, MagFaceHead, build_backbone
 from models.fused import ChunkedMagFaceHead
+from run import build
 from run import train as train_entry
-from run import trainer
 from run.config import TrainConfig
-from run.engine import BatchPrep, LoopState, train_one_epoch
-from tests.test_train_support import one_thread_and_restore, train_args, write_list  # noqa: F401
+from run.engine import Progress, StepConfig, train_one_epoch
+from tests.training import train_args, write_list
 from utils.dist import DistInfo
 
 C, D = 37, 16
@@ -103,7 +103,7 @@ def test_fused_head_errors() -> None:
         TrainConfig(synthetic=8, head_chunk=0).validate()
     cfg = TrainConfig(synthetic=8, head_impl="fused", last_fc_size=C, embedding_size=D)
     with pytest.raises(ValueError, match="single-process training"):
-        trainer.build_head(cfg, DistInfo(0, 2, 0, "gloo"), torch.device("cpu"))
+        build.build_head(cfg, DistInfo(0, 2, 0, "gloo"), torch.device("cpu"))
 
 
 def _losses(log) -> list[float]:
@@ -139,16 +139,16 @@ def test_training_with_the_fused_head_matches_dense_and_keeps_the_checkpoint(cel
 
 def test_compile_mode_reaches_torch_compile(monkeypatch) -> None:
     seen = []
-    monkeypatch.setattr(trainer.torch, "compile", lambda model, mode=None: seen.append(mode) or model)
+    monkeypatch.setattr(build.torch, "compile", lambda model, mode=None: seen.append(mode) or model)
     for mode, expected in (("default", None), ("reduce-overhead", "reduce-overhead"),
                            ("max-autotune", "max-autotune")):
         cfg = TrainConfig(arch="iresnet18_w16", embedding_size=D, last_fc_size=C, synthetic=8, device="cpu",
                           compile="on", compile_mode=mode)
         cfg.validate()
-        trainer.build_run(cfg, DistInfo())
+        build.build_run(cfg, DistInfo())
         assert seen[-1] == expected
-        assert not trainer.uses_cudagraphs(cfg, torch.device("cpu"))
-        assert trainer.uses_cudagraphs(cfg, torch.device("cuda")) == (mode != "default")
+        assert not build.uses_cudagraphs(cfg, torch.device("cpu"))
+        assert build.uses_cudagraphs(cfg, torch.device("cuda")) == (mode != "default")
     with pytest.raises(ValueError, match="--compile-mode must be one of"):
         TrainConfig(synthetic=8, compile_mode="fast").validate()
 
@@ -160,9 +160,10 @@ def test_the_loop_marks_each_step_for_cuda_graphs(monkeypatch) -> None:
     opt = torch.optim.SGD([*backbone.parameters(), *head.parameters()], lr=0.01)
     batches = [(torch.randint(0, 255, (2, 3, 112, 112), dtype=torch.uint8), torch.tensor([1, 2]), 0)] * 3
     for flag, expected in ((False, 0), (True, 3)):
-        state = LoopState(BatchPrep(torch.device("cpu"), batch_size=2), steps_per_epoch=3, total_steps=3,
-                          lr_fn=lambda s: 0.01, cudagraph_steps=flag)
-        train_one_epoch(backbone, head, [opt], torch.amp.GradScaler("cpu", enabled=False), batches, 0, 0, state)
+        cfg = StepConfig(torch.device("cpu"), batch_size=2, steps_per_epoch=3, total_steps=3, lr_fn=lambda s: 0.01,
+                         cudagraph_steps=flag)
+        train_one_epoch(backbone, head, [opt], torch.amp.GradScaler("cpu", enabled=False), batches, 0, 0, cfg,
+                        Progress())
         assert len(marks) == expected
 
 

@@ -17,7 +17,7 @@ from inference import feat_torch, gen_feat
 from inference.fuse import ShiftedInputConv, fuse_iresnet
 from models.backbones import build_backbone
 from models.checkpoint import save_released
-from utils.atomic import FAULT_ENV
+from tests.fault_launch import WRITE_ENV as FAULT_ENV
 from utils.convention import MAGFACE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,8 +126,9 @@ def test_missing_image_names_the_list_line(faces, model_and_ckpt, tmp_path):
     assert not (tmp_path / "x.txt").exists()
 
 
+@pytest.mark.usefixtures("fault_injection")
 def test_full_disk_during_the_feature_dump_keeps_the_previous_file(faces, model_and_ckpt, tmp_path, monkeypatch):
-    """ENOSPC inside the write (utils.atomic's MAGFACE_FAULT_WRITE hook, after the rows went out): a clear
+    """ENOSPC inside the write (tests/fault_launch.py's MAGFACE_FAULT_WRITE, after the rows went out): a clear
     error naming the file and the space, the previous dump untouched, no temporary file left."""
     out = tmp_path / "feats.npz"
     out.write_bytes(b"the previous dump")

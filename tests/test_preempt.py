@@ -1,7 +1,7 @@
 """Issue 16: preemption signals, refused checkpoint writes and data faults in the middle of a run.
 
-Every fault comes from a deterministic hook (run/faults.py's MAGFACE_FAULT_* variables, and
-utils.atomic's MAGFACE_FAULT_WRITE inside a file write), never from a timed sleep.
+Every fault comes from a deterministic hook installed from outside the trainer (tests/fault_launch.py's
+MAGFACE_FAULT_* variables, MAGFACE_FAULT_WRITE inside a file write), never from a timed sleep.
 """
 from __future__ import annotations
 
@@ -19,17 +19,15 @@ import torch
 from dataloader import EpochShuffleSampler, RecordIODataset
 from dataloader.pack_rec import main as pack_main
 from run import train as train_entry
-from run.failures import run_cli
 from run.preempt import PREEMPT_EXIT, ignore_in_worker, parse_signals, slurm_job_id
-from tests.test_train_support import (  # noqa: F401 (one_thread_and_restore: a fixture)
+from tests.fault_launch import WRITE_ENV
+from tests.training import (
     assert_same_weights,
     child_env,
-    one_thread_and_restore,
     torchrun,
     train_args,
     write_list,
 )
-from utils.atomic import FAULT_ENV
 
 CLASSES = 4  # x 4 faces, batch 4: 4 steps per epoch, 2 epochs
 
@@ -58,6 +56,7 @@ def _temporaries(folder) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
 
 
+@pytest.mark.usefixtures("fault_injection")
 def test_sigterm_finishes_the_step_saves_once_and_resume_is_exact(data, reference, tmp_path, monkeypatch):
     """SIGTERM to the process and its loader worker at the start of step 2 (mid-epoch 0); a second SIGTERM
     arrives in the middle of the last.pth write, the first one of the run. The step is finished, last.pth
@@ -66,8 +65,8 @@ def test_sigterm_finishes_the_step_saves_once_and_resume_is_exact(data, referenc
     args = train_args(data, tmp_path / "run", CLASSES, batch=4, extra=("--workers", "1"))
     handler = signal.getsignal(signal.SIGTERM)
     monkeypatch.setenv("MAGFACE_FAULT_SIGNAL_STEP", "2")
-    monkeypatch.setenv(FAULT_ENV, "SIGTERM:last.pth")
-    assert run_cli(train_entry.main, args, "train.py") == PREEMPT_EXIT == 75
+    monkeypatch.setenv(WRITE_ENV, "SIGTERM:last.pth")
+    assert train_entry.cli(args) == PREEMPT_EXIT == 75
     assert signal.getsignal(signal.SIGTERM) == handler  # the training loop's handler is gone again
     log = (tmp_path / "run" / "train.log").read_text()
     assert "preempted by SIGTERM: stopped after global step 3;" in log, log[-2000:]
@@ -77,11 +76,12 @@ def test_sigterm_finishes_the_step_saves_once_and_resume_is_exact(data, referenc
     assert not _temporaries(tmp_path / "run")
 
     monkeypatch.delenv("MAGFACE_FAULT_SIGNAL_STEP")
-    monkeypatch.delenv(FAULT_ENV)
-    assert run_cli(train_entry.main, [*args, "--resume", "auto"], "train.py") == 0
+    monkeypatch.delenv(WRITE_ENV)
+    assert train_entry.cli([*args, "--resume", "auto"]) == 0
     assert_same_weights(tmp_path / "run" / "00002.pth", reference / "00002.pth")
 
 
+@pytest.mark.usefixtures("fault_injection")
 def test_signal_during_a_checkpoint_write_and_slurm_requeue(data, reference, tmp_path, monkeypatch):
     """SIGTERM lands inside the --save-every-steps write at step 3: that write completes (it already
     holds the state to resume from, so nothing is written twice), the job asks SLURM to requeue it,
@@ -94,9 +94,9 @@ def test_signal_during_a_checkpoint_write_and_slurm_requeue(data, reference, tmp
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    monkeypatch.setenv(FAULT_ENV, "SIGTERM:last.pth")
+    monkeypatch.setenv(WRITE_ENV, "SIGTERM:last.pth")
     args = train_args(data, tmp_path / "run", CLASSES, batch=4, extra=("--save-every-steps", "3"))
-    assert run_cli(train_entry.main, [*args, "--slurm-requeue", "1"], "train.py") == 75
+    assert train_entry.cli([*args, "--slurm-requeue", "1"]) == 75
     log = (tmp_path / "run" / "train.log").read_text()
     assert f"preempted by SIGTERM: stopped after global step 3; {tmp_path / 'run' / 'last.pth'} holds global " \
            "step 3" in log, log[-2000:]
@@ -105,8 +105,8 @@ def test_signal_during_a_checkpoint_write_and_slurm_requeue(data, reference, tmp
     assert _position(tmp_path / "run" / "last.pth")["global_step"] == 3
     assert not _temporaries(tmp_path / "run")
 
-    monkeypatch.delenv(FAULT_ENV)
-    assert run_cli(train_entry.main, [*args, "--resume", "auto"], "train.py") == 0
+    monkeypatch.delenv(WRITE_ENV)
+    assert train_entry.cli([*args, "--resume", "auto"]) == 0
     assert_same_weights(tmp_path / "run" / "00002.pth", reference / "00002.pth")
 
 
@@ -118,7 +118,7 @@ def test_torchrun_forwards_sigterm_to_every_rank_and_resume_is_exact(celeba_dir,
     data = write_list(celeba_dir, tmp_path / "train.list", 5, per_identity=8)  # 5 steps per epoch at batch 8
     args = train_args(data, tmp_path / "run", 5)
     hit = torchrun(2, args, timeout=300, env=child_env(MAGFACE_FAULT_SIGNAL_STEP="3", MAGFACE_FAULT_RANK="0",
-                                                        MAGFACE_FAULT_SIGNAL_TO="launcher"))
+                                                        MAGFACE_FAULT_SIGNAL_TO="launcher"), faults=True)
     assert hit.returncode != 0, hit.stdout[-4000:]
     assert "[fault injection] rank 0: SIGTERM to launcher at step 3" in hit.stdout
     stops = {rank: int(step) for rank, step in re.findall(
@@ -133,20 +133,21 @@ def test_torchrun_forwards_sigterm_to_every_rank_and_resume_is_exact(celeba_dir,
     assert_same_weights(tmp_path / "run" / "00002.pth", tmp_path / "ref" / "00002.pth")
 
 
+@pytest.mark.usefixtures("fault_injection")
 def test_full_disk_during_a_checkpoint_stops_or_continues_and_keeps_last_pth(data, tmp_path, monkeypatch):
     args = train_args(data, tmp_path / "run", CLASSES, batch=4, extra=("--save-every-steps", "1"))
-    assert run_cli(train_entry.main, [*args, "--max-steps", "2"], "train.py") == 0
+    assert train_entry.cli([*args, "--max-steps", "2"]) == 0
     last = tmp_path / "run" / "last.pth"
     before = last.read_bytes()
-    monkeypatch.setenv(FAULT_ENV, "ENOSPC:last.pth")
+    monkeypatch.setenv(WRITE_ENV, "ENOSPC:last.pth")
     resumed = [*args, "--resume", "auto", "--max-steps", "4"]
-    assert run_cli(train_entry.main, resumed, "train.py") == 5
+    assert train_entry.cli(resumed) == 5
     log = (tmp_path / "run" / "train.log").read_text()
     assert f"could not write {last}: no space left on device (ENOSPC): the file needs about" in log
     assert "Training stopped (--on-save-error stop)" in log
     assert last.read_bytes() == before and not _temporaries(tmp_path / "run")
 
-    assert run_cli(train_entry.main, [*resumed, "--on-save-error", "continue"], "train.py") == 0
+    assert train_entry.cli([*resumed, "--on-save-error", "continue"]) == 0
     log = (tmp_path / "run" / "train.log").read_text()
     assert log.count("--on-save-error continue: training goes on; last.pth keeps its previous state") == 2
     assert last.read_bytes() == before and not _temporaries(tmp_path / "run")
@@ -173,7 +174,7 @@ def test_undecodable_record_mid_epoch_is_named_with_how_to_resume(celeba_dir, tm
     args = train_args(tmp_path / "unused", tmp_path / "run", CLASSES, batch=4,
                       extra=("--workers", "1", "--save-every-steps", "1"))
     args[args.index("--train_list"):args.index("--train_list") + 2] = ["--rec", str(rec)]
-    assert run_cli(train_entry.main, args, "train.py") == 2
+    assert train_entry.cli(args) == 2
     log = (tmp_path / "run" / "train.log").read_text()
     assert (f"train.py: error: bad training record {rec / 'train.rec'} key {key} at offset {offset}: "
             "not a decodable image") in log, log[-2000:]
@@ -181,10 +182,11 @@ def test_undecodable_record_mid_epoch_is_named_with_how_to_resume(celeba_dir, tm
             f"with --resume auto to continue from {tmp_path / 'run' / 'last.pth'} (global step 2)") in log
 
 
+@pytest.mark.usefixtures("fault_injection")
 def test_loader_worker_killed_is_named_with_how_to_resume(data, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MAGFACE_FAULT_KILL_WORKERS_STEP", "2")
     args = train_args(data, tmp_path / "run", CLASSES, batch=4, extra=("--workers", "1", "--save-every-steps", "2"))
-    assert run_cli(train_entry.main, args, "train.py") == 6
+    assert train_entry.cli(args) == 6
     pid = re.search(r"SIGKILL to loader worker (\d+) at step 2", capsys.readouterr().out).group(1)
     log = (tmp_path / "run" / "train.log").read_text()
     # torch reports the death as "killed by signal: Killed" when its SIGCHLD handler sees it first and as "exited

@@ -15,16 +15,14 @@ import torch
 
 from models.checkpoint import atomic_save, read_checkpoint
 from run import train as train_entry
+from run.build import build_run, maybe_resume
 from run.config import config_from_args, get_args_parser
-from run.failures import run_cli
 from run.run_dir import sweep_temporaries
 from run.state import Position
-from run.trainer import build_run, maybe_resume
-from tests.test_train_support import (  # noqa: F401 (one_thread_and_restore: a fixture)
+from tests.training import (
     REPO,
     assert_same_weights,
     child_env,
-    one_thread_and_restore,
     train_args,
     write_list,
 )
@@ -35,14 +33,15 @@ CLASSES = 4
 
 WRITER = textwrap.dedent("""
     import os, sys, torch
-    from utils.atomic import FAULT_ENV
     from models.checkpoint import atomic_save
+    from tests.fault_launch import WRITE_ENV, write_faults
     path = sys.argv[1]
-    for version in (1, 2, 3):
-        if version == 3:  # the test hook SIGKILLs this process inside the write, after the data went out
-            os.environ[FAULT_ENV] = "SIGKILL:"
-        atomic_save({"version": version, "data": torch.full((1_000_000,), float(version))}, path)
-        print(version, flush=True)
+    with write_faults():
+        for version in (1, 2, 3):
+            if version == 3:  # the write fault SIGKILLs this process inside the write, after the data went out
+                os.environ[WRITE_ENV] = "SIGKILL:"
+            atomic_save({"version": version, "data": torch.full((1_000_000,), float(version))}, path)
+            print(version, flush=True)
 """)
 
 
@@ -54,7 +53,7 @@ pytestmark = pytest.mark.usefixtures("one_thread_and_restore")
 
 
 def test_sigkill_during_checkpoint_write_keeps_previous_file(tmp_path):
-    """A SIGKILL inside the third write (from utils.atomic's test hook, so it always lands mid-write)
+    """A SIGKILL inside the third write (tests/fault_launch.py's write fault, so it always lands mid-write)
     leaves the second checkpoint whole and a temporary file that the trainer's start-up removes."""
     path = tmp_path / "last.pth"
     proc = subprocess.run([sys.executable, "-c", WRITER, str(path)], cwd=REPO, env=child_env(),
@@ -129,6 +128,7 @@ def test_resume_warns_about_each_changed_hyper_parameter(celeba_dir, tmp_path, c
     assert len(warned) == 3, warned  # --workers and --resume do not change the optimisation: no warning
 
 
+@pytest.mark.usefixtures("fault_injection")
 def test_single_non_finite_loss_is_skipped(celeba_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("MAGFACE_FAULT_NAN_STEPS", "2")
     args = _args(celeba_dir, tmp_path, "--max-steps", "4")
@@ -142,12 +142,13 @@ def test_single_non_finite_loss_is_skipped(celeba_dir, tmp_path, monkeypatch):
     assert not bad, bad
 
 
+@pytest.mark.usefixtures("fault_injection")
 def test_run_of_non_finite_losses_stops_with_pre_divergence_weights(celeba_dir, tmp_path, monkeypatch):
     reference = tmp_path / "reference"
     args = _args(celeba_dir, tmp_path)
     train_entry.main([*args, "--pth-save-fold", str(reference), "--max-steps", "3"])
     monkeypatch.setenv("MAGFACE_FAULT_NAN_STEPS", "3-5")
-    assert run_cli(train_entry.main, [*args, "--max-nonfinite", "3"], "train.py") == 3
+    assert train_entry.cli([*args, "--max-nonfinite", "3"]) == 3
     run_dir = tmp_path / "run"
     log = (run_dir / "train.log").read_text()
     assert log.count("step skipped") == 3

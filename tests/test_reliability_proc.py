@@ -2,7 +2,7 @@
 the same final weights as an uninterrupted run; under torchrun a rank that dies is restarted and the
 job resumes by itself; a rank that hangs is reported after --dist-timeout instead of blocking forever.
 
-Faults are injected with the MAGFACE_FAULT_* test hooks of run/faults.py, or with a real SIGKILL.
+Faults are injected with the MAGFACE_FAULT_* variables of tests/fault_launch.py, or with a real SIGKILL.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.test_train_support import REPO, assert_same_weights, child_env, run_python, torchrun, train_args, write_list
+from tests.training import REPO, assert_same_weights, child_env, run_python, torchrun, train_args, write_list
 
 CLASSES = 5
 
@@ -63,7 +63,7 @@ def test_torchrun_restarts_a_dead_rank_and_resumes(data, tmp_path):
     store and failed ("Connection refused") or hung, in about half the runs on a loaded machine."""
     args = train_args(data, tmp_path / "run", CLASSES, extra=("--save-every-steps", "2", "--resume", "auto"))
     faulty = torchrun(2, args, timeout=600, max_restarts=1,
-                      env=child_env(MAGFACE_FAULT_EXIT_STEP="6", MAGFACE_FAULT_RANK="1"))
+                      env=child_env(MAGFACE_FAULT_EXIT_STEP="6", MAGFACE_FAULT_RANK="1"), faults=True)
     assert faulty.returncode == 0, faulty.stdout[-4000:]
     assert "[fault injection] rank 1: exiting hard at step 6" in faulty.stdout
     assert re.search(r"resumed from .*last\.pth at epoch 1 step [01] \(global step [56]\)", faulty.stdout), \
@@ -78,7 +78,8 @@ def test_hung_rank_is_reported_after_dist_timeout(data, tmp_path):
     args = train_args(data, tmp_path / "run", CLASSES, extra=("--dist-timeout", "8"))
     started = time.monotonic()
     hung = torchrun(2, args, timeout=240,
-                    env=child_env(MAGFACE_FAULT_HANG_STEP="2", MAGFACE_FAULT_RANK="1", MAGFACE_FAULT_HANG_S="600"))
+                    env=child_env(MAGFACE_FAULT_HANG_STEP="2", MAGFACE_FAULT_RANK="1", MAGFACE_FAULT_HANG_S="600"),
+                    faults=True)
     elapsed = time.monotonic() - started
     assert hung.returncode != 0
     assert elapsed < 150, f"the job took {elapsed:.0f} s to fail"

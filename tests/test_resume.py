@@ -18,16 +18,17 @@ import torch.multiprocessing as mp
 from models.collectives import shard_range
 from run import train as train_entry
 from run import train_dist
+from run.build import build_run, maybe_resume
 from run.config import config_from_args, get_args_parser
-from run.trainer import build_run, maybe_resume, train
-from tests.test_train_support import (  # noqa: F401 (one_thread_and_restore: a fixture)
+from run.trainer import train
+from tests.training import (
     assert_same_weights,
     child_env,
     free_port,
-    one_thread_and_restore,
     run_python,
     state_dict_of,
     train_args,
+    train_module,
     write_list,
 )
 from utils.dist import DistInfo, barrier, cleanup, exit_process, init_distributed
@@ -92,7 +93,8 @@ def test_resume_keeps_the_fp16_loss_scale(data, tmp_path):
 def test_resume_from_mid_epoch_save_every_steps(data, reference, tmp_path):
     """--save-every-steps 3 writes last.pth at step 6 (epoch 1, step 1); the process dies at step 7."""
     args = train_args(data, tmp_path, CLASSES, extra=(*EXTRA, "--save-every-steps", "3"))
-    crashed = run_python(["-m", "run.train", *args], timeout=300, env=child_env(MAGFACE_FAULT_EXIT_STEP="7"))
+    crashed = run_python([*train_module("run.train", faults=True), *args], timeout=300,
+                         env=child_env(MAGFACE_FAULT_EXIT_STEP="7"))
     assert crashed.returncode == 13, crashed.stdout[-3000:]
     assert torch.load(tmp_path / "last.pth", weights_only=True)["position"] == \
         {"epoch": 1, "step_in_epoch": 1, "global_step": 6}

@@ -13,11 +13,9 @@ import torch
 from models import build_backbone
 from models.checkpoint import load_backbone
 from run import train as train_entry
-from run.failures import run_cli
-from tests.test_train_support import (  # noqa: F401 (one_thread_and_restore: a fixture)
+from tests.training import (
     ARCH,
     child_env,
-    one_thread_and_restore,
     run_python,
     train_args,
     write_list,
@@ -139,7 +137,7 @@ def test_cli_reports_bad_data_in_one_line(celeba_dir, tmp_path):
     """The command line turns the error into one 'error:' line and exit status 2 (no traceback)."""
     missing = tmp_path / "gone.jpg"
     data = _bad_list(celeba_dir, tmp_path, f"{missing} 0 1 0")
-    code = run_cli(train_entry.main, train_args(data, tmp_path / "run", classes=2, batch=4), "train.py")
+    code = train_entry.cli(train_args(data, tmp_path / "run", classes=2, batch=4))
     assert code == 2
     log = (tmp_path / "run" / "train.log").read_text()
     assert f"train.py: error: {data}:3: image {missing} does not exist" in log

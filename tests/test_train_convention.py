@@ -6,8 +6,7 @@ import torch
 
 from models.checkpoint import load_backbone
 from run import train
-from run.engine import BatchPrep, prepare_batch
-from tests.test_train_support import one_thread_and_restore  # noqa: F401 (a fixture)
+from run.engine import StepConfig, prepare_batch
 from utils.convention import INSIGHTFACE, MAGFACE
 
 
@@ -15,8 +14,8 @@ def test_prepare_batch_applies_convention():
     images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
     labels = torch.tensor([0, 1])
     base = dict(device=torch.device("cpu"), batch_size=2)
-    x_mag, _ = prepare_batch(images, labels, BatchPrep(**base, convention=MAGFACE), global_step=0)
-    x_ins, _ = prepare_batch(images, labels, BatchPrep(**base, convention=INSIGHTFACE), global_step=0)
+    x_mag, _ = prepare_batch(images, labels, StepConfig(**base, convention=MAGFACE), global_step=0)
+    x_ins, _ = prepare_batch(images, labels, StepConfig(**base, convention=INSIGHTFACE), global_step=0)
     # same flips (same seed and step): insightface = RGB order, 2 * (x/255) - 1
     torch.testing.assert_close(x_ins, 2 * x_mag.flip(1) - 1)
 

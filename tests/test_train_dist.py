@@ -11,7 +11,7 @@ from torch.distributed import DistNetworkError
 from models.checkpoint import load_backbone
 from models.magface import init_rows
 from run.failures import explain_dist_error
-from tests.test_train_support import child_env, run_python, state_dict_of, torchrun, train_args, write_list
+from tests.training import child_env, run_python, state_dict_of, torchrun, train_args, write_list
 from utils.convention import MAGFACE, to_model_input
 
 CLASSES = 5
@@ -85,7 +85,7 @@ def test_each_torchrun_attempt_gets_its_own_store_namespace(monkeypatch):
 
     from torch.distributed import TCPStore
 
-    from tests.test_train_support import free_port
+    from tests.training import free_port
     from utils.dist import attempt_store
 
     port = free_port()

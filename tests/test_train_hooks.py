@@ -17,10 +17,9 @@ from inference.extract import embed_array
 from models.checkpoint import load_backbone
 from run.config import BENIGN_KEYS, TrainConfig, config_from_args, get_args_parser
 from run.vis_mag import target_statistics
-from tests.test_train_support import (
+from tests.training import (
     assert_same_weights,
     free_port,
-    one_thread_and_restore,  # noqa: F401
     state_dict_of,
     torchrun,
     write_list,

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.test_train_support import REPO, child_env, free_port, write_list
+from tests.training import REPO, child_env, free_port, write_list
 
 SCRIPTS = ("run.sh", "run_dist.sh", "run_dist_cos.sh")
 # the published recipe, as config.json records it (FORMATS.md)

@@ -19,8 +19,9 @@ from torch.nn.parallel import DistributedDataParallel
 from models.collectives import shard_range
 from models.magface import MagFaceHead
 from models.sharded import ShardedMagFaceHead
-from run.optim import StepPolicy, optimizer_step, sharded_grad_norm
-from tests.test_train_support import free_port
+from run.engine import optimizer_step
+from run.optim import sharded_grad_norm
+from tests.training import free_port
 from utils.dist import cleanup, exit_process, init_distributed
 
 WORLD, LOCAL_BATCH, DIM, CLASSES, IN = 2, 4, 8, 10, 6
@@ -92,8 +93,7 @@ def _clip_worker(rank: int, port: int) -> None:
         assert not torch.equal(*_gathered(local_only.reshape(1)))
 
         params = [p for opt in opts for g in opt.param_groups for p in g["params"]]
-        assert optimizer_step(opts, scaler, params, StepPolicy(grad_clip=clip, grad_norm_fn=norm_fn,
-                                                               sync_overflow=True))
+        assert optimizer_step(opts, scaler, params, grad_clip=clip, grad_norm_fn=norm_fn, distributed=True)
         torch.testing.assert_close(backbone.weight, ref_backbone.weight, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(head.weight, ref_head.weight[start:end], rtol=1e-5, atol=1e-6)
     finally:
@@ -111,7 +111,7 @@ def _overflow_worker(rank: int, port: int, synchronise: bool) -> None:
         if rank == 1:
             head.weight.grad[0, 0] = float("inf")
         params = [p for opt in opts for g in opt.param_groups for p in g["params"]]
-        stepped = optimizer_step(opts, scaler, params, StepPolicy(sync_overflow=synchronise))
+        stepped = optimizer_step(opts, scaler, params, distributed=synchronise)
         changed = [not torch.equal(b, a) for b, a in zip(before, (backbone.weight, head.weight), strict=True)]
         if synchronise:
             assert not stepped and changed == [False, False], (rank, stepped, changed)

@@ -29,7 +29,6 @@ import math
 import os
 import resource
 import shutil
-import signal
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -42,10 +41,6 @@ import numpy as np
 SPACE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
                 errno.EFBIG: "file too large for the file system or the process's file-size limit (ulimit -f)",
                 errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied"}
-# TEST HOOK (inert unless set): "ACTION:NAME" acts inside every write of a file called NAME (any file if
-# NAME is empty) once its data is in the temporary file, before fsync and rename. ACTION is an errno name
-# (ENOSPC, EDQUOT, EROFS) to raise that OSError, or a signal name (SIGTERM, SIGKILL...) to send to this process.
-FAULT_ENV = "MAGFACE_FAULT_WRITE"
 # the exit status of a command whose output the disk refused (full, quota, file-size limit, read-only): the trainers
 # and gen_feat alike
 WRITE_REFUSED_EXIT = 5
@@ -69,19 +64,6 @@ def _read_umask() -> int:
 
 # what open(path, "w") would create: 0o666 minus the umask
 _FILE_MODE = 0o666 & ~_read_umask()
-
-
-def _fault_point(path: Path) -> None:
-    """The MAGFACE_FAULT_WRITE test hook (see FAULT_ENV)."""
-    spec = os.environ.get(FAULT_ENV, "")
-    action, _, name = spec.partition(":")
-    if not action or (name and name != path.name):
-        return
-    if action.startswith("SIG"):
-        os.kill(os.getpid(), signal.Signals[action])
-        return
-    code = getattr(errno, action)
-    raise OSError(code, f"[fault injection] {os.strerror(code)}", str(path))
 
 
 def _mib(n: int) -> str:
@@ -173,7 +155,6 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", expected_size: int |
         with os.fdopen(fd, mode) as f:
             try:
                 yield f
-                _fault_point(path)
                 f.flush()
                 os.fsync(f.fileno())
             except Exception:

@@ -78,8 +78,9 @@ def init_distributed(
     Without WORLD_SIZE in the environment this is a single-process run: no group is created and the
     returned info says rank 0 of 1. With nccl the CUDA device of this process is set to LOCAL_RANK.
     """
-    if dist.is_available() and dist.is_initialized():
-        return current_info()
+    if dist.is_available() and dist.is_initialized():  # joined already: where this process stands in that group
+        local_rank = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dist.get_backend())
     if "WORLD_SIZE" not in os.environ:
         return DistInfo()
     world_size = _env_int("WORLD_SIZE")
@@ -117,14 +118,6 @@ def attempt_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store:
     store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world_size, timeout=timeout))
     attempt = _env_int("TORCHELASTIC_RESTART_COUNT", default=0)
     return dist.PrefixStore(f"magface/attempt_{attempt}", store)
-
-
-def current_info() -> DistInfo:
-    """The DistInfo of an existing process group (rank 0 of 1 when there is none)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return DistInfo()
-    local_rank = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
-    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dist.get_backend())
 
 
 def is_initialized() -> bool:

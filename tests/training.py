@@ -1,4 +1,6 @@
-"""Helpers shared by the training tests (no tests here): small real-face lists, launch and compare.
+"""Helpers shared by the training tests (no tests here): small real-face lists, launch and compare. Plain
+functions rather than fixtures: tests call them with arguments, from module-level helpers and from the worker
+functions of spawned processes, where no fixture exists. The fixtures are in conftest.py.
 
 Training tests use a narrow iResNet (iresnet18_w16) at a 56-pixel working resolution (the model
 downsamples the 112x112 faces itself) and a few identities, so that a step costs a fraction of a
@@ -13,25 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 ARCH = "iresnet18_w16"
 INPUT_SIZE = 56
-
-
-@pytest.fixture
-def one_thread_and_restore():
-    """One intra-op thread (as the subprocess runs use: two spin against each other on a busy 2-core box,
-    and results stay bit-comparable across processes); afterwards the thread count and the
-    deterministic-algorithms switch (--deterministic sets it) are put back. Modules opt in with
-    ``pytestmark = pytest.mark.usefixtures("one_thread_and_restore")`` after importing it."""
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
 
 
 def write_list(celeba_dir: Path, out: Path, identities: int, per_identity: int) -> Path:
@@ -77,11 +65,17 @@ def run_python(args: list[str], timeout: float, env: dict[str, str] | None = Non
                           stderr=subprocess.STDOUT, text=True, timeout=timeout)
 
 
+def train_module(entry: str, faults: bool) -> list[str]:
+    """``-m ENTRY`` (run.train, run.train_dist), or the same under tests/fault_launch.py when ``faults``: the
+    MAGFACE_FAULT_* variables of the child's environment then act."""
+    return ["-m", "tests.fault_launch", entry] if faults else ["-m", entry]
+
+
 def torchrun(nproc: int, module_args: list[str], timeout: float, env: dict[str, str] | None = None,
-             max_restarts: int = 0) -> subprocess.CompletedProcess:
+             max_restarts: int = 0, faults: bool = False) -> subprocess.CompletedProcess:
     launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
                 "--master_port", str(free_port()), "--max-restarts", str(max_restarts), "--monitor-interval", "0.5"]
-    return run_python([*launcher, "-m", "run.train_dist", *module_args], timeout, env)
+    return run_python([*launcher, *train_module("run.train_dist", faults), *module_args], timeout, env)
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
