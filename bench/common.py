@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from utils.cpu_info import read_cpu_info
-from utils.image_list import usable_cores
+from utils.cpu_info import read_cpu_info, usable_cores
 from utils.table import format_table
 
 

@@ -5,7 +5,7 @@
     python -m eval.damage score --set work/lfw_damaged --feat-list work/f.npz --json r.json --plot r.png
 
 ``make`` writes a damaged copy of a pair list (see eval/damage_set.py: the second face of every pair
-degraded by utils/degrade.py at a seeded severity, a severity table ``damage.csv``, ``img.list`` and
+degraded by faces/degrade.py at a seeded severity, a severity table ``damage.csv``, ``img.list`` and
 ``pair.list``). ``score`` reads features of that img.list (any utils/feature_io.py format) and reports, for
 the magnitude, a seeded random score, the Laplacian sharpness and any ``--score-file`` (lines ``path
 score``, higher = better): Spearman's rho against severity, medians by severity band and ERC at each FMR

@@ -48,7 +48,6 @@ from utils.image_list import (  # noqa: E402
     empty_images,
     load_image_list,
     read_image_list,
-    usable_cores,  # noqa: F401  (re-exported)
     write_skipped,
 )
 from utils.text_lines import printable  # noqa: E402

@@ -43,7 +43,7 @@ def test_shipped_files_agree():
 
 
 # Damage applied to the whole photograph before detection, at a strength a person calls clearly worse. The
-# fine-tune's augmentation (utils.degrade.ALL_KINDS, on aligned faces) had Gaussian blur, down-scaling, JPEG,
+# fine-tune's augmentation (faces.degrade.ALL_KINDS, on aligned faces) had Gaussian blur, down-scaling, JPEG,
 # dark, bright, noise, occlusion, motion blur, low contrast and colour cast; TRAINED_FAMILY repeats three of
 # those at other strengths on whole photographs, UNSEEN are kinds no training step ever showed the model.
 def _motion_blur(img: np.ndarray) -> np.ndarray:
