@@ -32,10 +32,10 @@ import cv2
 import numpy as np
 
 from bench.common import format_machine, machine_info
+from faces.face_list import read_image_list
 from run.recipes import MOBILEFACENET_START, PRETRAINED, QUALITY_FINETUNE_EPOCHS, QUALITY_FINETUNE_FLAGS
 from utils.atomic import atomic_write
 from utils.feature_io import load_feature_file
-from utils.image_list import read_image_list
 from utils.table import format_markdown
 
 REPO = Path(__file__).resolve().parents[1]

@@ -135,7 +135,7 @@ def _build(tmp: Path, img_list: Path, resolved: list[str], i0: np.ndarray, i1: n
 def make_damaged_set(img_list: str | os.PathLike, pair_list: str | os.PathLike, out_dir: str | os.PathLike,
                      kinds: Sequence[str] = KINDS, seed: int = 0, force: bool = False) -> Path:
     """Write the damaged set described in the module docstring; returns ``out_dir``."""
-    from utils.image_list import read_image_list
+    from faces.face_list import read_image_list
 
     img_list, pair_list, out_dir = Path(img_list), Path(pair_list), Path(out_dir)
     kinds = list(dict.fromkeys(kinds))

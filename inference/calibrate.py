@@ -19,6 +19,7 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from faces.face_list import read_image_list  # noqa: E402
 from inference.extract import prepare_model  # noqa: E402
 from inference.feat_torch import make_loader, run_model  # noqa: E402
 from models.checkpoint import load_backbone  # noqa: E402
@@ -27,7 +28,6 @@ from utils.convention import parse_convention  # noqa: E402
 from utils.cpu_info import usable_cores  # noqa: E402
 from utils.dist import resolve_device  # noqa: E402
 from utils.feature_io import load_feature_file  # noqa: E402
-from utils.image_list import read_image_list  # noqa: E402
 from utils.precision import DTYPES  # noqa: E402
 from utils.quality_scale import (  # noqa: E402
     OFIQ,
