@@ -260,10 +260,11 @@ def export_reference(ckpt: Path, out: Path, runs: Path) -> None:
 
 def calibrate_anchored(ckpt: Path, damaged_set: Path, min_severity: float = 0.5) -> Path:
     """The 0-100 scale of an exported model, beside it: the demo LFW faces' median magnitude -> 80, that of the
-    faces of ``damaged_set`` damaged at severity >= ``min_severity`` -> 20 (``utils.quality_scale.fit_anchored``)."""
+    faces of ``damaged_set`` damaged at severity >= ``min_severity`` -> 20
+    (``inference.quality_scale.fit_anchored``)."""
     from eval.damage_set import read_damage_table
     from inference.calibrate import reference_magnitudes
-    from utils.quality_scale import file_sha256, fit_anchored, save_calibration, side_file
+    from inference.quality_scale import file_sha256, fit_anchored, save_calibration, side_file
 
     table = read_damage_table(damaged_set / "damage.csv")
     rows = np.flatnonzero(table.damaged & (table.severity >= min_severity))

@@ -5,7 +5,7 @@
 
 Each photograph is read, its faces detected (RetinaFace, ``faces.detect``), one chosen (``--policy``),
 aligned to 112x112 (``faces.align``) and embedded in batches; the magnitude of the embedding is the
-MagFace quality, also reported on a 0-100 scale (``utils.quality_scale``). Writes DIR/quality.csv and
+MagFace quality, also reported on a 0-100 scale (``inference.quality_scale``). Writes DIR/quality.csv and
 DIR/quality.json (one row per face, or per photograph that gave none, with its ``status``) and
 DIR/contact_sheet.png (faces sorted by quality, lowest first); ``--save-crops`` and
 ``--save-features`` add the aligned faces and a ``features.npz``. Exit code 0 when at least one face
@@ -32,6 +32,7 @@ from faces.detect import POLICIES  # noqa: E402
 from faces.photo_faces import FaceOptions, FaceRecord, add_face_args, collect_inputs  # noqa: E402
 from inference.extract import embed_batch, prepare_model  # noqa: E402
 from inference.quality_report import contact_sheet, record_row, save_crops, write_csv, write_quality_json  # noqa: E402
+from inference.quality_scale import SCALES, logistic_quality, resolve_scale  # noqa: E402
 from models.checkpoint import load_backbone  # noqa: E402
 from models.quality_model import QUALITY_MODEL  # noqa: E402
 from utils.cli import HelpFormatter, keyword_defaults, run_cli  # noqa: E402
@@ -40,7 +41,6 @@ from utils.cpu_info import choose_precision, usable_cores  # noqa: E402
 from utils.dist import resolve_device  # noqa: E402
 from utils.feature_io import write_features  # noqa: E402
 from utils.precision import DTYPES  # noqa: E402
-from utils.quality_scale import SCALES, logistic_quality, resolve_scale  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:

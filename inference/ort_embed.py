@@ -35,12 +35,7 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 
 from faces.face_list import listed_face, load_image_list  # noqa: E402
-from utils.atomic import atomic_write  # noqa: E402
-from utils.cli import HelpFormatter, run_cli  # noqa: E402
-from utils.convention import FACE_SIZE, InputConvention, parse_convention  # noqa: E402
-from utils.cpu_info import usable_cores  # noqa: E402
-from utils.feature_io import write_features  # noqa: E402
-from utils.quality_scale import (  # noqa: E402
+from inference.quality_scale import (  # noqa: E402
     OFIQ,
     Calibration,
     load_calibration,
@@ -48,6 +43,11 @@ from utils.quality_scale import (  # noqa: E402
     parse_calibration,
     side_file,
 )
+from utils.atomic import atomic_write  # noqa: E402
+from utils.cli import HelpFormatter, run_cli  # noqa: E402
+from utils.convention import FACE_SIZE, InputConvention, parse_convention  # noqa: E402
+from utils.cpu_info import usable_cores  # noqa: E402
+from utils.feature_io import write_features  # noqa: E402
 from utils.text_lines import printable  # noqa: E402
 
 CALIBRATION_KEY = "quality_calibration"  # the metadata key inference.export_onnx writes

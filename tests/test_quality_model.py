@@ -13,11 +13,11 @@ import cv2
 import numpy as np
 import pytest
 
+from inference.quality_scale import file_sha256, load_calibration, side_file
 from models.checkpoint import load_backbone
 from models.mobilefacenet import MobileFaceNet
 from models.quality_model import QUALITY_MODEL
 from utils.convention import IMAGENET
-from utils.quality_scale import file_sha256, load_calibration, side_file
 
 REPO = Path(__file__).resolve().parents[1]
 # every 12th of the shared set's 200 LFW photographs (sorted), all of them shipped in raw/demo_data/photos
