@@ -23,19 +23,16 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-from dataloader.image_list import read_train_list  # noqa: E402
-from dataloader.pack_rec import pack_train_list  # noqa: E402
-from dataloader.photo_loader import default_workers, iter_photo_faces  # noqa: E402
-from faces.align import write_jpeg_atomic  # noqa: E402
-from faces.detect import POLICIES  # noqa: E402
-from faces.photo_faces import IMAGE_SUFFIXES, FaceOptions, add_face_args  # noqa: E402
-from utils.atomic import atomic_write, write_json  # noqa: E402
-from utils.cli import HelpFormatter, run_cli  # noqa: E402
+from dataloader.image_list import read_train_list
+from dataloader.pack_rec import pack_train_list
+from dataloader.photo_loader import default_workers, iter_photo_faces
+from faces.align import write_jpeg_atomic
+from faces.detect import POLICIES
+from faces.photo_faces import IMAGE_SUFFIXES, FaceOptions, add_face_args
+from utils.atomic import atomic_write, write_json
+from utils.cli import HelpFormatter, run_cli
 
 
 def identity_photos(root: Path) -> dict[str, list[Path]]:

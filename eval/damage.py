@@ -19,19 +19,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from eval.damage_report import BAND_EDGES, BANDS, DEFAULT_FMRS, band_of, quality_report, read_score_file  # noqa: E402
-from eval.damage_set import DamageTable, make_damaged_set, read_damage_table  # noqa: E402
-from eval.erc_plot import (  # noqa: E402
+from eval.damage_report import BAND_EDGES, BANDS, DEFAULT_FMRS, band_of, quality_report, read_score_file
+from eval.damage_set import DamageTable, make_damaged_set, read_damage_table
+from eval.erc_plot import (
     add_caption,
     area_label,
     nan_reason,
@@ -40,13 +36,13 @@ from eval.erc_plot import (  # noqa: E402
     title_text,
     undefined_text,
 )
-from eval.metrics import read_pair_list  # noqa: E402
-from eval.quality import REJECT_RATIOS, SCORES, image_qualities, min_impostor_pairs  # noqa: E402
-from utils.atomic import save_png, write_json  # noqa: E402
-from utils.cli import keyword_defaults, run_cli  # noqa: E402
-from utils.feature_io import FeatureFile, load_feature_file  # noqa: E402
-from utils.table import format_table  # noqa: E402
-from utils.text_lines import line_of_row  # noqa: E402
+from eval.metrics import read_pair_list
+from eval.quality import REJECT_RATIOS, SCORES, image_qualities, min_impostor_pairs
+from utils.atomic import save_png, write_json
+from utils.cli import keyword_defaults, run_cli
+from utils.feature_io import FeatureFile, load_feature_file
+from utils.table import format_table
+from utils.text_lines import line_of_row
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -20,27 +20,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from dataloader.photo_loader import default_workers, iter_photo_faces  # noqa: E402
-from faces.detect import POLICIES  # noqa: E402
-from faces.photo_faces import FaceOptions, FaceRecord, add_face_args, collect_inputs  # noqa: E402
-from inference.extract import embed_batch, prepare_model  # noqa: E402
-from inference.quality_report import contact_sheet, record_row, save_crops, write_csv, write_quality_json  # noqa: E402
-from inference.quality_scale import SCALES, logistic_quality, resolve_scale  # noqa: E402
-from models.checkpoint import load_backbone  # noqa: E402
-from models.quality_model import QUALITY_MODEL  # noqa: E402
-from utils.cli import HelpFormatter, keyword_defaults, run_cli  # noqa: E402
-from utils.convention import parse_convention  # noqa: E402
-from utils.cpu_info import choose_precision, usable_cores  # noqa: E402
-from utils.dist import resolve_device  # noqa: E402
-from utils.feature_io import write_features  # noqa: E402
-from utils.precision import DTYPES  # noqa: E402
+from dataloader.photo_loader import default_workers, iter_photo_faces
+from faces.detect import POLICIES
+from faces.photo_faces import FaceOptions, FaceRecord, add_face_args, collect_inputs
+from inference.extract import embed_batch, prepare_model
+from inference.quality_report import contact_sheet, record_row, save_crops, write_csv, write_quality_json
+from inference.quality_scale import SCALES, logistic_quality, resolve_scale
+from models.checkpoint import load_backbone
+from models.quality_model import QUALITY_MODEL
+from utils.cli import HelpFormatter, keyword_defaults, run_cli
+from utils.convention import parse_convention
+from utils.cpu_info import choose_precision, usable_cores
+from utils.dist import resolve_device
+from utils.feature_io import write_features
+from utils.precision import DTYPES
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -13,16 +13,13 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from faces.face_list import read_image_list  # noqa: E402
-from inference.extract import prepare_model  # noqa: E402
-from inference.feat_torch import make_loader, run_model  # noqa: E402
-from inference.quality_scale import (  # noqa: E402
+from faces.face_list import read_image_list
+from inference.extract import prepare_model
+from inference.feat_torch import make_loader, run_model
+from inference.quality_scale import (
     OFIQ,
     file_sha256,
     fit_anchored,
@@ -31,13 +28,13 @@ from inference.quality_scale import (  # noqa: E402
     save_calibration,
     side_file,
 )
-from models.checkpoint import load_backbone  # noqa: E402
-from utils.cli import HelpFormatter, run_cli  # noqa: E402
-from utils.convention import parse_convention  # noqa: E402
-from utils.cpu_info import usable_cores  # noqa: E402
-from utils.dist import resolve_device  # noqa: E402
-from utils.feature_io import load_feature_file  # noqa: E402
-from utils.precision import DTYPES  # noqa: E402
+from models.checkpoint import load_backbone
+from utils.cli import HelpFormatter, run_cli
+from utils.convention import parse_convention
+from utils.cpu_info import usable_cores
+from utils.dist import resolve_device
+from utils.feature_io import load_feature_file
+from utils.precision import DTYPES
 
 
 def reference_magnitudes(resume: str, inf_list: str, *, arch: str | None = None, device: str = "auto",
