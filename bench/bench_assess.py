@@ -20,8 +20,9 @@ import torch
 
 from bench.bench_gen_feat import random_model
 from bench.common import ForeignLoad, csv_arg, format_machine, format_rows, load_average, machine_info
+from dataloader.photo_loader import iter_photo_faces
+from faces.photo_faces import FaceOptions, collect_inputs
 from inference import assess
-from inference.photo_faces import FaceOptions, collect_inputs, iter_photo_faces
 from models.checkpoint import save_released
 from utils.atomic import write_json
 

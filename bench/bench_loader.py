@@ -24,7 +24,7 @@ from dataloader.image_list import ImageListDataset, read_train_list
 from dataloader.pack_rec import pack_train_list
 from dataloader.rec_dataset import RecordIODataset
 from dataloader.sampler import EpochShuffleSampler
-from utils.image_list import usable_cores
+from utils.cpu_info import usable_cores
 
 DEFAULT_LIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "celeba112" / "train.list"
 

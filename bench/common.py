@@ -18,8 +18,7 @@ import numpy as np
 import torch
 
 from utils.atomic import write_json
-from utils.cpu_info import read_cpu_info
-from utils.image_list import usable_cores
+from utils.cpu_info import read_cpu_info, usable_cores
 from utils.table import format_table
 
 

@@ -25,8 +25,8 @@ from scipy.stats import spearmanr
 
 from bench.quality_study import DATA, damage_sources
 from eval.damage_set import read_damage_table
+from faces.face_list import read_image_list
 from utils.feature_io import load_feature_file
-from utils.image_list import read_image_list
 from utils.table import format_markdown
 
 

@@ -32,10 +32,10 @@ import cv2
 import numpy as np
 
 from bench.common import format_machine, machine_info
+from faces.face_list import read_image_list
 from run.recipes import MOBILEFACENET_START, PRETRAINED, QUALITY_FINETUNE_EPOCHS, QUALITY_FINETUNE_FLAGS
 from utils.atomic import atomic_write
 from utils.feature_io import load_feature_file
-from utils.image_list import read_image_list
 from utils.table import format_markdown
 
 REPO = Path(__file__).resolve().parents[1]
@@ -260,10 +260,11 @@ def export_reference(ckpt: Path, out: Path, runs: Path) -> None:
 
 def calibrate_anchored(ckpt: Path, damaged_set: Path, min_severity: float = 0.5) -> Path:
     """The 0-100 scale of an exported model, beside it: the demo LFW faces' median magnitude -> 80, that of the
-    faces of ``damaged_set`` damaged at severity >= ``min_severity`` -> 20 (``utils.quality_scale.fit_anchored``)."""
+    faces of ``damaged_set`` damaged at severity >= ``min_severity`` -> 20
+    (``inference.quality_scale.fit_anchored``)."""
     from eval.damage_set import read_damage_table
     from inference.calibrate import reference_magnitudes
-    from utils.quality_scale import file_sha256, fit_anchored, save_calibration, side_file
+    from inference.quality_scale import file_sha256, fit_anchored, save_calibration, side_file
 
     table = read_damage_table(damaged_set / "damage.csv")
     rows = np.flatnonzero(table.damaged & (table.severity >= min_severity))

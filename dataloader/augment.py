@@ -1,6 +1,6 @@
 """Optional damage augmentation of training faces (``--degrade-prob``), off in the published recipe.
 
-Each image of a batch is damaged with probability ``prob`` by ``utils.degrade.random_degrade`` (a kind
+Each image of a batch is damaged with probability ``prob`` by ``faces.degrade.random_degrade`` (a kind
 drawn from ``kinds``, a severity uniform in [0, max_severity]). It runs on the host batch in the training
 process, before the batch moves to the device, and every draw comes from a generator seeded by
 (seed, rank, global step) only -- like the mirror mask -- so a resumed run replays the same damage and
@@ -13,14 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from utils.degrade import ALL_KINDS, KINDS, random_degrade
+from faces.degrade import ALL_KINDS, KINDS, random_degrade
 
 _STREAM = 0x5EED_DA6E  # separates this generator from any other seeded by (seed, rank, step)
 
 
 def parse_kinds(text: str) -> tuple[str, ...]:
     """``"blur,noise"`` -> ("blur", "noise"); ``"all"`` -> the benchmark's 7 kinds; ``"wide"`` -> those and the
-    extra ones (``utils.degrade.ALL_KINDS``); unknown names are a ValueError."""
+    extra ones (``faces.degrade.ALL_KINDS``); unknown names are a ValueError."""
     if text.strip() == "all":
         return KINDS
     if text.strip() == "wide":

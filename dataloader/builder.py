@@ -136,6 +136,6 @@ MAX_AUTO_WORKERS = 8  # enough to feed a GPU from JPEG files; more only adds sta
 def train_workers(local_ranks: int = 1) -> int:
     """``--workers -1``: the cores this process may use shared among the ``local_ranks`` training processes of the
     node, less one for each training process itself, within [0, 8] (a 2-core machine: 1 worker, 0 with 2 ranks)."""
-    from utils.image_list import usable_cores
+    from utils.cpu_info import usable_cores
 
     return max(0, min(MAX_AUTO_WORKERS, usable_cores() // max(local_ranks, 1) - 1))

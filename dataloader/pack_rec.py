@@ -26,9 +26,6 @@ from functools import partial
 from pathlib import Path
 from typing import IO
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import cv2
 import numpy as np
 

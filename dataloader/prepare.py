@@ -4,7 +4,7 @@
 
 ROOT holds one sub-folder per identity (its name is the identity), with photographs inside (sub-folders
 walked). Every photograph goes through the same detection, face choice and alignment as
-``inference.assess`` (``inference.photo_faces``); with the default ``--policy largest`` a photograph
+``inference.assess`` (``faces.photo_faces``); with the default ``--policy largest`` a photograph
 whose runner-up face is nearly as large (``--ambiguity``, area x score ratio 0.6) is dropped as
 ``ambiguous``, since the identity label could belong to either face. Writes:
 
@@ -23,18 +23,16 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-from dataloader.image_list import read_train_list  # noqa: E402
-from dataloader.pack_rec import pack_train_list  # noqa: E402
-from inference.photo_faces import IMAGE_SUFFIXES, FaceOptions, add_face_args, default_workers, iter_photo_faces  # noqa: E402,E501
-from utils.align import write_jpeg_atomic  # noqa: E402
-from utils.atomic import atomic_write, write_json  # noqa: E402
-from utils.cli import HelpFormatter, run_cli  # noqa: E402
-from utils.detect import POLICIES  # noqa: E402
+from dataloader.image_list import read_train_list
+from dataloader.pack_rec import pack_train_list
+from dataloader.photo_loader import default_workers, iter_photo_faces
+from faces.align import write_jpeg_atomic
+from faces.detect import POLICIES
+from faces.photo_faces import IMAGE_SUFFIXES, FaceOptions, add_face_args
+from utils.atomic import atomic_write, write_json
+from utils.cli import HelpFormatter, run_cli
 
 
 def identity_photos(root: Path) -> dict[str, list[Path]]:

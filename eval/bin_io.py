@@ -121,7 +121,7 @@ def pack_bin(img_list: str | os.PathLike, pair_list: str | os.PathLike, out: str
     exactly the pixels that gen_feat on the list sees. Returns the number of pairs.
     """
     from eval.metrics import read_pair_list
-    from utils.image_list import read_image_list
+    from faces.face_list import read_image_list
 
     _, paths = read_image_list(img_list)
     i, j, issame = read_pair_list(pair_list, len(paths))

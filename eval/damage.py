@@ -5,7 +5,7 @@
     python -m eval.damage score --set work/lfw_damaged --feat-list work/f.npz --json r.json --plot r.png
 
 ``make`` writes a damaged copy of a pair list (see eval/damage_set.py: the second face of every pair
-degraded by utils/degrade.py at a seeded severity, a severity table ``damage.csv``, ``img.list`` and
+degraded by faces/degrade.py at a seeded severity, a severity table ``damage.csv``, ``img.list`` and
 ``pair.list``). ``score`` reads features of that img.list (any utils/feature_io.py format) and reports, for
 the magnitude, a seeded random score, the Laplacian sharpness and any ``--score-file`` (lines ``path
 score``, higher = better): Spearman's rho against severity, medians by severity band and ERC at each FMR
@@ -19,19 +19,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from eval.damage_report import BAND_EDGES, BANDS, DEFAULT_FMRS, band_of, quality_report, read_score_file  # noqa: E402
-from eval.damage_set import DamageTable, make_damaged_set, read_damage_table  # noqa: E402
-from eval.erc_plot import (  # noqa: E402
+from eval.damage_report import BAND_EDGES, BANDS, DEFAULT_FMRS, band_of, quality_report, read_score_file
+from eval.damage_set import DamageTable, make_damaged_set, read_damage_table
+from eval.erc_plot import (
     add_caption,
     area_label,
     nan_reason,
@@ -40,13 +36,13 @@ from eval.erc_plot import (  # noqa: E402
     title_text,
     undefined_text,
 )
-from eval.metrics import read_pair_list  # noqa: E402
-from eval.quality import REJECT_RATIOS, SCORES, image_qualities, min_impostor_pairs  # noqa: E402
-from utils.atomic import save_png, write_json  # noqa: E402
-from utils.cli import keyword_defaults, run_cli  # noqa: E402
-from utils.feature_io import FeatureFile, load_feature_file  # noqa: E402
-from utils.table import format_table  # noqa: E402
-from utils.text_lines import line_of_row  # noqa: E402
+from eval.metrics import read_pair_list
+from eval.quality import REJECT_RATIOS, SCORES, image_qualities, min_impostor_pairs
+from utils.atomic import save_png, write_json
+from utils.cli import keyword_defaults, run_cli
+from utils.feature_io import FeatureFile, load_feature_file
+from utils.table import format_table
+from utils.text_lines import line_of_row
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -4,7 +4,7 @@
 pair list (``i j label``, 0-based rows of the image list) and writes, once, into ``out_dir``:
 
 - ``clean/PPPPP_<name>``: the first face of pair P, a byte-for-byte copy of the source file.
-- ``damaged/PPPPP_<stem>.png``: the second face of pair P after ``utils.degrade.degrade`` (lossless PNG,
+- ``damaged/PPPPP_<stem>.png``: the second face of pair P after ``faces.degrade.degrade`` (lossless PNG,
   so the named damage is the only one). Kinds are balanced over the pairs (each of ``kinds`` repeated,
   then shuffled by ``seed``); severities are uniform in [0, 1) from ``seed``; the damage of pair P draws
   from ``np.random.default_rng([seed, P])`` so any one pair can be remade alone.
@@ -13,7 +13,7 @@ pair list (``i j label``, 0-based rows of the image list) and writes, once, into
 - ``pair.list``: ``2P 2P+1 label``, the source labels in the source order.
 - ``damage.csv``: header ``row,path,pair,kind,severity,parameter,source``; one line per img.list row.
   Clean rows have kind ``none``, severity 0 and parameter 0; ``parameter`` is
-  ``utils.degrade.damage_parameter`` (blur sigma, JPEG quality, ...); ``source`` is the original path.
+  ``faces.degrade.damage_parameter`` (blur sigma, JPEG quality, ...); ``source`` is the original path.
 - ``manifest.json``: the sources, kinds, seed and counts, written last.
 
 The set is built in a temporary folder beside ``out_dir`` and renamed into place, so ``out_dir`` is either
@@ -38,8 +38,8 @@ import cv2
 import numpy as np
 
 from eval.metrics import read_pair_list
+from faces.degrade import ALL_KINDS, KINDS, damage_parameter, degrade
 from utils.atomic import write_json
-from utils.degrade import ALL_KINDS, KINDS, damage_parameter, degrade
 from utils.text_lines import ENCODING, ERRORS, line_of_row, open_text, printable
 
 TABLE_COLUMNS = ("row", "path", "pair", "kind", "severity", "parameter", "source")
@@ -135,7 +135,7 @@ def _build(tmp: Path, img_list: Path, resolved: list[str], i0: np.ndarray, i1: n
 def make_damaged_set(img_list: str | os.PathLike, pair_list: str | os.PathLike, out_dir: str | os.PathLike,
                      kinds: Sequence[str] = KINDS, seed: int = 0, force: bool = False) -> Path:
     """Write the damaged set described in the module docstring; returns ``out_dir``."""
-    from utils.image_list import read_image_list
+    from faces.face_list import read_image_list
 
     img_list, pair_list, out_dir = Path(img_list), Path(pair_list), Path(out_dir)
     kinds = list(dict.fromkeys(kinds))

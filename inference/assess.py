@@ -3,9 +3,9 @@
     python -m inference.assess photos/ more.jpg list.txt --out DIR          # the shipped quality model
     python -m inference.assess photos/ --resume CKPT --out DIR               # any other checkpoint
 
-Each photograph is read, its faces detected (RetinaFace, ``utils.detect``), one chosen (``--policy``),
-aligned to 112x112 (``utils.align``) and embedded in batches; the magnitude of the embedding is the
-MagFace quality, also reported on a 0-100 scale (``utils.quality_scale``). Writes DIR/quality.csv and
+Each photograph is read, its faces detected (RetinaFace, ``faces.detect``), one chosen (``--policy``),
+aligned to 112x112 (``faces.align``) and embedded in batches; the magnitude of the embedding is the
+MagFace quality, also reported on a 0-100 scale (``inference.quality_scale``). Writes DIR/quality.csv and
 DIR/quality.json (one row per face, or per photograph that gave none, with its ``status``) and
 DIR/contact_sheet.png (faces sorted by quality, lowest first); ``--save-crops`` and
 ``--save-features`` add the aligned faces and a ``features.npz``. Exit code 0 when at least one face
@@ -20,34 +20,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from inference.extract import embed_batch, prepare_model  # noqa: E402
-from inference.photo_faces import (  # noqa: E402
-    FaceOptions,
-    FaceRecord,
-    add_face_args,
-    collect_inputs,
-    default_workers,
-    iter_photo_faces,
-)
-from inference.quality_report import contact_sheet, record_row, save_crops, write_csv, write_quality_json  # noqa: E402
-from models.checkpoint import load_backbone  # noqa: E402
-from models.quality_model import QUALITY_MODEL  # noqa: E402
-from utils.cli import HelpFormatter, keyword_defaults, run_cli  # noqa: E402
-from utils.convention import parse_convention  # noqa: E402
-from utils.cpu_info import choose_precision  # noqa: E402
-from utils.detect import POLICIES  # noqa: E402
-from utils.dist import resolve_device  # noqa: E402
-from utils.feature_io import write_features  # noqa: E402
-from utils.image_list import usable_cores  # noqa: E402
-from utils.precision import DTYPES  # noqa: E402
-from utils.quality_scale import SCALES, logistic_quality, resolve_scale  # noqa: E402
+from dataloader.photo_loader import default_workers, iter_photo_faces
+from faces.detect import POLICIES
+from faces.photo_faces import FaceOptions, FaceRecord, add_face_args, collect_inputs
+from inference.extract import embed_batch, prepare_model
+from inference.quality_report import contact_sheet, record_row, save_crops, write_csv, write_quality_json
+from inference.quality_scale import SCALES, logistic_quality, resolve_scale
+from models.checkpoint import load_backbone
+from models.quality_model import QUALITY_MODEL
+from utils.cli import HelpFormatter, keyword_defaults, run_cli
+from utils.convention import parse_convention
+from utils.cpu_info import choose_precision, usable_cores
+from utils.dist import resolve_device
+from utils.feature_io import write_features
+from utils.precision import DTYPES
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -3,7 +3,7 @@
     python -m inference.calibrate --resume CKPT --inf_list lfw/img.list
     python -m inference.calibrate --resume CKPT --feat-list lfw.npz      # magnitudes already computed
 
-Fits the logistic magnitude -> 0-100 map of ``utils.quality_scale`` (centre = median magnitude,
+Fits the logistic magnitude -> 0-100 map of ``inference.quality_scale`` (centre = median magnitude,
 width = (p95 - p5) / (2 ln 19)) and writes it next to the checkpoint as ``CKPT.quality.json`` (or
 ``--out``), where ``inference.assess`` finds it and reports ``quality_scale = calibrated``.
 """
@@ -13,22 +13,13 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from inference.extract import prepare_model  # noqa: E402
-from inference.feat_torch import make_loader, run_model  # noqa: E402
-from models.checkpoint import load_backbone  # noqa: E402
-from utils.cli import HelpFormatter, run_cli  # noqa: E402
-from utils.convention import parse_convention  # noqa: E402
-from utils.dist import resolve_device  # noqa: E402
-from utils.feature_io import load_feature_file  # noqa: E402
-from utils.image_list import read_image_list, usable_cores  # noqa: E402
-from utils.precision import DTYPES  # noqa: E402
-from utils.quality_scale import (  # noqa: E402
+from faces.face_list import read_image_list
+from inference.extract import prepare_model
+from inference.feat_torch import make_loader, run_model
+from inference.quality_scale import (
     OFIQ,
     file_sha256,
     fit_anchored,
@@ -37,6 +28,13 @@ from utils.quality_scale import (  # noqa: E402
     save_calibration,
     side_file,
 )
+from models.checkpoint import load_backbone
+from utils.cli import HelpFormatter, run_cli
+from utils.convention import parse_convention
+from utils.cpu_info import usable_cores
+from utils.dist import resolve_device
+from utils.feature_io import load_feature_file
+from utils.precision import DTYPES
 
 
 def reference_magnitudes(resume: str, inf_list: str, *, arch: str | None = None, device: str = "auto",
@@ -65,7 +63,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     src.add_argument("--feat-list", help="features of the reference set made with this checkpoint")
     p.add_argument("--damaged-list", default=None,
                    help="a second list of damaged faces: the scale then puts the reference's median at 80 and "
-                   "these faces' median at 20 (utils.quality_scale.fit_anchored) instead of the reference's at 50")
+                   "these faces' median at 20 (inference.quality_scale.fit_anchored) instead of the reference's at 50")
     p.add_argument("--out", default=None, help="output (default: CKPT.quality.json beside the checkpoint)")
     p.add_argument("--arch", default=None, help="backbone; read from the checkpoint when absent")
     p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda[:N]")

@@ -39,10 +39,7 @@ import torch
 from torch import nn
 
 from inference.ort_embed import CALIBRATION_KEY
-from models.checkpoint import load_backbone
-from utils.cli import run_cli
-from utils.convention import FACE_SIZE, InputConvention, parse_convention, to_model_input
-from utils.quality_scale import (
+from inference.quality_scale import (
     Calibration,
     calibration_text,
     load_calibration,
@@ -50,6 +47,9 @@ from utils.quality_scale import (
     save_calibration,
     side_file,
 )
+from models.checkpoint import load_backbone
+from utils.cli import run_cli
+from utils.convention import FACE_SIZE, InputConvention, parse_convention, to_model_input
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "embedding"

@@ -17,14 +17,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from faces.face_list import ImageList, listed_face
 from inference.extract import embed_batch, prepare_model
 from inference.gen_feat import FeatOptions
 from models.checkpoint import load_backbone
 from utils.convention import FACE_SIZE, InputConvention, parse_convention
-from utils.cpu_info import choose_precision
+from utils.cpu_info import choose_precision, usable_cores
 from utils.dist import resolve_device
 from utils.feature_io import check_room
-from utils.image_list import ImageList, listed_face, usable_cores
 from utils.precision import DTYPES
 
 GPU_FLUSH_BATCHES = 64  # features copied back to the host every N batches (one sync each time)

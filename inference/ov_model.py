@@ -20,8 +20,7 @@ import numpy as np
 
 from inference.ort_embed import OnnxFaceModel
 from utils.convention import InputConvention
-from utils.cpu_info import cpu_has_amx
-from utils.image_list import usable_cores
+from utils.cpu_info import cpu_has_amx, usable_cores
 
 
 def openvino_installed() -> bool:

@@ -17,8 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from inference.photo_faces import FaceRecord
-from utils.align import write_jpeg_atomic
+from faces.align import write_jpeg_atomic
+from faces.photo_faces import FaceRecord
 from utils.atomic import atomic_write, write_json
 
 COLUMNS = (["path", "face", "status", "det_score", "box_x1", "box_y1", "box_x2", "box_y2"]

@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from faces.face_list import read_image_list
 from inference.extract import prepare_model
 from models.checkpoint import load_backbone
 from utils.atomic import atomic_write
 from utils.cli import HelpFormatter, run_cli
 from utils.convention import InputConvention, read_aligned_face, to_model_input
-from utils.image_list import read_image_list
 
 
 class RepeatedDropout(nn.Module):

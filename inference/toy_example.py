@@ -8,7 +8,7 @@ occluded or profile faces should come first) and the cosine-similarity matrix of
 Usage: ``python -m inference.toy_example --resume CKPT [--arch A] --images LIST_OR_DIR [--out DIR] [--max 32]``
 ``--images`` is a folder (searched recursively) or a list file whose first token per line is an image
 path relative to the list's folder (``img.list``, ``train.list``). Images must already be aligned
-(``python -m utils.align``).
+(``python -m faces.align``).
 """
 from __future__ import annotations
 

@@ -84,10 +84,10 @@ def damage_ladder(ckpt: Path, faces: list[tuple[str, Path]], path: Path, device:
                   data: str = "clean faces of the damaged demo LFW pairs") -> dict[str, list[float]]:
     """PNG of each (kind, face) at rising severity, captioned with magnitudes; returns the magnitudes.
     The title names ``model`` (default: the checkpoint's arch and file) and ``data``."""
+    from faces.degrade import degrade
     from inference.extract import embed_array
     from models.checkpoint import load_backbone
     from utils.convention import read_aligned_face
-    from utils.degrade import degrade
 
     net, conv, info = load_backbone(ckpt)
     images, mags = [], {}
@@ -155,7 +155,7 @@ def quality_stage(candidates: dict[str, Path], data: Path, out: Path, device: st
     """Score every candidate on the damaged demo pairs, keep the best, draw its pictures; summary keys."""
     from eval.damage import plot_report
     from eval.damage_set import make_damaged_set
-    from utils.degrade import KINDS
+    from faces.degrade import KINDS
 
     set_dir = make_damaged_set(data / "lfw" / "img.list", data / "lfw" / "pair.list", out / "damaged_lfw")
     results = {name: score_candidate(name, ckpt, set_dir, out, device) for name, ckpt in candidates.items()}

@@ -17,7 +17,7 @@ MOBILEFACENET_START = ["--arch", "mobilefacenet", "--embedding-size", "128", "--
                        "--head-init", "class-means", "--batch-size", "64", "--channels-last", "on"]
 # [l_a, u_a] = [10, 30] around the pretrained magnitudes (about 11..25 on clean LFW), lambda_g 150 >= lambda_min
 # 126; the last 3 bottlenecks, the GDC and the embedding layers train; half the faces damaged by one of 10 kinds
-# (the benchmark's 7 and motion blur, low contrast, colour cast: utils.degrade.ALL_KINDS)
+# (the benchmark's 7 and motion blur, low contrast, colour cast: faces.degrade.ALL_KINDS)
 QUALITY_FINETUNE_FLAGS = ["--l_a", "10", "--u_a", "30", "--l_margin", "0.45", "--u_margin", "0.8", "--lambda_g",
                           "150", "--lr", "0.01", "--freeze-depth", "12", "--schedule", "cosine",
                           "--degrade-prob", "0.5", "--degrade-kinds", "wide"]

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.align import (
+from faces.align import (
     ARCFACE_TEMPLATE,
     align_face,
     estimate_similarity,
@@ -200,9 +200,8 @@ def make_synthetic_originals(lfw_dir: Path, photos_dir: Path, src: Path, count: 
     return lines, aligned
 
 
-def run_cli(args: list[str], as_file: bool = False) -> subprocess.CompletedProcess:
-    entry = [str(REPO / "utils" / "align.py")] if as_file else ["-m", "utils.align"]
-    return subprocess.run([sys.executable, *entry, *args], cwd=REPO, capture_output=True, text=True)
+def run_cli(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "faces.align", *args], cwd=REPO, capture_output=True, text=True)
 
 
 def test_cli_realigns_synthetic_originals(lfw_dir, photos_dir, tmp_path):
@@ -232,12 +231,12 @@ def test_cli_realigns_synthetic_originals(lfw_dir, photos_dir, tmp_path):
         assert other > 5 * diff, (name, diff, other)
 
 
-def test_cli_runs_as_file_and_succeeds_without_failures(lfw_dir, photos_dir, tmp_path):
+def test_cli_succeeds_without_failures(lfw_dir, photos_dir, tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
     lines, aligned = make_synthetic_originals(lfw_dir, photos_dir, src, count=2)
     list_file = tmp_path / "list.txt"
     list_file.write_text("\n".join(" ".join(t.split()[:1] + t.split()[2:]) for t in lines) + "\n")
-    result = run_cli(["--landmarks", str(list_file), "--src-root", str(src), "--out", str(out)], True)
+    result = run_cli(["--landmarks", str(list_file), "--src-root", str(src), "--out", str(out)])
     assert result.returncode == 0, result.stderr
     assert "format path5" in result.stdout and "aligned 2, failed 0" in result.stdout
     assert all((out / name).is_file() for name in aligned)

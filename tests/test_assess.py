@@ -14,9 +14,9 @@ from PIL import Image
 
 from inference import assess
 from inference.quality_report import COLUMNS
+from inference.quality_scale import OFIQ, Calibration, logistic_quality, save_calibration, side_file
 from models.backbones import build_backbone
 from models.checkpoint import save_released
-from utils.quality_scale import OFIQ, Calibration, logistic_quality, save_calibration, side_file
 
 LFW_PHOTOS = ["AJ_Cook/AJ_Cook_0001.jpg", "Alejandro_Toledo/Alejandro_Toledo_0021.jpg",
               "Allyson_Felix/Allyson_Felix_0005.jpg"]

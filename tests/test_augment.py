@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from dataloader.augment import DegradeAugment, parse_kinds
+from faces.degrade import KINDS
 from run.config import TrainConfig, config_differences, config_from_args, get_args_parser
-from utils.degrade import KINDS
 
 
 def _faces(celeba_dir, n: int = 6) -> torch.Tensor:

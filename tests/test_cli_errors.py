@@ -42,7 +42,7 @@ def _entry_points(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "eval.quality": (["-m", "eval.quality", "--feat-list", missing, "--pair-list", missing], "missing.list"),
         "eval.bin_io": (["-m", "eval.bin_io", "--img-list", missing, "--pair-list", missing, "--out",
                          str(tmp / "x.bin")], "missing.list"),
-        "utils.align": (["-m", "utils.align", "--landmarks", missing, "--src-root", str(tmp), "--out",
+        "faces.align": (["-m", "faces.align", "--landmarks", missing, "--src-root", str(tmp), "--out",
                          str(tmp / "aligned")], "missing.list"),
         "pack_rec": (["-m", "dataloader.pack_rec", "--train_list", missing, "--out", str(tmp / "rec")], "missing.list"),
         "run.demo": (["-m", "run.demo", "--arch", "no_such_arch", "--out", str(tmp / "demo")], "no_such_arch"),

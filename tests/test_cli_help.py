@@ -11,7 +11,7 @@ PARSERS = [
     ("inference.gen_feat", "get_args_parser"), ("inference.assess", "get_args_parser"),
     ("inference.calibrate", "get_args_parser"), ("inference.export_onnx", "get_args_parser"),
     ("inference.ort_embed", "get_args_parser"), ("inference.toy_example", "get_args_parser"),
-    ("utils.align", "get_args_parser"), ("dataloader.prepare", "get_args_parser"),
+    ("faces.align", "get_args_parser"), ("dataloader.prepare", "get_args_parser"),
     ("dataloader.pack_rec", "get_args_parser"), ("eval.verification", "build_parser"),
     ("eval.quality", "build_parser"), ("eval.ijb", "build_parser"), ("eval.damage", "build_parser"),
     ("eval.cluster", "build_parser"),

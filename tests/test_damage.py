@@ -12,7 +12,7 @@ import pytest
 from eval import damage
 from eval.damage_report import BANDS, erc, median_by_band, quality_report, spearman, spearman_by_kind
 from eval.damage_set import DamageTable, make_damaged_set, read_damage_table
-from utils.degrade import KINDS, degrade
+from faces.degrade import KINDS, degrade
 from utils.feature_io import write_features
 
 N_PAIRS = 40

@@ -1,11 +1,11 @@
-"""utils/degrade.py: known damage on real aligned faces."""
+"""faces/degrade.py: known damage on real aligned faces."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
 
-from utils.degrade import ALL_KINDS, EXTRA_KINDS, KINDS, damage_parameter, degrade, random_degrade
+from faces.degrade import ALL_KINDS, EXTRA_KINDS, KINDS, damage_parameter, degrade, random_degrade
 
 GRID = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from faces.degrade import KINDS
 from models import build_backbone
 from models.checkpoint import save_released
 from run import demo
 from run.demo_quality import damage_ladder, ladder_faces, quality_stage
-from utils.degrade import KINDS
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_LFW = REPO / "raw" / "demo_data" / "lfw"

@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from inference.photo_faces import FaceOptions, faces_of_photo
-from utils.align import align_face
-from utils.detect import Face, FaceDetector, choose_faces
-from utils.photo import read_photo
+from faces.align import align_face
+from faces.detect import Face, FaceDetector, choose_faces
+from faces.photo import read_photo
+from faces.photo_faces import FaceOptions, faces_of_photo
 
 # CelebA photographs where a larger, lower-scoring non-face box would beat the face without the
 # "prefer score >= 0.95" rule (../shared/data/README.md); the shipped subset holds five of them

@@ -14,12 +14,12 @@ import torch
 
 from dataloader.image_list import ImageListDataset, PathTable, read_train_list
 from eval.metrics import read_pair_list
+from faces.face_list import read_image_list
 from inference import gen_feat
 from models.backbones import build_backbone
 from models.checkpoint import save_released
 from utils.convention import read_aligned_face
 from utils.feature_io import load_features, write_features
-from utils.image_list import read_image_list
 from utils.text_lines import field_lines, printable
 
 RAW = b"face\xff.jpg"

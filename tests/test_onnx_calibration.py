@@ -12,9 +12,9 @@ import torch
 
 from inference import assess, ort_embed
 from inference.export_onnx import main as export_main
+from inference.quality_scale import Calibration, file_sha256, load_calibration, save_calibration, side_file
 from models import build_backbone
 from models.checkpoint import save_released
-from utils.quality_scale import Calibration, file_sha256, load_calibration, save_calibration, side_file
 
 ARCH = "iresnet18_w16"
 PHOTOS = ["AJ_Cook/AJ_Cook_0001.jpg", "Alejandro_Toledo/Alejandro_Toledo_0021.jpg",

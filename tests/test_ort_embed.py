@@ -15,10 +15,10 @@ from torch import nn
 from bench.bench_gen_feat import random_model
 from inference import gen_feat, ort_embed
 from inference.export_onnx import export_onnx
+from inference.quality_scale import fit_calibration, logistic_quality, save_calibration, side_file
 from models.checkpoint import save_released
 from utils.cli import run_cli
 from utils.convention import INSIGHTFACE, MAGFACE
-from utils.quality_scale import fit_calibration, logistic_quality, save_calibration, side_file
 
 REPO = Path(__file__).resolve().parents[1]
 N_FACES = 32

@@ -1,4 +1,4 @@
-"""utils.photo: every stored form of a photograph becomes the 8-bit BGR image the detector expects."""
+"""faces.photo: every stored form of a photograph becomes the 8-bit BGR image the detector expects."""
 from __future__ import annotations
 
 import cv2
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils.photo import jpeg_components, read_photo, to_bgr8
+from faces.photo import jpeg_components, read_photo, to_bgr8
 
 
 def test_exif_rotation_is_applied(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from dataloader import prepare
 from dataloader.image_list import read_train_list
 from dataloader.rec_dataset import RecordIODataset
-from utils.align import align_face
+from faces.align import align_face
 
 PHOTOS = {"Alice": ["AJ_Cook/AJ_Cook_0001.jpg", "Anders_Ebbeson/Anders_Ebbeson_0002.jpg"],
           "Bob": ["Allyson_Felix/Allyson_Felix_0005.jpg",

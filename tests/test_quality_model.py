@@ -13,11 +13,11 @@ import cv2
 import numpy as np
 import pytest
 
+from inference.quality_scale import file_sha256, load_calibration, side_file
 from models.checkpoint import load_backbone
 from models.mobilefacenet import MobileFaceNet
 from models.quality_model import QUALITY_MODEL
 from utils.convention import IMAGENET
-from utils.quality_scale import file_sha256, load_calibration, side_file
 
 REPO = Path(__file__).resolve().parents[1]
 # every 12th of the shared set's 200 LFW photographs (sorted), all of them shipped in raw/demo_data/photos
@@ -43,7 +43,7 @@ def test_shipped_files_agree():
 
 
 # Damage applied to the whole photograph before detection, at a strength a person calls clearly worse. The
-# fine-tune's augmentation (utils.degrade.ALL_KINDS, on aligned faces) had Gaussian blur, down-scaling, JPEG,
+# fine-tune's augmentation (faces.degrade.ALL_KINDS, on aligned faces) had Gaussian blur, down-scaling, JPEG,
 # dark, bright, noise, occlusion, motion blur, low contrast and colour cast; TRAINED_FAMILY repeats three of
 # those at other strengths on whole photographs, UNSEEN are kinds no training step ever showed the model.
 def _motion_blur(img: np.ndarray) -> np.ndarray:

@@ -11,34 +11,34 @@ import pytest
 import torch
 
 from inference import calibrate
-from models.backbones import build_backbone
-from models.checkpoint import save_released
-from utils.quality_scale import (
+from inference.quality_scale import (
     OFIQ,
     Calibration,
     fit_anchored,
     fit_calibration,
     load_calibration,
     logistic_quality,
-    ofiq_quality,
     resolve_scale,
     round_half_away,
     save_calibration,
     side_file,
 )
+from models.backbones import build_backbone
+from models.checkpoint import save_released
 
 
 def test_ofiq_mapping_hand_computed():
+    # the mapping assess and ort_embed fall back to (resolve_scale's OFIQ, --quality-scale ofiq)
     # q = 100 / (1 + exp((23 - a) / 2.6)): a = 23 -> 50; a = 23 +- 2.6 ln 3 -> 75 / 25;
     # a = 30 -> 100 / (1 + e^-2.6923) = 93.66 -> 94; a = 10 -> 100 / (1 + e^5) = 0.669 -> 1; a = 0 -> 0.0144 -> 0
     a = [23.0, 23 + 2.6 * math.log(3), 23 - 2.6 * math.log(3), 30.0, 10.0, 0.0, 1e6, -1e6]
-    np.testing.assert_array_equal(ofiq_quality(a), [50, 75, 25, 94, 1, 0, 100, 0])
+    np.testing.assert_array_equal(logistic_quality(a, OFIQ), [50, 75, 25, 94, 1, 0, 100, 0])
 
 
 def test_rounding_is_half_away_from_zero():
     np.testing.assert_array_equal(round_half_away([0.5, 1.5, 2.5, -0.5, -2.5, 2.4999]), [1, 2, 3, -1, -3, 2])
     # the scores use it: x.5 exactly cannot be hit through exp(), so check the clamp and integrality instead
-    q = ofiq_quality(np.linspace(-50, 80, 1301))
+    q = logistic_quality(np.linspace(-50, 80, 1301), OFIQ)
     assert q.min() == 0 and q.max() == 100 and np.all(q == np.floor(q)) and np.all(np.diff(q) >= 0)
 
 

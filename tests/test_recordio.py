@@ -99,9 +99,9 @@ def test_pickles_without_descriptor(packed):
     assert clone._fd is None and torch.equal(clone[0][0], first)
 
 
-def test_script_runs_as_file(tmp_path, faces):
-    out = tmp_path / "viafile"
-    subprocess.run([sys.executable, "dataloader/pack_rec.py", "--train_list", str(faces), "--out", str(out),
+def test_command_runs(tmp_path, faces):
+    out = tmp_path / "viacommand"
+    subprocess.run([sys.executable, "-m", "dataloader.pack_rec", "--train_list", str(faces), "--out", str(out),
                     "--reencode", "--quality", "90", "--workers", "0"], cwd=REPO, check=True, capture_output=True)
     ds = RecordIODataset(out)
     img = cv2.imread(read_train_list(faces).paths[3]).transpose(2, 0, 1).astype(int)

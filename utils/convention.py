@@ -129,7 +129,7 @@ def load_aligned_face(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"image is {image.shape[1]}x{image.shape[0]}, expected an aligned "
                          f"{FACE_SIZE}x{FACE_SIZE} face: for photographs, python -m inference.assess PHOTOS "
                          "--save-crops (or dataloader.prepare for a training set) detects and aligns them; "
-                         "python -m utils.align aligns from a landmark file")
+                         "python -m faces.align aligns from a landmark file")
     return image
 
 

@@ -1,4 +1,5 @@
-"""What this CPU can do fast, and the inference precision ``--dtype auto`` takes from it (torch-free).
+"""What this CPU can do fast, how many of its cores this process may use, and the inference precision
+``--dtype auto`` takes from it (torch-free).
 
 The choice, for the torch inference commands (gen_feat, assess, eval.verification; ``inference.calibrate`` fits
 a reference scale and stays fp32 unless told otherwise):
@@ -66,6 +67,11 @@ def read_cpu_info(cpuinfo: str | os.PathLike = CPUINFO, env: dict[str, str] | No
     if env.get(FLAGS_ENV) is not None:
         flags, source = frozenset(env[FLAGS_ENV].split()), f"${FLAGS_ENV}"
     return CpuInfo(model, flags, source)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under taskset or a batch scheduler)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def cpu_has_amx(cpuinfo: str | os.PathLike = CPUINFO) -> bool:

@@ -121,7 +121,3 @@ def write_skipped(path: str | os.PathLike, skipped: Sequence[SkippedImage]) -> N
     with atomic_write(path, "wb") as f:
         f.write(text.encode(ENCODING, ERRORS))
 
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, e.g. under taskset or a batch scheduler)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

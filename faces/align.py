@@ -14,7 +14,7 @@ left). Landmark list formats read by the CLI, one image per line:
 - ``ijb``:    ``name x1 y1 ... x5 y5 score`` (insightface ``ijb*_name_5pts_score.txt``)
 - ``scored``: ``path score x1 y1 ... x5 y5`` (``landmarks.txt`` of the shared data sets)
 
-CLI: ``python -m utils.align --landmarks FILE --src-root DIR --out DIR [--format auto|path5|ijb|scored]``.
+CLI: ``python -m faces.align --landmarks FILE --src-root DIR --out DIR [--format auto|path5|ijb|scored]``.
 """
 from __future__ import annotations
 
@@ -23,9 +23,6 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: the repository root, not utils/, goes on the path
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import cv2
 import numpy as np
@@ -275,4 +272,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from utils.cli import run_cli
 
-    sys.exit(run_cli(main, None, "utils.align"))
+    sys.exit(run_cli(main, None, "faces.align"))

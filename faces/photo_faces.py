@@ -1,14 +1,13 @@
-"""From photographs to aligned 112x112 faces: the stage that ``inference.assess`` and
+"""From photographs to aligned 112x112 faces, one photograph at a time: the stage that ``inference.assess`` and
 ``dataloader.prepare`` share.
 
-Each photograph is read (``utils.photo``: grayscale, 16-bit, alpha, CMYK and EXIF rotation handled),
-its faces detected and chosen (``utils.detect``) and aligned (``utils.align``). Failures become a
+Each photograph is read (``faces.photo``: grayscale, 16-bit, alpha, CMYK and EXIF rotation handled),
+its faces detected and chosen (``faces.detect``) and aligned (``faces.align``). Failures become a
 ``FaceRecord`` with a status instead of an exception, so one bad file never stops a batch:
 
     ok, no_face, too_small, ambiguous, unreadable (not an image, truncated, unreadable file), error
 
-``PhotoFaces`` is a Dataset of photographs, so a DataLoader's worker processes can run the detector
-in parallel (each worker builds its own onnxruntime session on first use).
+Torch-free; ``dataloader.photo_loader`` runs it over many photographs in DataLoader worker processes.
 """
 from __future__ import annotations
 
@@ -17,11 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import DataLoader, Dataset
 
-from utils.align import align_face
-from utils.detect import DEFAULT_MAX_SIDE, DEFAULT_MIN_SIZE, DEFAULT_SCORE, FaceDetector, choose_faces
-from utils.photo import read_photo
+from faces.align import align_face
+from faces.detect import DEFAULT_MAX_SIDE, DEFAULT_MIN_SIZE, DEFAULT_SCORE, FaceDetector, choose_faces
+from faces.photo import read_photo
 from utils.text_lines import numbered_tokens
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2"}
@@ -45,7 +43,7 @@ class FaceRecord:
 
 @dataclass(frozen=True)
 class FaceOptions:
-    """How faces are found and chosen (see ``utils.detect``)."""
+    """How faces are found and chosen (see ``faces.detect``)."""
 
     policy: str = "largest"
     det_score: float = DEFAULT_SCORE
@@ -101,43 +99,6 @@ def faces_of_photo(path: str, detector: FaceDetector, options: FaceOptions) -> l
                 for i, f in enumerate(chosen)]
     except (ValueError, RuntimeError, MemoryError) as e:  # onnxruntime / OpenCV failures on odd inputs
         return [FaceRecord(path, "error", note=f"{type(e).__name__}: {e}".splitlines()[0], image_size=size)]
-
-
-class PhotoFaces(Dataset):
-    """Photographs -> lists of FaceRecords; the detector is built lazily in each worker."""
-
-    def __init__(self, paths: list[str], options: FaceOptions) -> None:
-        self.paths, self.options = paths, options
-        self._detector: FaceDetector | None = None
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> list[FaceRecord]:
-        if self._detector is None:
-            o = self.options
-            self._detector = FaceDetector(o.det_score, max_side=o.det_size, threads=o.threads)
-        return faces_of_photo(self.paths[i], self._detector, self.options)
-
-
-def _as_is(records: list[FaceRecord]) -> list[FaceRecord]:
-    return records
-
-
-def iter_photo_faces(paths: list[str], options: FaceOptions, workers: int = 0):
-    """Yield each photograph's records in input order, detected in ``workers`` processes (0: inline)."""
-    if workers > 0:
-        options = FaceOptions(**{**options.__dict__, "threads": options.threads or 1})
-    loader = DataLoader(PhotoFaces(paths, options), batch_size=None, num_workers=workers,
-                        collate_fn=_as_is, prefetch_factor=4 if workers > 0 else None)
-    yield from loader
-
-
-def default_workers() -> int:
-    from utils.image_list import usable_cores
-
-    cores = usable_cores()
-    return 0 if cores <= 2 else min(8, cores // 2)
 
 
 def add_face_args(p: argparse.ArgumentParser, policies: tuple[str, ...]) -> None:

@@ -75,11 +75,6 @@ def logistic_quality(magnitudes: np.ndarray, calibration: Calibration = OFIQ) ->
     return np.clip(round_half_away(100.0 / (1.0 + np.exp(z))), 0.0, 100.0)
 
 
-def ofiq_quality(magnitudes: np.ndarray) -> np.ndarray:
-    """OFIQ's unified quality score from MagFace iResNet50 magnitudes."""
-    return logistic_quality(magnitudes, OFIQ)
-
-
 def fit_calibration(magnitudes: np.ndarray, source: str, checkpoint_sha256: str | None = None) -> Calibration:
     """The calibration of a model from the magnitudes of a reference set (rule in the module docstring)."""
     a = np.asarray(magnitudes, dtype=np.float64).ravel()
