@@ -44,7 +44,7 @@ class FaceImages(Dataset):
         img = listed_face(self.paths[i], self.where[i] if self.where else None, self.skip_bad)
         if img is None:
             return torch.zeros(3, FACE_SIZE, FACE_SIZE, dtype=torch.uint8), False
-        return torch.from_numpy(np.stack(cv2.split(img))), True  # CHW; 3x quicker than a transpose copy
+        return torch.from_numpy(np.stack(cv2.split(img))), True  # CHW; quicker than a transpose copy (bench/RESULTS.md)
 
 
 def make_loader(paths: list[str], batch_size: int, workers: int, device: torch.device, *,

@@ -88,7 +88,7 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib_paths: list[str], conve
                     op_types_to_quantize=["Conv"],
                     quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                    # one batch of activations at a time, ranges merged (all at once: ~50 MB per face for r50)
+                    # one batch of activations at a time, ranges merged (all at once: memory per face, bench/RESULTS.md)
                     extra_options={"CalibStridedMinMax": 1})
     quantized = onnx.load(str(out_path))
     for key, value in {**metadata, "quantization": RECIPE, "calibration_faces": str(len(calib_paths))}.items():
