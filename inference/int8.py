@@ -13,6 +13,7 @@ The result is cached in ``$MAGFACE_CACHE`` (default ``$XDG_CACHE_HOME/magface``,
 convention, the calibration images (their paths and sizes) and this recipe's version; written
 atomically, so only the first run pays for the export and the calibration, and a changed checkpoint
 or calibration set makes a new file. ``inference.ort_embed`` runs the cached file without PyTorch.
+The same cache holds the checkpoint's fp32 export (``fp32_export``: ``gen_feat --backend onnxruntime``).
 """
 from __future__ import annotations
 
