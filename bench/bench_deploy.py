@@ -108,7 +108,7 @@ def demo_accuracy(ckpt: str, tmp: Path, env: dict) -> dict:
         e0, e1, same = features_pairs(str(out), str(pairs), None)
         result[f"{dtype}_accuracy"] = float(kfold_accuracy(e0, e1, same).accuracies.mean())
         result[f"{dtype}_feats"] = load_feats(out)
-    from inference.ov_model import choose_runtime
+    from inference.onnx_model import choose_runtime
 
     result["int8_runtime"] = choose_runtime("auto")
     result["min_cos_int8_vs_fp32"] = cos_min(result.pop("int8_feats"), result.pop("fp32_feats"))
@@ -129,8 +129,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def run_rows(ckpt: Path, lst: Path, tmp: Path, arch: str, env: dict) -> tuple[list[dict], dict[str, Path]]:
     gen = [PY, "inference/gen_feat.py", "--arch", arch, "--resume", str(ckpt), "--inf_list", str(lst)]
-    from inference.gen_feat import FeatOptions, choose_backend
-    from inference.ov_model import choose_runtime
+    from inference.feat_options import FeatOptions, choose_backend
+    from inference.onnx_model import choose_runtime
     from utils.cpu_info import choose_precision
 
     auto = f"auto: {choose_runtime('auto')}"  # what --onnx-runtime / --runtime auto picks on this machine

@@ -97,13 +97,6 @@ def read_bin(
     return images, issame
 
 
-def encode_jpeg(image_bgr: np.ndarray, quality: int = 95) -> bytes:
-    ok, buf = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise ValueError(f"cv2 could not encode an image of shape {image_bgr.shape}")
-    return buf.tobytes()
-
-
 def write_bin(path: str | os.PathLike, bins: Sequence[bytes], issame: Sequence[bool], protocol: int = 4) -> None:
     """Write ``(bins, issame_list)`` as insightface does (encoded bytes, list of bools), atomically."""
     path = Path(path)

@@ -16,15 +16,11 @@ F; then use it unchanged on the test set. Higher values give purer, smaller clus
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.cluster_graph import METHODS, cluster, knn_graph
 from eval.cluster_labels import find_ijbb_protocol, read_labels

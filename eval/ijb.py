@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,9 +27,6 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 from sklearn.metrics import roc_curve
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.metrics import (
     read_int_table,

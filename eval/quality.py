@@ -23,15 +23,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.erc_plot import nan_reason, plot_erc
 from eval.metrics import angular_distance, read_pair_list

@@ -25,9 +25,6 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import normalize
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from eval.bin_io import read_bin
 from eval.metrics import (
     angular_distance,

@@ -38,7 +38,7 @@ import onnx
 import torch
 from torch import nn
 
-from inference.ort_embed import CALIBRATION_KEY
+from inference.onnx_model import CALIBRATION_KEY
 from inference.quality_scale import (
     Calibration,
     calibration_text,
@@ -94,15 +94,6 @@ def export_onnx(
         entry.key, entry.value = key, str(value)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
-
-
-def read_convention(path: str | os.PathLike) -> InputConvention:
-    """The input convention stored in an exported file's metadata."""
-    proto = onnx.load(str(path), load_external_data=False)
-    props = {p.key: p.value for p in proto.metadata_props}
-    if "input_convention" not in props:
-        raise ValueError(f"{path}: no 'input_convention' in the ONNX metadata_props")
-    return InputConvention.from_dict(json.loads(props["input_convention"]))
 
 
 def check_onnx(

@@ -42,8 +42,8 @@ def prepare_model(
     device = torch.device(device)
     model = model.eval()
     if fuse and isinstance(model, IResNet):
-        # torch.compile handles the in-place border correction of the folded input BN badly (20% slower
-        # on CPU), so a compiled model keeps that BN and leaves the dtype to autocast.
+        # torch.compile handles the in-place border correction of the folded input BN badly (slower on CPU,
+        # bench/RESULTS.md), so a compiled model keeps that BN and leaves the dtype to autocast.
         model = fuse_iresnet(model, fold_input_bn=not compile_model)
     elif fuse and isinstance(model, MobileFaceNet):
         model = fuse_mobilefacenet(model)
@@ -95,7 +95,7 @@ def embed_array(
     """uint8 (N, H, W, 3) BGR images -> float32 (N, D) raw embeddings.
 
     ``prepare`` runs ``prepare_model`` first (BN folded, channels-last, weights in ``dtype``): the same
-    features as the plain model to float rounding, 1.2-2x faster on CPU. ``progress`` names the set in
+    features as the plain model to float rounding, faster on CPU (bench/RESULTS.md). ``progress`` names the set in
     a line on stderr every ``progress_every_s`` seconds (images done, img/s, time left).
     """
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:

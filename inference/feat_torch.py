@@ -1,6 +1,6 @@
 """gen_feat's PyTorch path (fp32, bf16, fp16 on the CPU or a GPU), imported only when it runs.
 
-``inference.gen_feat`` is the command; it imports torch only for these precisions, so ``--dtype int8``
+``inference.features`` runs gen_feat; it imports torch only for these precisions, so ``--dtype int8``
 (onnxruntime) starts without it. Every BatchNorm is folded into the convs (``inference.fuse``),
 channels-last, inference mode, bf16/fp16 weights stored once. On CPU the images are decoded inline
 (a decode process would preempt the compute threads); on GPU worker processes feed pinned uint8
@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from faces.face_list import ImageList, listed_face
 from inference.extract import embed_batch, prepare_model
-from inference.gen_feat import FeatOptions
+from inference.feat_options import FeatOptions
 from models.checkpoint import load_backbone
 from utils.convention import FACE_SIZE, InputConvention, parse_convention
 from utils.cpu_info import choose_precision, usable_cores
@@ -44,7 +44,7 @@ class FaceImages(Dataset):
         img = listed_face(self.paths[i], self.where[i] if self.where else None, self.skip_bad)
         if img is None:
             return torch.zeros(3, FACE_SIZE, FACE_SIZE, dtype=torch.uint8), False
-        return torch.from_numpy(np.stack(cv2.split(img))), True  # CHW; 3x quicker than a transpose copy
+        return torch.from_numpy(np.stack(cv2.split(img))), True  # CHW; quicker than a transpose copy (bench/RESULTS.md)
 
 
 def make_loader(paths: list[str], batch_size: int, workers: int, device: torch.device, *,

@@ -13,6 +13,7 @@ The result is cached in ``$MAGFACE_CACHE`` (default ``$XDG_CACHE_HOME/magface``,
 convention, the calibration images (their paths and sizes) and this recipe's version; written
 atomically, so only the first run pays for the export and the calibration, and a changed checkpoint
 or calibration set makes a new file. ``inference.ort_embed`` runs the cached file without PyTorch.
+The same cache holds the checkpoint's fp32 export (``fp32_export``: ``gen_feat --backend onnxruntime``).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.onnx_model import model_input
 from inference.quality_scale import file_sha256
 from utils.convention import InputConvention, read_aligned_face
 
@@ -64,8 +66,6 @@ class _FaceReader:
         self.batch, self.end = start_index, min(end_index, len(self))
 
     def get_next(self) -> dict | None:
-        from inference.ort_embed import model_input
-
         if self.batch >= self.end:
             return None
         start = self.batch * CALIB_BATCH
@@ -89,7 +89,7 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib_paths: list[str], conve
                     op_types_to_quantize=["Conv"],
                     quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                    # one batch of activations at a time, ranges merged (all at once: ~50 MB per face for r50)
+                    # one batch of activations at a time, ranges merged (all at once: memory per face, bench/RESULTS.md)
                     extra_options={"CalibStridedMinMax": 1})
     quantized = onnx.load(str(out_path))
     for key, value in {**metadata, "quantization": RECIPE, "calibration_faces": str(len(calib_paths))}.items():
@@ -106,13 +106,23 @@ NOT_QUANTIZABLE = {
 }
 
 
-def int8_model(resume: str | os.PathLike, calib_paths: list[str] | None, *, arch: str | None = None,
-               convention: InputConvention | None = None, cache: Path | None = None,
-               log=print) -> Path:
-    """The cached int8 ONNX file of ``resume`` (made on first use: export + calibration, then cached);
-    with ``calib_paths`` None, the cached fp32 export instead (``gen_feat --backend onnxruntime``)."""
-    if calib_paths is not None and not calib_paths:
+def int8_model(resume: str | os.PathLike, calib_paths: list[str], *, arch: str | None = None,
+               convention: InputConvention | None = None, cache: Path | None = None, log=print) -> Path:
+    """The cached int8 ONNX file of ``resume`` (made on first use: export + calibration on ``calib_paths``)."""
+    if not calib_paths:
         raise ValueError("int8 calibration needs at least one aligned face")
+    return _cached_onnx(resume, calib_paths, arch=arch, convention=convention, cache=cache, log=log)
+
+
+def fp32_export(resume: str | os.PathLike, *, arch: str | None = None, convention: InputConvention | None = None,
+                cache: Path | None = None, log=print) -> Path:
+    """The cached fp32 ONNX export of ``resume`` (made on first use; ``gen_feat --backend onnxruntime``)."""
+    return _cached_onnx(resume, None, arch=arch, convention=convention, cache=cache, log=log)
+
+
+def _cached_onnx(resume: str | os.PathLike, calib_paths: list[str] | None, *, arch: str | None,
+                 convention: InputConvention | None, cache: Path | None, log) -> Path:
+    """The int8 model calibrated on ``calib_paths``, or with None the fp32 export: one cache, one recipe."""
     if not Path(resume).is_file():
         raise FileNotFoundError(f"checkpoint not found: {resume}")
     cache = cache or cache_dir()

@@ -1,8 +1,7 @@
 """Features, magnitudes and the 0-100 quality score with onnxruntime, OpenCV and numpy only: no PyTorch.
 
-The deployment path: a model exported by ``inference.export_onnx`` (fp32) or quantized by
-``inference.int8`` carries its input convention in the ONNX metadata (``input_convention``: channel
-order, mean, std), which this module applies itself (``x = (pixel / 255 - mean) / std``, NCHW float32).
+The deployment path's command: a model exported by ``inference.export_onnx`` (fp32) or quantized by
+``inference.int8``, run by ``inference.onnx_model`` with the input convention from its metadata.
 
     python -m inference.ort_embed --onnx model.onnx --inf_list faces.list --feat_list feats.npz \\
         [--scores scores.csv] [--quality-json CKPT.quality.json]
@@ -16,17 +15,14 @@ the side file ``MODEL.onnx.quality.json`` beside the model, else the calibration
 embedded in the model's metadata (``quality_calibration``), else OFIQ's constants
 with a warning (they fit only the released iResNet50). A calibrated export thus scores as the torch path does.
 Nothing here imports torch (tests/test_ort_embed.py checks).
-``--runtime``: onnxruntime, or OpenVINO (``inference.ov_model``; ``auto`` picks it where installed on a CPU
+``--runtime``: onnxruntime, or OpenVINO (``inference.onnx_model``; ``auto`` picks it where installed on a CPU
 with AMX).
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -34,7 +30,14 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
-from faces.face_list import listed_face, load_image_list  # noqa: E402
+from faces.face_list import load_image_list  # noqa: E402
+from inference.onnx_model import (  # noqa: E402
+    CALIBRATION_KEY,
+    RUNTIMES,
+    OnnxFaceModel,
+    embed_files,
+    load_onnx_model,
+)
 from inference.quality_scale import (  # noqa: E402
     OFIQ,
     Calibration,
@@ -45,127 +48,9 @@ from inference.quality_scale import (  # noqa: E402
 )
 from utils.atomic import atomic_write  # noqa: E402
 from utils.cli import HelpFormatter, run_cli  # noqa: E402
-from utils.convention import FACE_SIZE, InputConvention, parse_convention  # noqa: E402
-from utils.cpu_info import usable_cores  # noqa: E402
+from utils.convention import FACE_SIZE, parse_convention  # noqa: E402
 from utils.feature_io import write_features  # noqa: E402
 from utils.text_lines import printable  # noqa: E402
-
-CALIBRATION_KEY = "quality_calibration"  # the metadata key inference.export_onnx writes
-
-
-def model_input(images: np.ndarray, convention: InputConvention) -> np.ndarray:
-    """uint8 BGR (N, 112, 112, 3) faces -> the float32 NCHW input of ``convention`` (numpy's
-    ``utils.convention.to_model_input``)."""
-    if images.ndim != 4 or images.shape[1:] != (FACE_SIZE, FACE_SIZE, 3) or images.dtype != np.uint8:
-        raise ValueError(f"expected uint8 faces of shape (N, {FACE_SIZE}, {FACE_SIZE}, 3), "
-                         f"got {images.dtype} {images.shape}")
-    std = np.asarray(convention.std, dtype=np.float32).reshape(1, 3, 1, 1)
-    mean = np.asarray(convention.mean, dtype=np.float32).reshape(1, 3, 1, 1)
-    x = images.transpose(0, 3, 1, 2)
-    x = (x[:, ::-1] if convention.order == "RGB" else x).astype(np.float32)
-    x *= 1.0 / (255.0 * std)
-    x -= mean / std
-    return x
-
-
-class OnnxFaceModel:
-    """An exported face model with the convention from its metadata; subclasses run it (``_run``)."""
-
-    runtime = ""
-
-    def __init__(self, path: Path, metadata: dict[str, str], convention: InputConvention | None) -> None:
-        self.path, self.metadata = path, metadata
-        self.convention = convention or self._stored_convention()
-
-    @staticmethod
-    def model_file(path: str | os.PathLike) -> Path:
-        """``path`` as a Path, or FileNotFoundError naming it (checked before a runtime parses anything)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"ONNX model not found: {path}")
-        return path
-
-    @staticmethod
-    def not_loadable(path: Path, error: Exception) -> ValueError:
-        """The one-line error for a file the runtime refused (runtimes raise their own exception types)."""
-        return ValueError(f"{path}: not a loadable ONNX model ({str(error).splitlines()[0]})")
-
-    def _stored_convention(self) -> InputConvention:
-        text = self.metadata.get("input_convention")
-        if text is None:
-            raise ValueError(f"{self.path}: no 'input_convention' in the ONNX metadata (export it with "
-                             f"python -m inference.export_onnx, or pass --input-convention)")
-        try:
-            return InputConvention.from_dict(json.loads(text))
-        except (json.JSONDecodeError, TypeError) as e:
-            raise ValueError(f"{self.path}: metadata key 'input_convention' is not a convention ({e})") from None
-
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def embed(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """uint8 BGR (N, 112, 112, 3) faces -> float32 (N, D) raw embeddings."""
-        out = [self._run(model_input(images[i:i + batch_size], self.convention))
-               for i in range(0, len(images), batch_size)]
-        return np.concatenate(out).astype(np.float32, copy=False)
-
-
-class OrtModel(OnnxFaceModel):
-    """An exported face model on onnxruntime's CPU provider."""
-
-    runtime = "onnxruntime"
-
-    def __init__(self, path: str | os.PathLike, *, threads: int = 0,
-                 convention: InputConvention | None = None) -> None:
-        import onnxruntime as ort
-
-        path = self.model_file(path)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or usable_cores()
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own types for a damaged or foreign file
-            raise self.not_loadable(path, e) from None
-        self.input_name = self.session.get_inputs()[0].name
-        super().__init__(path, dict(self.session.get_modelmeta().custom_metadata_map), convention)
-
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: x})[0]
-
-
-RUNTIMES = ("auto", "onnxruntime", "openvino")
-
-
-def load_onnx_model(path: str | os.PathLike, runtime: str = "auto", *, threads: int = 0,
-                    convention: InputConvention | None = None) -> OnnxFaceModel:
-    """The model on ``runtime``; ``auto``: OpenVINO where it is installed and the CPU has AMX (where its
-    int8 and fp32 kernels measured faster), else onnxruntime (``inference.ov_model.choose_runtime``)."""
-    from inference.ov_model import OvModel, choose_runtime
-
-    if choose_runtime(runtime) == "openvino":
-        return OvModel(path, threads=threads, convention=convention)
-    return OrtModel(path, threads=threads, convention=convention)
-
-
-def embed_files(model: OnnxFaceModel, paths: list[str], batch_size: int = 64, print_freq: int = 10, *,
-                where: Sequence[str] | None = None, skip_bad: bool = False) -> np.ndarray:
-    """Decode and embed aligned faces a batch at a time (decoding is ~1% of an iResNet's time).
-
-    A bad file raises naming its list line (``where[i]``, e.g. ``LIST:LINE``) and the file; with ``skip_bad``
-    its row is NaN instead (gen_feat drops those rows).
-    """
-    feats, t0 = [], time.perf_counter()
-    blank = np.zeros((FACE_SIZE, FACE_SIZE, 3), np.uint8)
-    for b, start in enumerate(range(0, len(paths), batch_size)):
-        rows = range(start, min(start + batch_size, len(paths)))
-        faces = [listed_face(paths[i], where[i] if where else None, skip_bad) for i in rows]
-        out = model.embed(np.stack([blank if f is None else f for f in faces]), batch_size)
-        out[[f is None for f in faces]] = np.nan
-        feats.append(out)
-        done = rows.stop
-        if (b + 1) % print_freq == 0 or done == len(paths):
-            print(f"[{done}/{len(paths)}] {done / (time.perf_counter() - t0):.1f} img/s", flush=True)
-    return np.concatenate(feats)
 
 
 def faces_from_photos(paths: list[str], max_side: int = 640) -> tuple[list[int], np.ndarray, dict[int, str]]:

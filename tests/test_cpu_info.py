@@ -180,7 +180,7 @@ def test_verification_report_records_the_precision(faces, tmp_path):
 
 
 def test_choose_backend_takes_onnxruntime_only_for_the_default_on_a_cpu_without_native_bf16():
-    from inference.gen_feat import FeatOptions, choose_backend
+    from inference.feat_options import FeatOptions, choose_backend
 
     avx2, amx = cpu(EPYC_AVX2), cpu(XEON_AMX)
 

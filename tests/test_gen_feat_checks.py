@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from inference import gen_feat
-from inference.ort_embed import embed_files
+from inference.onnx_model import embed_files
 from models.backbones import build_backbone
 from models.checkpoint import save_released
 from utils.atomic import OutputWriteError

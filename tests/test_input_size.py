@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from inference import export_onnx, toy_example
+from inference.onnx_model import OrtModel
 from models import build_backbone
 from models.checkpoint import save_released
 from models.iresnet import resize_matrix
@@ -71,7 +72,7 @@ def test_onnx_of_a_56px_model_takes_112_input(demo_ckpt, lfw_dir, tmp_path):
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape[1:] == [3, FACE_SIZE, FACE_SIZE]
     _, images = _faces(lfw_dir, 3)
-    x = to_model_input(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()), export_onnx.read_convention(out))
+    x = to_model_input(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()), OrtModel(out).convention)
     (got,) = session.run(None, {"input": x.numpy()})
     with torch.no_grad():
         expected = model(F.avg_pool2d(x, 2)).numpy()

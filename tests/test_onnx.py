@@ -11,7 +11,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from inference.export_onnx import check_onnx, export_onnx, main, read_convention
+from inference.export_onnx import check_onnx, export_onnx, main
+from inference.onnx_model import OrtModel
 from models import build_backbone
 from models.checkpoint import save_released
 from utils.convention import INSIGHTFACE, MAGFACE, to_model_input
@@ -46,7 +47,7 @@ def test_export_matches_pytorch_at_batch_1_and_3(r18, exported):
     assert inp.name == "input" and out.name == "embedding"
     assert inp.type.tensor_type.shape.dim[0].dim_param  # symbolic batch axis
     assert [d.dim_value for d in inp.type.tensor_type.shape.dim[1:]] == [3, 112, 112]
-    assert read_convention(path) == INSIGHTFACE
+    assert OrtModel(path).convention == INSIGHTFACE
     assert {p.key: p.value for p in proto.metadata_props}["arch"] == "iresnet18"
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -73,7 +74,7 @@ def test_check_detects_a_wrong_model_or_convention(r18, exported):
     other = build_backbone("iresnet18").eval()
     diff, scale = check_onnx(other, exported, INSIGHTFACE, batch_sizes=(2,))
     assert diff > 0.1 * scale
-    assert read_convention(exported) != MAGFACE
+    assert OrtModel(exported).convention != MAGFACE
 
 
 def test_cli_exports_checkpoint_atomically(tmp_path):
@@ -90,7 +91,7 @@ def test_cli_exports_checkpoint_atomically(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "max abs diff" in result.stdout
     assert sorted(p.name for p in out.parent.iterdir()) == ["tiny.onnx"]  # no temp file left
-    assert read_convention(out) == INSIGHTFACE
+    assert OrtModel(out).convention == INSIGHTFACE
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(3).standard_normal((4, 3, 112, 112)).astype(np.float32)
     with torch.no_grad():

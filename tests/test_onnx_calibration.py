@@ -12,6 +12,7 @@ import torch
 
 from inference import assess, ort_embed
 from inference.export_onnx import main as export_main
+from inference.onnx_model import OrtModel
 from inference.quality_scale import Calibration, file_sha256, load_calibration, save_calibration, side_file
 from models import build_backbone
 from models.checkpoint import save_released
@@ -102,6 +103,6 @@ def test_a_checkpoint_without_calibration_clears_a_stale_side_file(calibrated, t
     assert export_main(["--resume", str(bare), "--out", str(out)]) == 0
     assert "removed" in capsys.readouterr().out and not side_file(out).exists()
     assert "quality_calibration" not in {p.key for p in onnx.load(str(out)).metadata_props}
-    model = ort_embed.OrtModel(out)
+    model = OrtModel(out)
     _, scale = ort_embed.quality_calibration(model, None)
     assert scale == "ofiq-uncalibrated" and "OFIQ" in capsys.readouterr().err

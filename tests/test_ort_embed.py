@@ -15,6 +15,7 @@ from torch import nn
 from bench.bench_gen_feat import random_model
 from inference import gen_feat, ort_embed
 from inference.export_onnx import export_onnx
+from inference.onnx_model import OrtModel
 from inference.quality_scale import fit_calibration, logistic_quality, save_calibration, side_file
 from models.checkpoint import save_released
 from utils.cli import run_cli
@@ -75,8 +76,8 @@ def test_rgb_convention_from_metadata(files, model, lfw_dir):
     faces = np.stack([read_aligned_face(line.split()[0]) for line in files["list"].read_text().splitlines()[:4]])
     with torch.inference_mode():
         expected = model(to_model_input(torch.from_numpy(faces.transpose(0, 3, 1, 2).copy()), INSIGHTFACE)).numpy()
-    got = ort_embed.OrtModel(files["rgb"]).embed(faces)
-    assert ort_embed.OrtModel(files["rgb"]).convention == INSIGHTFACE
+    got = OrtModel(files["rgb"]).embed(faces)
+    assert OrtModel(files["rgb"]).convention == INSIGHTFACE
     assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
 
 
@@ -178,7 +179,7 @@ def test_int8_parity_and_cache(files, torch_feats, tmp_path, monkeypatch):
         np.testing.assert_array_equal(a["features"], b["features"])
         cos = cosines(a["features"], torch_feats)
     assert cos.min() >= 0.99, cos.min()
-    meta = ort_embed.OrtModel(cached[0]).metadata
+    meta = OrtModel(cached[0]).metadata
     assert json.loads(meta["input_convention"]) == MAGFACE.to_dict() and meta["calibration_faces"] == str(N_FACES)
 
 

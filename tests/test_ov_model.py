@@ -1,4 +1,4 @@
-"""OpenVINO as the runtime of the ONNX paths (inference/ov_model.py): choice, parity with onnxruntime on real faces."""
+"""OpenVINO as the runtime of the ONNX paths (inference/onnx_model.py): choice, parity with onnxruntime, real faces."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,11 +8,12 @@ import pytest
 
 from bench.bench_gen_feat import random_model
 from inference import gen_feat, ort_embed
-from inference.int8 import int8_model
-from inference.ov_model import OvModel, choose_runtime, cpu_has_amx
+from inference.int8 import fp32_export, int8_model
+from inference.onnx_model import OrtModel, OvModel, choose_runtime
 from models.checkpoint import save_released
 from utils.cli import run_cli
 from utils.convention import INSIGHTFACE, read_aligned_face
+from utils.cpu_info import cpu_has_amx
 
 pytest.importorskip("openvino")  # in requirements.txt; skipped only where someone installs without it
 
@@ -33,7 +34,7 @@ def deploy(lfw_dir: Path, tmp_path_factory) -> dict:
     save_released(root / "m.pth", random_model(ARCH), None, 0, ARCH)
     return {"root": root, "ckpt": root / "m.pth", "list": root / "img.list",
             "faces": np.stack([read_aligned_face(p) for p in paths]),
-            "fp32": int8_model(root / "m.pth", None, cache=root / "cache"),
+            "fp32": fp32_export(root / "m.pth", cache=root / "cache"),
             "int8": int8_model(root / "m.pth", paths, cache=root / "cache")}
 
 
@@ -60,7 +61,7 @@ def test_cpu_has_amx_reads_the_flags(tmp_path):
 
 
 def test_openvino_fp32_equals_onnxruntime(deploy):
-    ov, ort = OvModel(deploy["fp32"]), ort_embed.OrtModel(deploy["fp32"])
+    ov, ort = OvModel(deploy["fp32"]), OrtModel(deploy["fp32"])
     assert ov.metadata == ort.metadata and ov.convention == ort.convention
     a, b = ov.embed(deploy["faces"], 16), ort.embed(deploy["faces"], 16)
     assert a.shape == b.shape == (N_FACES, 512)
@@ -68,7 +69,7 @@ def test_openvino_fp32_equals_onnxruntime(deploy):
 
 
 def test_openvino_int8_close_to_fp32(deploy):
-    ref = ort_embed.OrtModel(deploy["fp32"]).embed(deploy["faces"])
+    ref = OrtModel(deploy["fp32"]).embed(deploy["faces"])
     got = OvModel(deploy["int8"]).embed(deploy["faces"])
     cos = cosines(got, ref)
     assert cos.min() >= 0.99, cos.min()
