@@ -1,6 +1,7 @@
 """Memory and step time of the class-sharded MagFace head (models/sharded.py) against class count and ranks.
 
-    python -m bench.bench_sharded_head [--classes 100000,1000000,2000000] [--world-sizes 1,2,4] [--json out.json]
+    python -m bench.bench_sharded_head [--classes 100000,1000000,2000000] [--world-sizes 1,2,4]
+                                       [--sample-rates 1.0,0.3,0.1] [--json out.json]
 
 Each (classes, world size) runs ``world_size`` CPU processes joined by gloo; each holds its shard of the
 [C, D] class weights and runs forward + backward of ``ShardedMagFaceHead`` on its slice of one fixed
@@ -8,7 +9,9 @@ global batch (the same embeddings and labels whatever the world size, so the los
 embedding size and batch are reduced (default D = 128, global batch 64) so that 2M classes fit a small
 machine. Reported per configuration: the bytes of one weight shard, the largest per-rank peak RSS and
 its growth over the rank's RSS before the head was built, wall and CPU time of a step (the slowest
-rank), and the loss. Each rank uses --threads threads: with more ranks than cores the wall time
+rank), and the loss. ``--sample-rates`` adds PartialFC-style class sampling (the head's ``sample_rate``): each
+step then keeps ceil(r * C_local) class rows per rank (the loss is over those, so it differs from r = 1).
+Each rank uses --threads threads: with more ranks than cores the wall time
 stops falling while the per-rank CPU time still does.
 """
 from __future__ import annotations
@@ -25,12 +28,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from bench.common import PeakRss, csv_arg, format_machine, format_rows, machine_info
+from bench.common import PeakRss, csv_arg, format_machine, machine_info, print_results, row_line
 from models.sharded import ShardedMagFaceHead
-from utils.atomic import write_json
 
-COLUMNS = ("classes", "world", "dim", "global_batch", "shard_mb", "peak_rss_mb", "rss_growth_mb", "step_ms",
-           "cpu_ms_per_rank", "loss", "status")
+COLUMNS = ("classes", "world", "sample_rate", "dim", "global_batch", "shard_mb", "peak_rss_mb", "rss_growth_mb",
+           "step_ms", "cpu_ms_per_rank", "loss", "status")
 
 
 def free_port() -> int:
@@ -47,8 +49,8 @@ def global_batch_data(batch: int, dim: int, classes: int, seed: int = 0) -> tupl
     return direction * norms, torch.randint(0, classes, (batch,), generator=g)
 
 
-def rank_main(rank: int, world: int, port: int, classes: int, dim: int, batch: int, steps: int, warmup: int,
-              threads: int, results) -> None:
+def rank_main(rank: int, world: int, port: int, classes: int, rate: float, dim: int, batch: int, steps: int,
+              warmup: int, threads: int, results) -> None:
     """One rank: join the group, build the shard, time forward + backward; puts a dict on ``results``."""
     try:
         torch.set_num_threads(threads)
@@ -59,9 +61,10 @@ def rank_main(rank: int, world: int, port: int, classes: int, dim: int, batch: i
         emb = feats[rank * local:(rank + 1) * local].clone().requires_grad_(True)
         y = labels[rank * local:(rank + 1) * local].clone()
         with PeakRss() as mem:
-            head = ShardedMagFaceHead(dim, classes, rank, world, compensate_ddp_average=False)
+            head = ShardedMagFaceHead(dim, classes, rank, world, compensate_ddp_average=False, sample_rate=rate)
             walls, cpus, loss = [], [], float("nan")
             for i in range(warmup + steps):
+                torch.manual_seed(1000 * i + rank)  # as the trainer seeds each step: the class draw differs
                 dist.barrier()
                 t, c = time.perf_counter(), time.process_time()
                 out = head(emb, y)
@@ -82,12 +85,13 @@ def rank_main(rank: int, world: int, port: int, classes: int, dim: int, batch: i
             dist.destroy_process_group()
 
 
-def run_config(classes: int, world: int, args: argparse.Namespace) -> dict:
+def run_config(classes: int, world: int, rate: float, args: argparse.Namespace) -> dict:
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=rank_main, args=(r, world, port, classes, args.dim, args.global_batch, args.steps,
-                                                  args.warmup, args.threads, results)) for r in range(world)]
+    procs = [ctx.Process(target=rank_main, args=(r, world, port, classes, rate, args.dim, args.global_batch,
+                                                  args.steps, args.warmup, args.threads, results))
+             for r in range(world)]
     for p in procs:
         p.start()
     got, deadline = [], time.monotonic() + args.timeout
@@ -109,7 +113,7 @@ def run_config(classes: int, world: int, args: argparse.Namespace) -> dict:
                 p.terminate()
                 p.join()
     losses = [g["loss"] for g in got]
-    return {"classes": classes, "world": world, "dim": args.dim, "global_batch": args.global_batch,
+    return {"classes": classes, "world": world, "sample_rate": rate, "dim": args.dim, "global_batch": args.global_batch,
             "shard_mb": max(g["shard_bytes"] for g in got) / 2**20,
             "peak_rss_mb": max(g["peak_rss_mb"] for g in got),
             "rss_growth_mb": max(g["peak_rss_mb"] - g["base_rss_mb"] for g in got),
@@ -122,6 +126,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--classes", type=lambda s: [int(float(v)) for v in csv_arg(s)], default="100000,1000000,2000000")
     p.add_argument("--world-sizes", type=lambda s: [int(v) for v in csv_arg(s)], default="1,2,4")
+    p.add_argument("--sample-rates", type=lambda s: [float(v) for v in csv_arg(s)], default="1.0",
+                   help="class sampling rates of the head (1.0: every class, the exact softmax)")
     p.add_argument("--dim", type=int, default=128, help="embedding size (512 in the paper; reduced to fit)")
     p.add_argument("--global-batch", type=int, default=64, help="embeddings per step over all ranks")
     p.add_argument("--steps", type=int, default=3)
@@ -140,19 +146,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     info = machine_info()
     print(format_machine(info), flush=True)
     rows = []
-    for classes, world in itertools.product(args.classes, args.world_sizes):
+    for classes, world, rate in itertools.product(args.classes, args.world_sizes, args.sample_rates):
         try:
-            row = run_config(classes, world, args)
+            row = run_config(classes, world, rate, args)
         except Exception as e:  # one configuration failing (memory, timeout) must not stop the others
-            row = {"classes": classes, "world": world, "status": f"FAILED {e}"[:200]}
+            row = {"classes": classes, "world": world, "sample_rate": rate, "status": f"FAILED {e}"[:200]}
         rows.append(row)
-        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
-    print(f"\nsharded MagFace head, forward + backward, gloo on CPU, {args.threads} thread(s) per rank, "
-          f"best of {args.steps} steps after {args.warmup}")
-    print(format_machine(info))
-    print(format_rows(rows, COLUMNS), flush=True)
-    if args.json:
-        write_json(args.json, {"machine": info, "args": vars(args), "results": rows}, default=str)
+        print(row_line(row), flush=True)
+    print_results(f"sharded MagFace head, forward + backward, gloo on CPU, {args.threads} thread(s) per rank, "
+                  f"best of {args.steps} steps after {args.warmup}", info, rows, COLUMNS, args.json, args)
     return rows
 
 

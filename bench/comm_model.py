@@ -2,6 +2,7 @@
 
     python -m bench.comm_model                      # the README's tables (markdown)
     python -m bench.comm_model --json comm.json     # also the rows as JSON
+    python -m bench.comm_model --head-classes 2000000 --head-gpus 8,64,256 --sample-rates 1,0.1   # the head table
 
 What one training step sends, per rank, with ``run/train_dist.py`` (DDP backbone + class-sharded head,
 ``models/sharded.py``), n ranks, b images per rank, D-dim embeddings, P backbone parameters:
@@ -29,6 +30,7 @@ C/n classes but n b rows) plus the communication the step waits for:
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 
 import torch
@@ -155,6 +157,50 @@ def parameter_counts(archs: list[str], embedding: int) -> dict[str, int]:
     return counts
 
 
+# H200 SXM dense fp32 (no tensor cores; the head runs in fp32 and torch leaves TF32 off for matmuls by default)
+FP32_FLOPS = 67e12
+HBM_BYTES_PER_S = 4.8e12
+
+
+def head_rows(gpus: list[int], classes: int, rates: list[float], local_batch: int, embedding: int,
+              flops: float = FP32_FLOPS, mem_bytes_per_s: float = HBM_BYTES_PER_S) -> list[dict]:
+    """Per-rank cost of the class-sharded head at n GPUs, with class sampling at rate r (models/sharded.py).
+
+    Each rank holds ceil(C/n) class rows and scores all n b rows of the global batch against the
+    rows it keeps, max(ceil(r C/n), b) (the positives: about b distinct classes of the global batch fall in each
+    rank's share): three (n b) x (r C/n) x D matmuls (forward, and the embedding and weight
+    gradients), one fp32 buffer of that size plus a boolean mask (5 bytes per entry), about six passes over it
+    (clamp, exp, sum, normalise, gradient, mask). The bytes sent do not depend on C nor on r: the head
+    exchanges embeddings and per-row numbers only (``step_collectives``). The time is a lower bound from peak
+    fp32 throughput and memory bandwidth, not a measurement.
+    """
+    rows = []
+    for n in gpus:
+        head_comm = sum(c.nbytes for c in step_collectives(0, n, local_batch, embedding) if c.part == "head")
+        held = math.ceil(classes / n)
+        for r in rates:
+            kept = min(held, max(math.ceil(r * held), local_batch))
+            batch = n * local_batch
+            gflop = 3 * 2 * batch * kept * embedding / 1e9
+            logits_mb = 5 * batch * kept / 1e6
+            rows.append({"classes": classes, "gpus": n, "sample_rate": r, "rows_held": held, "rows_kept": kept,
+                         "weight_state_mb": 3 * 4 * held * embedding / 1e6, "logits_mb": logits_mb,
+                         "head_gflop": gflop, "head_comm_mb": head_comm / 1e6,
+                         "head_ms": 1e3 * (gflop * 1e9 / flops + 6 * logits_mb * 1e6 / mem_bytes_per_s)})
+    return rows
+
+
+HEAD_HEADER = ("classes", "GPUs", "r", "class rows held / kept per GPU", "weight + grad + momentum MB",
+               "logits MB", "head GFLOP", "head sends MB", "head ms (bound)")
+
+
+def head_markdown(rows: list[dict]) -> str:
+    return format_markdown(HEAD_HEADER, [
+        (f"{r['classes']:,}", r["gpus"], f"{r['sample_rate']:g}", f"{r['rows_held']:,} / {r['rows_kept']:,}",
+         f"{r['weight_state_mb']:,.0f}", f"{r['logits_mb']:,.0f}", f"{r['head_gflop']:,.0f}",
+         f"{r['head_comm_mb']:.1f}", f"{r['head_ms']:.1f}") for r in rows])
+
+
 MARKDOWN_HEADER = ("backbone", "GPUs", "fabric", "DDP MB", "head MB", "sent/GPU MB", "DDP ms", "head ms",
                    "efficiency (no overlap / overlap)", "img/s (no overlap / overlap)")
 
@@ -176,6 +222,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding-size", type=int, default=512)
     p.add_argument("--backward-fraction", type=float, default=2 / 3,
                    help="share of the step spent in the backward pass (DDP overlaps its all-reduce with it)")
+    p.add_argument("--head-classes", type=int, default=0,
+                   help="also print the sharded head's per-GPU cost at this class count (e.g. 2000000)")
+    p.add_argument("--head-gpus", default="8,64,256")
+    p.add_argument("--sample-rates", default="1,0.1", help="class sampling rates for the head table")
     p.add_argument("--json", default=None)
     return p
 
@@ -192,8 +242,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(markdown(rows))
     print("\n" + format_rows(rows, ("arch", "gpus", "fabric", "t1_ms", "ddp_ms", "head_ms", "eff_no_overlap",
                                      "eff_overlap")))
+    heads = []
+    if args.head_classes:
+        heads = head_rows([int(g) for g in args.head_gpus.split(",") if g], args.head_classes,
+                          [float(r) for r in args.sample_rates.split(",") if r], args.local_batch, args.embedding_size)
+        print("\n" + head_markdown(heads))
     if args.json:
-        write_json(args.json, {"args": vars(args), "fabrics": [f.__dict__ for f in FABRICS], "rows": rows}, default=str)
+        write_json(args.json, {"args": vars(args), "fabrics": [f.__dict__ for f in FABRICS], "rows": rows,
+                               "head_rows": heads}, default=str)
     return rows
 
 

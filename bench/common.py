@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from utils.atomic import write_json
 from utils.cpu_info import read_cpu_info
 from utils.image_list import usable_cores
 from utils.table import format_table
@@ -89,6 +90,21 @@ def bench_cell(v: Any) -> str:
 def format_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     """The benchmarks' table (``utils.table.format_table``, right-aligned): one line per row mapping."""
     return format_table(columns, [[bench_cell(r.get(c)) for c in columns] for r in rows], align="right")
+
+
+def row_line(row: Mapping[str, Any]) -> str:
+    """One result as ``key=value`` pairs (floats to 4 significant digits): the progress line of a benchmark."""
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+
+
+def print_results(title: str, info: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], columns: Sequence[str],
+                  json_path: str | None, args: Any) -> None:
+    """The end of a benchmark: its title, the machine, the table, and the JSON file (machine, args, results)."""
+    print(f"\n{title}")
+    print(format_machine(info))
+    print(format_rows(rows, columns), flush=True)
+    if json_path:
+        write_json(json_path, {"machine": dict(info), "args": vars(args), "results": list(rows)}, default=str)
 
 
 def _busy_cpu_seconds() -> float:

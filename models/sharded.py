@@ -11,6 +11,17 @@ forward, on every rank:
    all-reduced, so L_id = mean_i [log sum_c exp(z_ic) - z_iy] over the *global* batch;
 5. L = L_id + lambda_g * mean_i g(a_i), the same value on every rank.
 
+Class sampling (``sample_rate`` r < 1, PartialFC-style). Step 3 then uses only the rows
+``sample_rows`` keeps: every class of the global batch this rank owns, plus others drawn at random, so that
+ceil(r * C_local) rows are kept (more when the batch's own classes alone exceed that). The softmax in step 4
+runs over the union of the ranks' kept rows: exactly the cross-entropy a dense head would give on those
+classes. The magnitude, its margin m(a) and g(a) (step 2) never depend on the class rows, so they are
+unchanged. The draw uses the global torch RNG of the weight's device, which the trainer seeds from
+(seed, rank, global step) before each step: a resumed run draws what the uninterrupted one drew, and each
+rank draws differently. Rows not kept get a zero gradient: the optimizer still applies momentum and weight
+decay to them as it does at r = 1 (PartialFC v2's choice; it keeps one optimizer state layout for every r and
+makes a checkpoint independent of r). At r = 1 nothing is drawn and the computation is the one above.
+
 Gradient contract (what the trainer relies on). Let L be the dense loss, i.e. ``MagFaceHead`` on the
 concatenated global batch with the full weight. After ``out["loss"].backward()`` on every rank:
 
@@ -28,6 +39,7 @@ Every rank must pass the same local batch size (use drop_last=True in the sample
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -42,6 +54,17 @@ def _all_reduce(tensor: torch.Tensor, op: Any, distributed: bool) -> torch.Tenso
     if distributed:
         dist.all_reduce(tensor, op=op)
     return tensor
+
+
+def sample_rows(positives: torch.Tensor, num_rows: int, rate: float) -> torch.Tensor:
+    """Sorted indices of the rows one step keeps: all ``positives`` (local row indices, repeats allowed) and
+    random others, ceil(rate * num_rows) in all or all positives when they are more. Draws ``num_rows``
+    uniforms from the global RNG of ``positives``' device."""
+    positives = positives.unique()
+    keep = min(num_rows, max(math.ceil(rate * num_rows), positives.numel()))
+    score = torch.rand(num_rows, device=positives.device)
+    score[positives] = 2.0  # above every uniform draw: the positives always make the cut
+    return score.topk(keep, sorted=False).indices.sort().values
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -126,13 +149,18 @@ class ShardedMagFaceHead(ClassWeightHead):
     ``loss_id``, ``loss_g``, ``loss_g_weighted`` (identical on every rank), and ``x_norm``, ``m_a`` for the
     global batch (rank 0's samples first) and ``accuracy`` over the global batch. See the module docstring
     for the gradient contract with DDP. The initial rows depend on ``init_seed`` only, not on the
-    sharding (``models.magface.init_rows``).
+    sharding (``models.magface.init_rows``). ``sample_rate`` < 1 samples the classes of each step (module
+    docstring); ``accuracy`` is then the top-1 among the kept classes.
     """
 
     def __init__(self, embedding_size: int, num_classes: int, rank: int, world_size: int,
-                 config: MagFaceConfig | None = None, compensate_ddp_average: bool = True, init_seed: int = 0) -> None:
+                 config: MagFaceConfig | None = None, compensate_ddp_average: bool = True, init_seed: int = 0,
+                 sample_rate: float = 1.0) -> None:
         super().__init__(embedding_size, num_classes, config, rank, world_size, init_seed)
+        if not 0.0 < sample_rate <= 1.0:
+            raise ValueError(f"sample_rate must lie in (0, 1], got {sample_rate}")
         self.compensate_ddp_average = compensate_ddp_average
+        self.sample_rate = float(sample_rate)
 
     @property
     def distributed(self) -> bool:
@@ -171,9 +199,15 @@ class ShardedMagFaceHead(ClassWeightHead):
         if low < 0 or high >= self.num_classes:
             raise ValueError(f"labels must lie in [0, {self.num_classes}), got values in [{low}, {high}]")
         terms = magnitude_terms(f, cfg)
-        cos = F.linear(F.normalize(f, dim=1), F.normalize(self.weight.float(), dim=1))
         owned = (labels >= self.start) & (labels < self.end)
         local_target = torch.where(owned, labels - self.start, torch.full_like(labels, -1))
+        rows = None
+        if self.sample_rate < 1.0:
+            rows = sample_rows(local_target[owned], self.end - self.start, self.sample_rate)
+            local_target = torch.where(owned, torch.searchsorted(rows, local_target), local_target)
+            cos = F.linear(F.normalize(f, dim=1), F.normalize(self.weight[rows].float(), dim=1))
+        else:
+            cos = F.linear(F.normalize(f, dim=1), F.normalize(self.weight.float(), dim=1))
         if cos.shape[1] > 0:
             cos_y = cos.gather(1, local_target.clamp_min(0).unsqueeze(1)).squeeze(1).clamp(-1.0, 1.0)
         else:
@@ -182,6 +216,8 @@ class ShardedMagFaceHead(ClassWeightHead):
         loss_id, best, arg = _ShardedMarginCrossEntropy.apply(cos, penalised, local_target, cfg.scale,
                                                                self.distributed)
         loss_g = self._regulariser(terms["g"], local_batch)
+        if rows is not None and rows.numel() > 0:
+            arg = rows[arg]
         return head_outputs(loss_id, loss_g, terms, self._accuracy(best, arg, labels), cfg)
 
     def _regulariser(self, g: torch.Tensor, local_batch: int) -> torch.Tensor:
@@ -197,7 +233,7 @@ class ShardedMagFaceHead(ClassWeightHead):
 
     def _accuracy(self, best: torch.Tensor, arg: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Top-1 of the margin-free cosines over all shards (first index on ties, like argmax), from
-        each rank's per-row best cosine and its local column."""
+        each rank's per-row best cosine and its local row."""
         if self.end > self.start:
             arg = arg + self.start
         else:

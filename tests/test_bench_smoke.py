@@ -59,11 +59,13 @@ def test_bench_gen_feat_tiny(tmp_path):
 def test_bench_sharded_head_tiny(tmp_path):
     out = tmp_path / "sharded.json"
     bench_sharded_head.main(["--classes", "1000", "--world-sizes", "1,2", "--dim", "16", "--global-batch", "8",
-                             "--steps", "1", "--warmup", "0", "--json", str(out)])
-    rows = _load(out)["results"]
-    assert [r["status"] for r in rows] == ["ok", "ok"]
-    assert rows[0]["shard_mb"] == pytest.approx(2 * rows[1]["shard_mb"])
-    assert rows[0]["loss"] == pytest.approx(rows[1]["loss"], rel=1e-5)
+                             "--steps", "1", "--warmup", "0", "--sample-rates", "1,0.1", "--json", str(out)])
+    rows = {(r["world"], r["sample_rate"]): r for r in _load(out)["results"]}
+    assert [r["status"] for r in rows.values()] == ["ok"] * 4
+    assert rows[1, 1.0]["shard_mb"] == pytest.approx(2 * rows[2, 1.0]["shard_mb"])
+    assert rows[1, 1.0]["loss"] == pytest.approx(rows[2, 1.0]["loss"], rel=1e-5)
+    # a softmax over a tenth of the classes: a smaller log-sum-exp, so a smaller loss than the exact one
+    assert rows[1, 0.1]["loss"] < rows[1, 1.0]["loss"] and rows[2, 0.1]["loss"] < rows[2, 1.0]["loss"]
 
 
 @pytest.mark.parametrize("script", ["bench/gpu_check.sh", "bench/gpu_speed.sh"])

@@ -55,6 +55,20 @@ def test_model_rows_known_answer() -> None:
     assert row["img_s_overlap"] == pytest.approx(4 * 256 / (1 + head_s + ddp_s))  # DDP all in one bucket
 
 
+def test_head_rows_known_answer() -> None:
+    rows = cm.head_rows([2], classes=10, rates=[1.0, 0.5, 0.1], local_batch=3, embedding=4, flops=1e9,
+                        mem_bytes_per_s=1e6)
+    full, half, tenth = rows
+    assert (full["rows_held"], full["rows_kept"], half["rows_kept"]) == (5, 5, 3)  # ceil(2.5)
+    assert tenth["rows_kept"] == 3  # ceil(0.5) = 1, but the ~3 positives of the batch are always kept
+    assert half["head_gflop"] == pytest.approx(3 * 2 * 6 * 3 * 4 / 1e9)
+    assert half["logits_mb"] == pytest.approx(5 * 6 * 3 / 1e6)
+    assert full["weight_state_mb"] == half["weight_state_mb"] == pytest.approx(3 * 4 * 5 * 4 / 1e6)
+    assert half["head_ms"] == pytest.approx(1e3 * (3 * 2 * 6 * 3 * 4 / 1e9 + 6 * 5 * 6 * 3 / 1e6))
+    # sampling changes what a rank computes and holds, not what it sends
+    assert full["head_comm_mb"] == half["head_comm_mb"] == pytest.approx((96 + 48 + 3 * 24 + 24 + 48 + 96 + 4) / 1e6)
+
+
 def test_parameter_counts_match_the_real_model() -> None:
     real = sum(p.numel() for p in build_backbone("iresnet18_w16", 64).parameters())
     assert cm.parameter_counts(["iresnet18_w16"], 64) == {"iresnet18_w16": real}
