@@ -96,6 +96,8 @@ FT_CONFIGS: dict[str, tuple[int, list[str], str]] = {
               "[10, 30, 0.45, 0.8, 150], cosine, the benchmark's 7 damage kinds on half the faces"),
     "ftwide": (QUALITY_FINETUNE_EPOCHS, QUALITY_FINETUNE_FLAGS,
                "the shipped recipe: ftdeg with 10 damage kinds (+ motion blur, low contrast, colour cast)"),
+    "ftwide_r03": (QUALITY_FINETUNE_EPOCHS, [*QUALITY_FINETUNE_FLAGS, "--sample-rate", "0.3"],
+                   "ftwide with class sampling: each step's softmax over 30% of the classes (issue #29)"),
     "ftheld": (2, with_flag(QUALITY_FINETUNE_FLAGS, "--degrade-kinds", "blur,noise,dark,occlusion"),
                "ftdeg (2 epochs) trained on 4 damage kinds: downscale, jpeg, bright held out"),
 }

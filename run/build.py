@@ -30,13 +30,16 @@ from utils.logger import get_logger
 
 
 def build_head(cfg: TrainConfig, dist: DistInfo, device: torch.device) -> ClassWeightHead:
-    """The dense, fused or class-sharded head; its initial rows depend on --seed only, not on the world size."""
+    """The dense, fused or class-sharded head; its initial rows depend on --seed only, not on the world size.
+
+    --sample-rate below 1 takes the class-sharded head in one process too (one shard): only it samples."""
     config, dim, classes = cfg.head_config(), cfg.embedding_size, cfg.last_fc_size
     if dist.distributed and cfg.head_impl != "dense":
         raise ValueError(f"--head-impl {cfg.head_impl} is for single-process training; the distributed trainer's "
                          "class-sharded head already fuses the margin and the cross-entropy")
-    if dist.distributed:
-        head = ShardedMagFaceHead(dim, classes, dist.rank, dist.world_size, config, init_seed=cfg.seed)
+    if dist.distributed or cfg.sample_rate < 1.0:
+        head = ShardedMagFaceHead(dim, classes, dist.rank, dist.world_size, config, init_seed=cfg.seed,
+                                  sample_rate=cfg.sample_rate)
     elif cfg.head_impl == "fused":
         head = ChunkedMagFaceHead(dim, classes, config, chunk=cfg.head_chunk, init_seed=cfg.seed)
     else:

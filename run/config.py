@@ -72,6 +72,7 @@ class TrainConfig:
     compile_mode: str = "default"
     head_impl: str = "dense"
     head_chunk: int = 16384
+    sample_rate: float = 1.0
     seed: int = 0
     deterministic: bool = False
     max_nonfinite: int = 20
@@ -130,6 +131,11 @@ class TrainConfig:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+        if not 0.0 < self.sample_rate <= 1.0:
+            raise ValueError(f"--sample-rate must lie in (0, 1], got {self.sample_rate}")
+        if self.sample_rate < 1.0 and self.head_impl != "dense":
+            raise ValueError(f"--sample-rate {self.sample_rate} needs the class-sharded head; --head-impl "
+                             f"{self.head_impl} always scores every class")
         if self.lr <= 0 or self.dist_timeout <= 0:
             raise ValueError(f"--lr and --dist-timeout must be positive, got {self.lr} and {self.dist_timeout}")
         DegradeAugment(self.degrade_prob, parse_kinds(self.degrade_kinds), self.degrade_max_severity)
@@ -226,6 +232,9 @@ FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "head_impl": (("--head-impl",), "single-process head: dense (the logits matrix) or fused (matmul, margin and "
                   "softmax cross-entropy in one pass over chunks of classes; same loss, less memory)"),
     "head_chunk": (("--head-chunk",), "--head-impl fused: classes per chunk"),
+    "sample_rate": (("--sample-rate",), "PartialFC-style class sampling: each step's softmax runs over the batch's "
+                    "classes and random others, this share of each rank's classes (1.0: all, the exact softmax); "
+                    "margin and regulariser unchanged (models/sharded.py)"),
     "seed": (("--seed",), "random seed (data order, flips, init)"),
     "deterministic": (("--deterministic",), "deterministic kernels (slower; for exact resume checks)"),
     "max_nonfinite": (("--max-nonfinite",), "abort after this many consecutive non-finite losses"),
@@ -319,7 +328,7 @@ BENIGN_KEYS = {"world_size", "resume", "overwrite", "data", "workers", "print_fr
 # Options added after checkpoints were first written; a checkpoint without them ran with these defaults.
 DEFAULT_FOR_OLD_CHECKPOINTS = {"input_convention": "magface", "degrade_prob": 0.0, "degrade_kinds": "all",
                                "degrade_max_severity": 1.0, "head_init": "random", "freeze_depth": 0,
-                               "backbone_lr_mult": 1.0}
+                               "backbone_lr_mult": 1.0, "sample_rate": 1.0}
 
 
 def config_differences(saved: dict, current: TrainConfig) -> list[str]:
