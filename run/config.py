@@ -29,7 +29,7 @@ class TrainConfig:
     train_list: str = ""
     rec: str = ""
     synthetic: int = 0
-    workers: int = -1  # -1: from the cores this process may use (dataloader.builder.default_workers)
+    workers: int = -1  # -1: from the cores this process may use (dataloader.builder.train_workers)
     skip_bad_images: bool = False
     max_bad_fraction: float = 0.01
     # optional damage augmentation (off in the published recipe; dataloader/augment.py)
