@@ -205,9 +205,8 @@ class ShardedMagFaceHead(ClassWeightHead):
         if self.sample_rate < 1.0:
             rows = sample_rows(local_target[owned], self.end - self.start, self.sample_rate)
             local_target = torch.where(owned, torch.searchsorted(rows, local_target), local_target)
-            cos = F.linear(F.normalize(f, dim=1), F.normalize(self.weight[rows].float(), dim=1))
-        else:
-            cos = F.linear(F.normalize(f, dim=1), F.normalize(self.weight.float(), dim=1))
+        weight = self.weight if rows is None else self.weight[rows]
+        cos = F.linear(F.normalize(f, dim=1), F.normalize(weight.float(), dim=1))
         if cos.shape[1] > 0:
             cos_y = cos.gather(1, local_target.clamp_min(0).unsqueeze(1)).squeeze(1).clamp(-1.0, 1.0)
         else:
