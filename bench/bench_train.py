@@ -36,6 +36,7 @@ from bench.common import (
     machine_info,
     peak_memory_mb,
     reset_peak_memory,
+    row_line,
 )
 from dataloader import RecordIODataset, TensorImageDataset, build_train_loader
 from dataloader.pack_rec import write_rec_set
@@ -223,8 +224,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                            traceback=traceback.format_exc(limit=4))
             cleanup()
             rows.append(row)
-            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                           if k != "traceback"), flush=True)
+            print(row_line(row), flush=True)
             if args.json:  # after every row: a run cut short by a time limit keeps what it measured
                 write_json(args.json, {"machine": info, "args": vars(args), "rec_dir": str(rec_dir),
                                        "results": rows, "complete": False}, default=str)

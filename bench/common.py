@@ -92,8 +92,10 @@ def format_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> st
 
 
 def row_line(row: Mapping[str, Any]) -> str:
-    """One result as ``key=value`` pairs (floats to 4 significant digits): the progress line of a benchmark."""
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+    """One result as ``key=value`` pairs (floats to 4 significant digits; a failure's traceback left for the JSON):
+    the progress line of a benchmark."""
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                    if k != "traceback")
 
 
 def print_results(title: str, info: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], columns: Sequence[str],

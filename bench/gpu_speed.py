@@ -27,7 +27,7 @@ import torch
 
 from bench.bench_train import bench_config, bench_one, build_bench_run, cleanup, datasets, ensure_rec
 from bench.class_fit import HEAD_KINDS, largest_fitting, step_fits
-from bench.common import csv_arg, format_machine, format_rows, machine_info
+from bench.common import csv_arg, format_machine, format_rows, machine_info, row_line
 from models import build_backbone
 from run.engine import train_one_epoch
 from utils.atomic import write_json
@@ -76,8 +76,7 @@ def run_levers(args: argparse.Namespace, dataset, out_dir: str, save) -> list[di
             row = failed(spec, e) | {"lever": lever}
         cleanup()
         rows.append(row)
-        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                       if k != "traceback"), flush=True)
+        print(row_line(row), flush=True)
         save()
     return rows
 
