@@ -18,6 +18,7 @@ only their finiteness is).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -26,7 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
+import threading
 from pathlib import Path
 
 from bench.common import csv_arg, format_machine, machine_info, print_results, row_line
@@ -107,14 +108,16 @@ def stage_arcface(src: Path, dest: Path, config_text: str, python: str) -> dict[
 def read_rates(cmd: list[str], cwd: Path, env: dict[str, str], pattern: re.Pattern, rate_group: int,
                loss_group: int, wanted: int, timeout_s: float, log_path: Path) -> tuple[list[float], list[float], str]:
     """Run ``cmd``, collect (rate, loss) from its output until ``wanted`` reports, then stop it (its whole process
-    group). Returns the rates, the losses and how it ended ("ok", "exit N", "timeout")."""
+    group). Returns the rates, the losses and how it ended ("ok", "exit N", "timeout"). The time limit holds
+    even when the program falls silent: a timer stops the group, which ends its output."""
     rates: list[float] = []
     losses: list[float] = []
-    status = "ok"
-    deadline = time.monotonic() + timeout_s
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 errors="replace", start_new_session=True)
+        timed_out = threading.Event()
+        timer = threading.Timer(timeout_s, lambda: (timed_out.set(), _stop_group(proc)))
+        timer.start()
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -124,22 +127,27 @@ def read_rates(cmd: list[str], cwd: Path, env: dict[str, str], pattern: re.Patte
                     rates.append(float(found.group(rate_group)))
                     losses.append(float(found.group(loss_group)))
                 if len(rates) >= wanted:
-                    break
-                if time.monotonic() > deadline:
-                    status = "timeout"
-                    break
-            else:
-                code = proc.wait()
-                status = "ok" if code == 0 and len(rates) >= wanted else f"exit {code}"
+                    return rates, losses, "ok"
+            code = proc.wait()
+            if timed_out.is_set():
+                return rates, losses, "timeout"
+            return rates, losses, "ok" if code == 0 and len(rates) >= wanted else f"exit {code}"
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-    return rates, losses, status
+            timer.cancel()
+            _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group of ``proc`` (a trainer and its loader workers), SIGKILL after 30 s."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def summarise(rates: list[float], losses: list[float], warmup: int) -> tuple[float, str]:

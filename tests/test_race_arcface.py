@@ -7,7 +7,10 @@ their format without end, so the race must stop it. Our side is the real ``run.t
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -48,6 +51,16 @@ def test_their_rate_line_and_ours_parse() -> None:
     found = race_arcface.OUR_RATE.search(ours)
     assert found and (found.group(1), found.group(2)) == ("35.7884", "18.5")
     assert race_arcface.summarise([1.0, 100.0, 3.0, 5.0, 4.0], [9.0, 8.0, 7.5], warmup=2) == (4.0, "9.000 -> 7.500")
+
+
+def test_a_silent_program_is_stopped_at_the_time_limit(tmp_path: Path) -> None:
+    silent = "import time; print('Speed 5.00 samples/sec   Loss 1.0000', flush=True); time.sleep(60)"
+    cmd = [sys.executable, "-c", silent]
+    t0 = time.monotonic()
+    rates, losses, status = race_arcface.read_rates(cmd, tmp_path, dict(os.environ), race_arcface.THEIR_RATE, 1, 2,
+                                                    wanted=3, timeout_s=2.0, log_path=tmp_path / "log.txt")
+    assert (rates, losses, status) == ([5.0], [1.0], "timeout")
+    assert time.monotonic() - t0 < 30  # not the program's 60 s
 
 
 def test_a_folder_without_train_v2_is_named(tmp_path: Path) -> None:
