@@ -7,6 +7,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -103,11 +104,16 @@ def assessed(photos_dir, tmp_path_factory) -> dict[str, dict[str, float]]:
         for kind, damage in DAMAGE.items():
             cv2.imwrite(str(root / f"{i:02d}_{kind}.png"), damage(img))
     out = tmp_path_factory.mktemp("q")
+    began = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "inference.assess", str(root), "--out", str(out), "--no-progress"],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
+    wall = time.perf_counter() - began
     assert done.returncode == 0, done.stderr
     summary = json.loads((out / "quality.json").read_text())["summary"]
     assert summary["checkpoint"] == str(QUALITY_MODEL) and summary["quality_scale"] == "calibrated"
+    # the start-up it reports is the process's own (imports included), within what the process took in all
+    assert 0 < summary["startup_s"] and summary["startup_s"] + summary["seconds"] <= wall + 0.05, (summary, wall)
+    assert f"start-up {summary['startup_s']:.1f}s before the first photograph" in done.stdout
     scores: dict[str, dict[str, float]] = {}
     with open(out / "quality.csv", newline="") as f:
         for row in csv.DictReader(f):
