@@ -17,7 +17,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +26,11 @@ from tqdm import tqdm
 
 from dataloader.photo_loader import default_workers, iter_photo_faces
 from faces.detect import POLICIES
+from faces.face_list import read_image_list
 from faces.photo_faces import FaceOptions, FaceRecord, add_face_args, collect_inputs
 from inference.extract import embed_batch, prepare_model
+from inference.int8 import BUNDLED_CALIB_LIST, DEFAULT_CALIB_COUNT, check_quantizable, int8_model
+from inference.onnx_model import OnnxFaceModel, load_onnx_model
 from inference.quality_report import contact_sheet, record_row, save_crops, write_csv, write_quality_json
 from inference.quality_scale import SCALES, logistic_quality, resolve_scale
 from models.checkpoint import load_backbone
@@ -35,7 +38,7 @@ from models.quality_model import QUALITY_MODEL
 from utils.cli import HelpFormatter, keyword_defaults, run_cli
 from utils.clock import process_age
 from utils.convention import parse_convention
-from utils.cpu_info import choose_precision, usable_cores
+from utils.cpu_info import PrecisionChoice, choose_precision, usable_cores
 from utils.dist import resolve_device
 from utils.feature_io import write_features
 from utils.precision import DTYPES
@@ -57,9 +60,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_face_args(p, POLICIES)
     p.add_argument("-b", "--batch-size", type=int, default=d["batch_size"], help="faces per forward pass")
     p.add_argument("--device", default=d["device"], help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--dtype", choices=["auto", *sorted(DTYPES)], default=d["dtype"],
+    p.add_argument("--dtype", choices=["auto", *sorted(DTYPES), "int8"], default=d["dtype"],
                    help="precision of the embedding pass; auto: bf16 on a GPU and on CPUs with native bf16 "
-                   "(AVX512-BF16/AMX, ~2x faster), else fp32 (utils.cpu_info); what ran is printed and in the report")
+                   "(AVX512-BF16/AMX, ~2x faster), else fp32 (utils.cpu_info); int8: the checkpoint quantized by "
+                   "onnxruntime on the CPU (inference.int8, cached; not for mobilefacenet, the shipped model); "
+                   "what ran is printed and in the report")
+    p.add_argument("--calib-list", default=d["calib_list"],
+                   help="--dtype int8: aligned faces to calibrate the quantization on, an evenly spread "
+                   f"{DEFAULT_CALIB_COUNT} of them (default: the bundled LFW faces)")
     p.add_argument("--input-convention", default=None, help="override the checkpoint's input convention")
     p.add_argument("--save-crops", action="store_true", help="write the aligned faces to OUT/crops/")
     p.add_argument("--save-features", action="store_true", help="write OUT/features.npz")
@@ -84,11 +92,33 @@ class Embedder:
     def flush(self) -> None:
         if not self.pending:
             return
-        crops = np.stack([r.crop for r in self.pending]).transpose(0, 3, 1, 2)
-        images = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device)
-        feats = embed_batch(self.model, images, self.convention, self.dtype, channels_last=True).cpu().numpy()
-        self.done += list(zip(self.pending, feats, strict=True))
+        self.done += list(zip(self.pending, self.embed(np.stack([r.crop for r in self.pending])), strict=True))
         self.pending = []
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        """N x 112 x 112 x 3 BGR uint8 crops -> N x D features."""
+        images = torch.from_numpy(np.ascontiguousarray(crops.transpose(0, 3, 1, 2))).to(self.device)
+        return embed_batch(self.model, images, self.convention, self.dtype, channels_last=True).cpu().numpy()
+
+
+class OnnxEmbedder(Embedder):
+    """The same batches through an ONNX model (``inference.onnx_model``: the int8 model on the CPU)."""
+
+    def __init__(self, model: OnnxFaceModel, batch_size: int) -> None:
+        self.model, self.batch_size, self.pending, self.done = model, batch_size, [], []
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        return self.model.embed(crops, self.batch_size)
+
+
+def int8_embedder(resume: str, arch: str | None, convention, calib_list: str, batch_size: int,
+                  choice: PrecisionChoice) -> tuple[OnnxEmbedder, PrecisionChoice]:
+    """``--dtype int8``: the checkpoint's cached int8 model (quantized on first use, calibrated on an evenly
+    spread ``DEFAULT_CALIB_COUNT`` of the aligned faces of ``calib_list``), on the runtime ``auto`` picks."""
+    calib = read_image_list(calib_list)[1]
+    calib = calib[::max(1, len(calib) // DEFAULT_CALIB_COUNT)][:DEFAULT_CALIB_COUNT]
+    model = load_onnx_model(int8_model(resume, calib, arch=arch, convention=convention), threads=usable_cores())
+    return OnnxEmbedder(model, batch_size), replace(choice, backend=model.runtime)
 
 
 DEFAULT_FACES = FaceOptions()
@@ -108,26 +138,32 @@ class Outputs:
 def assess(inputs: Sequence[str], resume: str, out: str | Path, *, arch: str | None = None,
            quality_scale: str = "auto", faces: FaceOptions = DEFAULT_FACES, workers: int | None = None,
            batch_size: int = 32, device: str = "auto", dtype: str = "auto", input_convention: str | None = None,
-           outputs: Outputs = Outputs(), progress: bool = True) -> int:
+           outputs: Outputs = Outputs(), progress: bool = True, calib_list: str = str(BUNDLED_CALIB_LIST)) -> int:
     """Detect, align and embed the faces of ``inputs`` (files, folders, list files) with the checkpoint ``resume``
     and write the quality report to ``out``; returns the exit status (module docstring)."""
     t0 = time.perf_counter()
     torch_device = resolve_device(device)
-    choice = choose_precision(dtype, torch_device.type)  # before the model loads: fp16 on a CPU fails fast
-    choice.announce()
+    # before the model loads: fp16 on a CPU or int8 on a GPU fails fast
+    choice = choose_precision(dtype, torch_device.type, int8=True)
     if torch_device.type == "cpu":
         torch.set_num_threads(usable_cores())
-    conv = parse_convention(input_convention) if input_convention else None
-    model, conv, info = load_backbone(resume, arch, "cpu", conv)
+    given = parse_convention(input_convention) if input_convention else None
+    model, conv, info = load_backbone(resume, arch, "cpu", given)
+    if choice.dtype == "int8":
+        check_quantizable(resume, info["arch"])
     calibration, scale, warning = resolve_scale(quality_scale, resume, info)
     if warning:
         print(warning, file=sys.stderr)
-    model = prepare_model(model, torch_device, dtype=DTYPES[choice.dtype])
     paths = collect_inputs(inputs)
     if not paths:
         raise ValueError(f"no images found in {' '.join(inputs)}")
+    if choice.dtype == "int8":
+        embedder, choice = int8_embedder(resume, arch, given, calib_list, batch_size, choice)
+    else:
+        model = prepare_model(model, torch_device, dtype=DTYPES[choice.dtype])
+        embedder = Embedder(model, conv, torch_device, DTYPES[choice.dtype], batch_size)
+    choice.announce()
     workers = default_workers() if workers is None else workers
-    embedder = Embedder(model, conv, torch_device, DTYPES[choice.dtype], batch_size)
     order: list[FaceRecord] = []
     # until the first photograph: checkpoint and calibration, and as a command the interpreter and imports too
     startup = time.perf_counter() - (t0 if _process_start is None else _process_start)
@@ -200,7 +236,7 @@ def _main(argv: list[str]) -> int:
     faces = FaceOptions(args.policy, args.det_score, args.min_size, args.det_size)
     return assess(args.inputs, args.resume, args.out, arch=args.arch, quality_scale=args.quality_scale, faces=faces,
                   workers=args.workers, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-                  input_convention=args.input_convention, progress=not args.no_progress,
+                  input_convention=args.input_convention, progress=not args.no_progress, calib_list=args.calib_list,
                   outputs=Outputs(args.save_crops, args.save_features, args.strict))
 
 

@@ -31,6 +31,8 @@ from utils.convention import InputConvention, read_aligned_face
 
 RECIPE = "qdq-conv-s8w-per-channel-u8a-minmax-v1"
 DEFAULT_CALIB_COUNT = 256
+# the aligned faces int8 calibrates on where the command has no list of its own (assess: photographs)
+BUNDLED_CALIB_LIST = Path(__file__).resolve().parents[1] / "raw" / "demo_data" / "lfw" / "img.list"
 CALIB_BATCH = 16
 
 
@@ -100,10 +102,17 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib_paths: list[str], conve
 
 # Architectures whose int8 model this recipe gets wrong, with what to use instead.
 NOT_QUANTIZABLE = {
-    "mobilefacenet": "int8 is not accurate for mobilefacenet (this recipe's static quantization of its depthwise "
-                     "convs gave cosine 0.67 to fp32 on the damaged demo LFW set, 2026-12-07); use --backend "
-                     "onnxruntime (fp32, equal to PyTorch to 2e-6) or the default fp32",
+    "mobilefacenet": "int8 is not accurate for mobilefacenet: this recipe gave min cosine 0.39 to fp32 on 256 LFW "
+                     "faces and blurred copies (0.34 with its depthwise convs left in fp32; its last 7x7 depthwise "
+                     "layer turns 15 dB of int8 noise into -2.6 dB; bench/RESULTS.md, 2026-12-07); use fp32, which "
+                     "runs it at ~500 faces/s on 2 cores (gen_feat: --backend onnxruntime)",
 }
+
+
+def check_quantizable(resume: str | os.PathLike, arch: str) -> None:
+    """A one-line ValueError for an architecture this recipe quantizes badly (``NOT_QUANTIZABLE``)."""
+    if arch in NOT_QUANTIZABLE:
+        raise ValueError(f"{resume}: {NOT_QUANTIZABLE[arch]}")
 
 
 def int8_model(resume: str | os.PathLike, calib_paths: list[str], *, arch: str | None = None,
@@ -134,8 +143,8 @@ def _cached_onnx(resume: str | os.PathLike, calib_paths: list[str] | None, *, ar
     from models.checkpoint import load_backbone  # torch: only the first run of a checkpoint needs it
 
     model, conv, info = load_backbone(resume, arch, "cpu", convention)
-    if calib_paths is not None and info["arch"] in NOT_QUANTIZABLE:
-        raise ValueError(f"{resume}: {NOT_QUANTIZABLE[info['arch']]}")
+    if calib_paths is not None:
+        check_quantizable(resume, info["arch"])
     from inference.export_onnx import export_onnx
 
     cache.mkdir(parents=True, exist_ok=True)

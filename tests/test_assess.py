@@ -168,3 +168,36 @@ def test_calibrated_scale_is_read_from_the_side_file(ckpt, photos_dir, tmp_path,
         side_file(ckpt).unlink()
     assert assess.main([str(photo), "--resume", str(ckpt), "--out", str(out), "--quality-scale", "calibrated"]) == 2
     assert "no calibration" in capsys.readouterr().err
+
+
+def test_int8_runs_the_cached_quantized_model_and_agrees_with_fp32(ckpt, photos_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MAGFACE_CACHE", str(tmp_path / "cache"))
+    photos = [str(photos_dir / "lfw" / p) for p in LFW_PHOTOS]
+    feats = {}
+    for dtype in ("fp32", "int8"):
+        out = tmp_path / dtype
+        assert assess.main([*photos, "--resume", str(ckpt), "--out", str(out), "--no-progress", "--workers", "0",
+                            "--dtype", dtype, "--save-features"]) == 0
+        summary = json.loads((out / "quality.json").read_text())["summary"]
+        assert summary["dtype"] == dtype and summary["precision"]["dtype"] == dtype
+        feats[dtype] = np.load(out / "features.npz")["features"]
+    printed = capsys.readouterr().out
+    assert "precision int8 on cpu, onnxruntime (as asked)" in printed
+    assert "quantizing (calibration on 256 faces)" in printed  # evenly spread over the bundled LFW list
+    assert len(list((tmp_path / "cache").glob("*.int8.onnx"))) == 1
+    a, b = feats["fp32"], feats["int8"]
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert feats["int8"].shape == (3, 64) and cos.min() > 0.98, cos
+    assert not np.array_equal(a, b)  # really the quantized model, not the fp32 one again
+
+
+def test_int8_is_refused_for_mobilefacenet(photos_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MAGFACE_CACHE", str(tmp_path / "cache"))
+    model = build_backbone("mobilefacenet", embedding_size=128).eval()
+    path = tmp_path / "mfn.pth"
+    save_released(path, model, None, 0, "mobilefacenet")
+    photo = str(photos_dir / "lfw" / LFW_PHOTOS[0])
+    assert assess.main([photo, "--resume", str(path), "--out", str(tmp_path / "o"), "--dtype", "int8"]) == 2
+    err = capsys.readouterr().err
+    assert "int8 is not accurate for mobilefacenet" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o" / "quality.csv").exists()

@@ -77,6 +77,14 @@ def test_fp16_on_a_cpu_and_unknown_names_are_one_line_errors():
         choose_precision("fp16", "cpu", cpu(XEON_AMX))
     with pytest.raises(ValueError, match="choose from auto, fp32, bf16, fp16"):
         choose_precision("int4", "cpu", cpu(XEON_AMX))
+    with pytest.raises(ValueError, match="choose from auto, fp32, bf16, fp16$"):
+        choose_precision("int8", "cpu", cpu(XEON_AMX))  # only where the command has an int8 path
+
+
+def test_int8_is_taken_on_a_cpu_and_refused_on_a_gpu_in_one_line():
+    assert choose_precision("int8", "cpu", cpu(EPYC_AVX2), int8=True).dtype == "int8"
+    with pytest.raises(ValueError, match=r"--dtype int8 runs on the CPU .* not on cuda: use --device cpu"):
+        choose_precision("int8", "cuda", int8=True)
 
 
 def test_read_cpu_info_parses_proc_cpuinfo_and_the_override(tmp_path):

@@ -83,7 +83,7 @@ def cpu_has_amx(cpuinfo: str | os.PathLike = CPUINFO) -> bool:
 class PrecisionChoice:
     """What an inference command runs in and why: printed once, written into its outputs' metadata."""
 
-    dtype: str  # fp32, bf16 or fp16 (int8: gen_feat's ONNX path)
+    dtype: str  # fp32, bf16 or fp16; int8 on the ONNX path (gen_feat, assess)
     requested: str  # the --dtype given
     device: str  # cpu or cuda
     reason: str
@@ -107,11 +107,17 @@ class PrecisionChoice:
         return out
 
 
-def choose_precision(requested: str, device_type: str, cpu: CpuInfo | None = None) -> PrecisionChoice:
+def choose_precision(requested: str, device_type: str, cpu: CpuInfo | None = None, *,
+                     int8: bool = False) -> PrecisionChoice:
     """The precision for ``--dtype requested`` on a device of ``device_type`` (``cpu`` or ``cuda``); a ValueError
-    (one line) for a precision the device cannot run well enough to be meant."""
-    if requested not in PRECISIONS:
-        raise ValueError(f"--dtype {requested!r}: choose from {', '.join(PRECISIONS)}")
+    (one line) for a precision the device cannot run well enough to be meant. ``int8``: the command also takes
+    ``--dtype int8`` (an int8 ONNX model, on the CPU only)."""
+    accepted = (*PRECISIONS, "int8") if int8 else PRECISIONS
+    if requested not in accepted:
+        raise ValueError(f"--dtype {requested!r}: choose from {', '.join(accepted)}")
+    if requested == "int8" and device_type != "cpu":
+        raise ValueError(f"--dtype int8 runs on the CPU (onnxruntime / OpenVINO), not on {device_type}: use "
+                         "--device cpu, or --dtype auto (bf16) on the GPU")
     if device_type != "cpu":
         reason = "GPU: bf16 is about twice as fast, cosine >= 0.999 to fp32" if requested == "auto" else "as asked"
         return PrecisionChoice("bf16" if requested == "auto" else requested, requested, device_type, reason)
