@@ -26,10 +26,9 @@ from tqdm import tqdm
 
 from dataloader.photo_loader import default_workers, iter_photo_faces
 from faces.detect import POLICIES
-from faces.face_list import read_image_list
 from faces.photo_faces import FaceOptions, FaceRecord, add_face_args, collect_inputs
 from inference.extract import embed_batch, prepare_model
-from inference.int8 import BUNDLED_CALIB_LIST, DEFAULT_CALIB_COUNT, check_quantizable, int8_model
+from inference.int8 import BUNDLED_CALIB_LIST, DEFAULT_CALIB_COUNT, check_quantizable, int8_model, spread_calibration
 from inference.onnx_model import OnnxFaceModel, load_onnx_model
 from inference.quality_report import contact_sheet, record_row, save_crops, write_csv, write_quality_json
 from inference.quality_scale import SCALES, logistic_quality, resolve_scale
@@ -115,8 +114,7 @@ def int8_embedder(resume: str, arch: str | None, convention, calib_list: str, ba
                   choice: PrecisionChoice) -> tuple[OnnxEmbedder, PrecisionChoice]:
     """``--dtype int8``: the checkpoint's cached int8 model (quantized on first use, calibrated on an evenly
     spread ``DEFAULT_CALIB_COUNT`` of the aligned faces of ``calib_list``), on the runtime ``auto`` picks."""
-    calib = read_image_list(calib_list)[1]
-    calib = calib[::max(1, len(calib) // DEFAULT_CALIB_COUNT)][:DEFAULT_CALIB_COUNT]
+    calib = spread_calibration(calib_list)
     model = load_onnx_model(int8_model(resume, calib, arch=arch, convention=convention), threads=usable_cores())
     return OnnxEmbedder(model, batch_size), replace(choice, backend=model.runtime)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from faces.face_list import read_image_list
 from inference.onnx_model import model_input
 from inference.quality_scale import file_sha256
 from utils.convention import InputConvention, read_aligned_face
@@ -107,6 +108,13 @@ NOT_QUANTIZABLE = {
                      "layer turns 15 dB of int8 noise into -2.6 dB; bench/RESULTS.md, 2026-12-07); use fp32, which "
                      "runs it at ~500 faces/s on 2 cores (gen_feat: --backend onnxruntime)",
 }
+
+
+def spread_calibration(list_path: str | os.PathLike, count: int = DEFAULT_CALIB_COUNT) -> list[str]:
+    """``count`` aligned faces evenly spread over the list ``list_path`` (a sorted list's first ``count`` would be a
+    handful of people)."""
+    paths = read_image_list(list_path)[1]
+    return paths[::max(1, len(paths) // count)][:count]
 
 
 def check_quantizable(resume: str | os.PathLike, arch: str) -> None:

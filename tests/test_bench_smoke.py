@@ -85,8 +85,11 @@ def test_bench_assess_tiny(tmp_path, photos_dir):
 
     out = tmp_path / "assess.json"
     bench_assess.main(["--photos", str(photos_dir), "--arch", "iresnet18_w16", "--embedding-size", "64",
-                       "--limit", "4", "--dtypes", "fp32,bf16", "--batch-size", "4", "--json", str(out)])
+                       "--limit", "4", "--dtypes", "fp32,bf16,int8", "--batch-size", "4", "--json", str(out)])
     rows = _load(out)["results"]
     assert [(r["what"], r["dtype"]) for r in rows] == [("detect+align", "-"), ("assess (exit 0)", "fp32"),
-                                                       ("assess (exit 0)", "bf16")]
+                                                       ("assess (exit 0)", "bf16"), ("assess (exit 0)", "int8")]
     assert all(r["photos"] == 4 and r["faces"] == 4 and r["photos_s"] > 0 for r in rows)
+    for row in rows[2:]:  # each against fp32, face by face
+        assert row["vs"] == "fp32" and row["faces_only_in_one"] == 0 and 0.95 < row["min_cos"] <= 1.0001, row
+        assert 0 <= row["q_within_2"] <= 1 and row["q_max_diff"] >= 0
