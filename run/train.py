@@ -13,8 +13,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a file: the repository root in place of this file's own folder, whose
+    # modules would otherwise shadow top-level ones (inference/onnx_model.py hid onnxruntime's own onnx_model)
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 if __name__ == "__main__":  # first, before torch's import: a preemption signal from here on exits 75
     from run import startup_signals
 

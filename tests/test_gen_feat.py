@@ -216,3 +216,17 @@ def test_small_working_resolution_model_takes_112_faces(faces, tmp_path):
     with np.load(out) as z:
         feats = z["features"]
     assert np.abs(feats - ref).max() / np.abs(ref).max() < 1e-4
+
+
+def test_seed_command_line_quantizes_without_its_folder_shadowing_modules(faces, tmp_path):
+    """``python inference/gen_feat.py --dtype int8`` on a new checkpoint: onnxruntime's quantizer imports a top-level
+    ``onnx_model`` module of its own, which inference/onnx_model.py shadowed when the script's folder led sys.path."""
+    list_path, _ = faces
+    ckpt = tmp_path / "m.pth"
+    save_released(ckpt, randomised("iresnet18_w16"), None, 0, "iresnet18_w16")
+    env = dict(os.environ, PYTHONPATH="", MAGFACE_CACHE=str(tmp_path / "cache"))
+    res = subprocess.run([sys.executable, "inference/gen_feat.py", "--resume", str(ckpt), "--inf_list", str(list_path),
+                          "--feat_list", str(tmp_path / "f.txt"), "--dtype", "int8"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr
+    assert list((tmp_path / "cache").glob("*.int8.onnx")) and (tmp_path / "f.txt").stat().st_size > 0
