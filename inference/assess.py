@@ -115,7 +115,8 @@ def int8_embedder(resume: str, arch: str | None, convention, calib_list: str, ba
     """``--dtype int8``: the checkpoint's cached int8 model (quantized on first use, calibrated on an evenly
     spread ``DEFAULT_CALIB_COUNT`` of the aligned faces of ``calib_list``), on the runtime ``auto`` picks."""
     calib = spread_calibration(calib_list)
-    model = load_onnx_model(int8_model(resume, calib, arch=arch, convention=convention), threads=usable_cores())
+    model = load_onnx_model(int8_model(resume, calib, arch=arch, convention=convention), threads=usable_cores(),
+                            int8=True)
     return OnnxEmbedder(model, batch_size), replace(choice, backend=model.runtime)
 
 

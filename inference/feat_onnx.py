@@ -9,7 +9,7 @@ import numpy as np
 
 from faces.face_list import ImageList, read_image_list
 from inference.feat_options import FeatOptions
-from inference.onnx_model import embed_files, load_onnx_model
+from inference.onnx_model import DEFAULT_BATCH, embed_files, load_onnx_model
 from utils.convention import parse_convention
 from utils.cpu_info import PrecisionChoice, read_cpu_info
 from utils.feature_io import check_room
@@ -37,13 +37,13 @@ def extract_ort(resume: str, onnx_file: Path, images: ImageList, feat_list: str,
     """``--dtype int8``, ``--backend onnxruntime`` or the default on a CPU without native bf16: ``onnx_file``
     on onnxruntime or OpenVINO (``--onnx-runtime``). Features in list order (NaN rows for skipped faces) and
     timings."""
-    model = load_onnx_model(onnx_file, opts.onnx_runtime, threads=opts.threads)
+    model = load_onnx_model(onnx_file, opts.onnx_runtime, threads=opts.threads, int8=opts.dtype == "int8")
     emb = int(model.metadata.get("embedding_size", 0))
     if opts.embedding_size and emb and opts.embedding_size != emb:
         raise ValueError(f"--embedding_size {opts.embedding_size} but {resume} gives {emb}-d embeddings")
     if emb:
         check_room(feat_list, images.listed, emb)  # again, with the model's own size
-    batch_size = opts.batch_size or 64
+    batch_size = opts.batch_size or DEFAULT_BATCH
     t0 = time.perf_counter()
     dtype = "int8" if opts.dtype == "int8" else "fp32"
     if opts.dtype == dtype:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from faces.face_list import read_image_list
-from inference.onnx_model import model_input
+from inference.onnx_model import cache_dir, model_input
 from inference.quality_scale import file_sha256
 from utils.convention import InputConvention, read_aligned_face
 
@@ -35,13 +35,6 @@ DEFAULT_CALIB_COUNT = 256
 # the aligned faces int8 calibrates on where the command has no list of its own (assess: photographs)
 BUNDLED_CALIB_LIST = Path(__file__).resolve().parents[1] / "raw" / "demo_data" / "lfw" / "img.list"
 CALIB_BATCH = 16
-
-
-def cache_dir() -> Path:
-    if os.environ.get("MAGFACE_CACHE"):
-        return Path(os.environ["MAGFACE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "magface"
 
 
 def cache_key(checkpoint_sha256: str, arch: str | None, convention: InputConvention | None,

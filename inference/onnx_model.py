@@ -6,8 +6,12 @@ itself (``x = (pixel / 255 - mean) / std``, NCHW float32). Both runtimes read th
 interface (``embed``, ``metadata``, ``convention``).
 
 Why a second runtime: on a CPU with AMX (Intel Xeon 4th generation and later), OpenVINO runs the int8
-convolutions on the AMX tiles; on CPUs without AMX it was no faster than onnxruntime, so ``auto`` picks it only
-where the CPU reports AMX (measured speeds: bench/RESULTS.md). Its inference precision is pinned to f32
+convolutions on the AMX tiles, and its int8 kernels were also faster than onnxruntime's on a CPU with VNNI but no
+AMX (an AMD EPYC with AVX512-VNNI: 78 against 69 faces/s, iresnet50, 2026-12-07); its fp32 was no faster than
+onnxruntime's without AMX. So ``auto`` picks OpenVINO where the CPU reports AMX, and for an int8 model also where
+it reports VNNI (measured speeds: bench/RESULTS.md). OpenVINO compiles the model at every load (0.8 s for an
+int8 iresnet50); the compiled form is cached in ``$MAGFACE_CACHE/openvino`` (0.26 s on the next load; ~80 MB per
+int8 iresnet50). Its inference precision is pinned to f32
 (``INFERENCE_PRECISION_HINT``): OpenVINO would otherwise run the fp32 model, and the int8 model's unquantized
 layers (the embedding), in bf16 on such CPUs. The int8 model's features then stay within cosine 0.99 of fp32
 and the fp32 model's within 1e-5 of onnxruntime.
@@ -25,10 +29,21 @@ import numpy as np
 
 from faces.face_list import listed_face
 from utils.convention import FACE_SIZE, InputConvention
-from utils.cpu_info import cpu_has_amx, usable_cores
+from utils.cpu_info import CpuInfo, read_cpu_info, usable_cores
 
 CALIBRATION_KEY = "quality_calibration"  # the metadata key inference.export_onnx writes
 RUNTIMES = ("auto", "onnxruntime", "openvino")
+INT8_DOT = ("amx_int8", "avx512_vnni", "avx_vnni")  # int8 dot products in hardware
+DEFAULT_BATCH = 16  # faces per call: int8 iresnet50 ran 69 faces/s at 16 against 62 at 64 (onnxruntime, 2 cores)
+
+
+def cache_dir() -> Path:
+    """Where exports, int8 models and OpenVINO's compiled models are kept: ``$MAGFACE_CACHE``, else
+    ``$XDG_CACHE_HOME/magface`` (``~/.cache/magface``)."""
+    if os.environ.get("MAGFACE_CACHE"):
+        return Path(os.environ["MAGFACE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "magface"
 
 
 def model_input(images: np.ndarray, convention: InputConvention) -> np.ndarray:
@@ -117,11 +132,14 @@ class OvModel(OnnxFaceModel):
     runtime = "openvino"
 
     def __init__(self, path: str | os.PathLike, *, threads: int = 0,
-                 convention: InputConvention | None = None) -> None:
+                 convention: InputConvention | None = None, compiled_cache: Path | None = None) -> None:
+        """``compiled_cache``: a folder for OpenVINO's compiled models (None: compile at every load)."""
         import openvino as ov
 
         path = self.model_file(path)
         core = ov.Core()
+        if compiled_cache is not None:
+            core.set_property({"CACHE_DIR": str(compiled_cache)})
         try:
             model = core.read_model(str(path))
         except Exception as e:  # OpenVINO raises its own types for a damaged or foreign file
@@ -141,8 +159,10 @@ def openvino_installed() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def choose_runtime(runtime: str, *, installed: bool | None = None, amx: bool | None = None) -> str:
-    """``onnxruntime`` or ``openvino`` for a requested ``auto`` / ``onnxruntime`` / ``openvino``."""
+def choose_runtime(runtime: str, *, int8: bool = False, installed: bool | None = None,
+                   cpu: CpuInfo | None = None) -> str:
+    """``onnxruntime`` or ``openvino`` for a requested ``auto`` / ``onnxruntime`` / ``openvino``; ``auto`` takes
+    OpenVINO where it is installed and the CPU has AMX, or for an ``int8`` model int8 dot products (VNNI)."""
     installed = openvino_installed() if installed is None else installed
     if runtime == "openvino":
         if not installed:
@@ -152,15 +172,27 @@ def choose_runtime(runtime: str, *, installed: bool | None = None, amx: bool | N
         return "onnxruntime"
     if runtime != "auto":
         raise ValueError(f"unknown runtime {runtime!r}: auto, onnxruntime or openvino")
-    return "openvino" if installed and (cpu_has_amx() if amx is None else amx) else "onnxruntime"
+    if not installed:
+        return "onnxruntime"
+    cpu = read_cpu_info() if cpu is None else cpu
+    return "openvino" if cpu.has("amx_int8", "amx_bf16") or (int8 and cpu.has(*INT8_DOT)) else "onnxruntime"
+
+
+def compiled_cache() -> Path | None:
+    """``$MAGFACE_CACHE/openvino``, made if missing; None where it cannot be (then OpenVINO compiles each time)."""
+    folder = cache_dir() / "openvino"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return folder if os.access(folder, os.W_OK) else None
 
 
 def load_onnx_model(path: str | os.PathLike, runtime: str = "auto", *, threads: int = 0,
-                    convention: InputConvention | None = None) -> OnnxFaceModel:
-    """The model on ``runtime``; ``auto``: OpenVINO where it is installed and the CPU has AMX (where its
-    int8 and fp32 kernels measured faster), else onnxruntime (``choose_runtime``)."""
-    if choose_runtime(runtime) == "openvino":
-        return OvModel(path, threads=threads, convention=convention)
+                    convention: InputConvention | None = None, int8: bool = False) -> OnnxFaceModel:
+    """The model on ``runtime`` (``auto``: ``choose_runtime``; ``int8``: the file is an int8 model)."""
+    if choose_runtime(runtime, int8=int8) == "openvino":
+        return OvModel(path, threads=threads, convention=convention, compiled_cache=compiled_cache())
     return OrtModel(path, threads=threads, convention=convention)
 
 

@@ -9,11 +9,11 @@ import pytest
 from bench.bench_gen_feat import random_model
 from inference import gen_feat, ort_embed
 from inference.int8 import fp32_export, int8_model
-from inference.onnx_model import OrtModel, OvModel, choose_runtime
+from inference.onnx_model import OrtModel, OvModel, choose_runtime, load_onnx_model
 from models.checkpoint import save_released
 from utils.cli import run_cli
 from utils.convention import INSIGHTFACE, read_aligned_face
-from utils.cpu_info import cpu_has_amx
+from utils.cpu_info import CpuInfo
 
 pytest.importorskip("openvino")  # in requirements.txt; skipped only where someone installs without it
 
@@ -38,26 +38,42 @@ def deploy(lfw_dir: Path, tmp_path_factory) -> dict:
             "int8": int8_model(root / "m.pth", paths, cache=root / "cache")}
 
 
+def flags(text: str | None) -> CpuInfo:
+    return CpuInfo("test CPU", None if text is None else frozenset(text.split()), "test")
+
+
+XEON_AMX = flags("avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8")
+EPYC_VNNI = flags("avx2 avx512f avx512_vnni avx512_bf16")
+ALDER_LAKE = flags("avx2 fma avx_vnni")
+EPYC_AVX2 = flags("avx avx2 fma f16c")
+
+
 def test_choose_runtime():
-    assert choose_runtime("auto", installed=True, amx=True) == "openvino"
-    assert choose_runtime("auto", installed=True, amx=False) == "onnxruntime"
-    assert choose_runtime("auto", installed=False, amx=True) == "onnxruntime"
-    assert choose_runtime("onnxruntime", installed=True, amx=True) == "onnxruntime"
-    assert choose_runtime("openvino", installed=True, amx=False) == "openvino"
+    # auto: OpenVINO where the CPU has AMX; for an int8 model also where it has VNNI (its int8 kernels measured faster)
+    assert choose_runtime("auto", installed=True, cpu=XEON_AMX) == "openvino"
+    assert choose_runtime("auto", installed=True, cpu=XEON_AMX, int8=True) == "openvino"
+    assert choose_runtime("auto", installed=True, cpu=EPYC_VNNI) == "onnxruntime"
+    assert choose_runtime("auto", installed=True, cpu=EPYC_VNNI, int8=True) == "openvino"
+    assert choose_runtime("auto", installed=True, cpu=ALDER_LAKE, int8=True) == "openvino"
+    assert choose_runtime("auto", installed=True, cpu=EPYC_AVX2, int8=True) == "onnxruntime"
+    assert choose_runtime("auto", installed=True, cpu=flags(None), int8=True) == "onnxruntime"  # flags unreadable
+    assert choose_runtime("auto", installed=False, cpu=XEON_AMX, int8=True) == "onnxruntime"
+    assert choose_runtime("onnxruntime", installed=True, cpu=XEON_AMX, int8=True) == "onnxruntime"
+    assert choose_runtime("openvino", installed=True, cpu=EPYC_AVX2) == "openvino"
     with pytest.raises(ValueError, match="not installed"):
         choose_runtime("openvino", installed=False)
     with pytest.raises(ValueError, match="unknown runtime"):
         choose_runtime("tensorrt", installed=True)
 
 
-def test_cpu_has_amx_reads_the_flags(tmp_path):
-    (tmp_path / "amx").write_text("processor\t: 0\nflags\t\t: fpu sse avx512f amx_bf16 amx_tile amx_int8\n")
-    (tmp_path / "epyc").write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 avx512_vnni\n")
-    (tmp_path / "name").write_text("model name\t: amx_int8 lookalike\nflags\t\t: fpu sse\n")
-    assert cpu_has_amx(tmp_path / "amx") is True
-    assert cpu_has_amx(tmp_path / "epyc") is False
-    assert cpu_has_amx(tmp_path / "name") is False  # only the flags line counts
-    assert cpu_has_amx(tmp_path / "missing") is False
+def test_openvino_caches_its_compiled_model(deploy, tmp_path, monkeypatch):
+    monkeypatch.setenv("MAGFACE_CACHE", str(tmp_path / "cache"))
+    first = load_onnx_model(deploy["int8"], "openvino", threads=1, int8=True)
+    compiled = list((tmp_path / "cache" / "openvino").iterdir())
+    assert compiled, "nothing cached"
+    again = load_onnx_model(deploy["int8"], "openvino", threads=1, int8=True)
+    assert sorted((tmp_path / "cache" / "openvino").iterdir()) == sorted(compiled)  # read back, not compiled anew
+    np.testing.assert_array_equal(first.embed(deploy["faces"][:4]), again.embed(deploy["faces"][:4]))
 
 
 def test_openvino_fp32_equals_onnxruntime(deploy):

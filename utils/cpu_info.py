@@ -74,11 +74,6 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def cpu_has_amx(cpuinfo: str | os.PathLike = CPUINFO) -> bool:
-    """Whether the CPU's flags name AMX (amx_int8 or amx_bf16); False where they cannot be read."""
-    return read_cpu_info(cpuinfo).has("amx_int8", "amx_bf16")
-
-
 @dataclass(frozen=True)
 class PrecisionChoice:
     """What an inference command runs in and why: printed once, written into its outputs' metadata."""
