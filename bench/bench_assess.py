@@ -6,9 +6,10 @@ Photographs: the first --limit of ``../shared/data/photos`` (CelebA in the wild,
 250x250), in sorted order. Row ``detect+align``: reading, RetinaFace at <= 640 px, face choice and the
 112x112 warp, inline (what assess does on <= 2 cores). Rows ``assess``: ``inference.assess.main`` end
 to end (checkpoint load, detection, embedding by --resume or an untrained --arch with randomised BatchNorm
-statistics, CSV/JSON/contact sheet), once per --dtypes (int8: quantized before the timing, as a second run finds
-it). Each dtype after the first is compared with the first, face by face: ``q_within_2`` the share of 0-100
-scores within 2 points, ``q_max_diff`` the largest difference, ``min_cos`` the lowest cosine of the features.
+statistics, CSV/JSON/contact sheet), once per --dtypes (int8: quantized before the timing, auto: exported to ONNX
+before it, as a second run finds them). Each dtype after the first is compared with the first, face by face:
+``q_within_2`` the share of 0-100 scores within 2 points, ``q_max_diff`` the largest difference, ``min_cos`` the
+lowest cosine of the features.
 ``foreign_cores``: cores other processes kept busy meanwhile (above ~0.2 the row was disturbed).
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ from bench.common import ForeignLoad, csv_arg, format_machine, format_rows, load
 from dataloader.photo_loader import iter_photo_faces
 from faces.photo_faces import FaceOptions, collect_inputs
 from inference import assess
-from inference.int8 import BUNDLED_CALIB_LIST, int8_model, spread_calibration
+from inference.int8 import BUNDLED_CALIB_LIST, fp32_export, int8_model, spread_calibration
 from models.checkpoint import save_released
 from utils.atomic import write_json
 
@@ -56,12 +57,15 @@ def time_detection(paths: list[str]) -> dict:
 
 
 def time_assess(paths: list[str], ckpt: Path, out: Path, dtype: str, batch_size: int) -> dict:
-    """One in-process run of ``assess.main``; with ``--dtype int8`` the checkpoint is quantized first (cached, as a
-    user's second run finds it), so the row times the run, not the one-off calibration."""
+    """One in-process run of ``assess.main``; with ``--dtype int8`` the checkpoint is quantized first, with ``auto``
+    exported to ONNX first (both cached, as a user's second run finds them), so the row times the run, not the
+    one-off export or calibration."""
     listing = out / "photos.txt"
     listing.write_text("".join(f"{p}\n" for p in paths))
     if dtype == "int8":
         int8_model(ckpt, spread_calibration(BUNDLED_CALIB_LIST), log=lambda *_: None)
+    elif dtype == "auto":  # the default may take the cached fp32 export (inference.assess.choose_assess_backend)
+        fp32_export(ckpt, log=lambda *_: None)
     with ForeignLoad() as load:
         t0 = time.perf_counter()
         code = assess.main([str(listing), "--resume", str(ckpt), "--out", str(out / dtype), "--dtype", dtype,

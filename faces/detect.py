@@ -77,6 +77,9 @@ class FaceDetector:
             options = ort.SessionOptions()
             if self.threads > 0:
                 options.intra_op_num_threads = self.threads
+            # idle threads sleep rather than spin: detection takes turns with decoding and embedding on the same
+            # cores (assess: 108-117 -> 117-127 photos/s, 2-core EPYC, 2026-12-07)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self._session = ort.InferenceSession(WEIGHTS, options, providers=["CPUExecutionProvider"])
         from retinaface.preprocess import preprocess
 

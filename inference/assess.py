@@ -14,6 +14,7 @@ was assessed, 1 when none could be (or, with ``--strict``, when any input failed
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import time
 from collections.abc import Sequence
@@ -28,8 +29,15 @@ from dataloader.photo_loader import default_workers, iter_photo_faces
 from faces.detect import POLICIES
 from faces.photo_faces import FaceOptions, FaceRecord, add_face_args, collect_inputs
 from inference.extract import embed_batch, prepare_model
-from inference.int8 import BUNDLED_CALIB_LIST, DEFAULT_CALIB_COUNT, check_quantizable, int8_model, spread_calibration
-from inference.onnx_model import OnnxFaceModel, load_onnx_model
+from inference.int8 import (
+    BUNDLED_CALIB_LIST,
+    DEFAULT_CALIB_COUNT,
+    check_quantizable,
+    fp32_export,
+    int8_model,
+    spread_calibration,
+)
+from inference.onnx_model import DEFAULT_BATCH, OnnxFaceModel, load_onnx_model
 from inference.quality_report import contact_sheet, record_row, save_crops, write_csv, write_quality_json
 from inference.quality_scale import SCALES, logistic_quality, resolve_scale
 from models.checkpoint import load_backbone
@@ -64,6 +72,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "(AVX512-BF16/AMX, ~2x faster), else fp32 (utils.cpu_info); int8: the checkpoint quantized by "
                    "onnxruntime on the CPU (inference.int8, cached; not for mobilefacenet, the shipped model); "
                    "what ran is printed and in the report")
+    p.add_argument("--backend", choices=BACKENDS, default=d["backend"],
+                   help="what embeds the faces; auto, for --dtype auto on a CPU: onnxruntime's fp32 (the "
+                   "checkpoint's cached ONNX export, equal to PyTorch's fp32 to ~1e-6) where the CPU has no native "
+                   "bf16, and for mobilefacenet (the shipped model), as fast there as PyTorch's bf16; else torch")
     p.add_argument("--calib-list", default=d["calib_list"],
                    help="--dtype int8: aligned faces to calibrate the quantization on, an evenly spread "
                    f"{DEFAULT_CALIB_COUNT} of them (default: the bundled LFW faces)")
@@ -101,7 +113,7 @@ class Embedder:
 
 
 class OnnxEmbedder(Embedder):
-    """The same batches through an ONNX model (``inference.onnx_model``: the int8 model on the CPU)."""
+    """The same batches through an ONNX model (``inference.onnx_model``: the fp32 export or the int8 model)."""
 
     def __init__(self, model: OnnxFaceModel, batch_size: int) -> None:
         self.model, self.batch_size, self.pending, self.done = model, batch_size, [], []
@@ -116,8 +128,43 @@ def int8_embedder(resume: str, arch: str | None, convention, calib_list: str, ba
     spread ``DEFAULT_CALIB_COUNT`` of the aligned faces of ``calib_list``), on the runtime ``auto`` picks."""
     calib = spread_calibration(calib_list)
     model = load_onnx_model(int8_model(resume, calib, arch=arch, convention=convention), threads=usable_cores(),
-                            int8=True)
+                            int8=True, spin=False)
     return OnnxEmbedder(model, batch_size), replace(choice, backend=model.runtime)
+
+
+BACKENDS = ("auto", "torch", "onnxruntime")
+# archs whose fp32 on onnxruntime is as fast as PyTorch's bf16, with fp32's exact scores: mobilefacenet alone 654
+# faces/s against PyTorch's bf16 561 and fp32 285; in assess 121-124 photos/s against bf16's 117-127 (2-core AMD EPYC
+# with AVX512-BF16, 2026-12-07; bench/RESULTS.md)
+ONNX_FASTER = frozenset({"mobilefacenet"})
+
+
+def choose_assess_backend(requested: str, choice: PrecisionChoice, arch: str,
+                          have_onnxruntime: bool | None = None) -> tuple[str, str]:
+    """(backend, why) for the embedding pass: ``torch`` or ``onnxruntime`` (fp32, or the int8 model)."""
+    if choice.dtype == "int8":
+        return "onnxruntime", "int8 runs on the ONNX path"
+    if requested == "onnxruntime" and (choice.device != "cpu" or choice.dtype != "fp32"):
+        raise ValueError(f"--backend onnxruntime runs fp32 on the CPU, not {choice.dtype} on {choice.device}: use "
+                         "--dtype fp32 (or auto) on the CPU, or --backend torch")
+    if requested != "auto":
+        return requested, "as asked"
+    if choice.device != "cpu" or choice.requested != "auto":
+        return "torch", f"--dtype {choice.requested} on {choice.device}"
+    if not (importlib.util.find_spec("onnxruntime") is not None if have_onnxruntime is None else have_onnxruntime):
+        return "torch", "onnxruntime is not installed"
+    if choice.dtype == "fp32":
+        return "onnxruntime", "fp32 on onnxruntime, faster than PyTorch's on a CPU without native bf16"
+    if arch in ONNX_FASTER:
+        return "onnxruntime", f"{arch}: fp32 on onnxruntime is as fast as PyTorch's bf16, and exact"
+    return "torch", "PyTorch's bf16 is the faster path"
+
+
+def onnx_fp32_embedder(resume: str, arch: str | None, convention, batch_size: int) -> OnnxEmbedder:
+    """The checkpoint's cached fp32 ONNX export (made on first use) on onnxruntime."""
+    model = load_onnx_model(fp32_export(resume, arch=arch, convention=convention), "onnxruntime",
+                            threads=usable_cores(), spin=False)  # it takes turns with the detector's session
+    return OnnxEmbedder(model, min(batch_size, DEFAULT_BATCH))
 
 
 DEFAULT_FACES = FaceOptions()
@@ -137,7 +184,8 @@ class Outputs:
 def assess(inputs: Sequence[str], resume: str, out: str | Path, *, arch: str | None = None,
            quality_scale: str = "auto", faces: FaceOptions = DEFAULT_FACES, workers: int | None = None,
            batch_size: int = 32, device: str = "auto", dtype: str = "auto", input_convention: str | None = None,
-           outputs: Outputs = Outputs(), progress: bool = True, calib_list: str = str(BUNDLED_CALIB_LIST)) -> int:
+           outputs: Outputs = Outputs(), progress: bool = True, calib_list: str = str(BUNDLED_CALIB_LIST),
+           backend: str = "auto") -> int:
     """Detect, align and embed the faces of ``inputs`` (files, folders, list files) with the checkpoint ``resume``
     and write the quality report to ``out``; returns the exit status (module docstring)."""
     t0 = time.perf_counter()
@@ -156,9 +204,22 @@ def assess(inputs: Sequence[str], resume: str, out: str | Path, *, arch: str | N
     paths = collect_inputs(inputs)
     if not paths:
         raise ValueError(f"no images found in {' '.join(inputs)}")
+    path, why = choose_assess_backend(backend, choice, info["arch"])
+    embedder = None
     if choice.dtype == "int8":
         embedder, choice = int8_embedder(resume, arch, given, calib_list, batch_size, choice)
-    else:
+    elif path == "onnxruntime":
+        try:
+            embedder = onnx_fp32_embedder(resume, arch, given, batch_size)
+        except (OSError, RuntimeError) as e:  # the cache cannot be written (a read-only home), or the export failed
+            if backend != "auto":
+                raise
+            print(f"the ONNX export of {resume} could not be made or cached ({e}); PyTorch instead (--backend torch "
+                  "skips this attempt, MAGFACE_CACHE moves the cache)", file=sys.stderr, flush=True)
+        else:
+            reason = why if choice.reason == "as asked" else f"{choice.reason.split(';')[0]}; {why}"
+            choice = replace(choice, dtype="fp32", backend="onnxruntime", reason=reason)
+    if embedder is None:
         model = prepare_model(model, torch_device, dtype=DTYPES[choice.dtype])
         embedder = Embedder(model, conv, torch_device, DTYPES[choice.dtype], batch_size)
     choice.announce()
@@ -236,6 +297,7 @@ def _main(argv: list[str]) -> int:
     return assess(args.inputs, args.resume, args.out, arch=args.arch, quality_scale=args.quality_scale, faces=faces,
                   workers=args.workers, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
                   input_convention=args.input_convention, progress=not args.no_progress, calib_list=args.calib_list,
+                  backend=args.backend,
                   outputs=Outputs(args.save_crops, args.save_features, args.strict))
 
 

@@ -109,12 +109,16 @@ class OrtModel(OnnxFaceModel):
     runtime = "onnxruntime"
 
     def __init__(self, path: str | os.PathLike, *, threads: int = 0,
-                 convention: InputConvention | None = None) -> None:
+                 convention: InputConvention | None = None, spin: bool = True) -> None:
+        """``spin=False``: idle threads sleep instead of spinning, for a model that takes turns with other work on
+        the same cores (assess: the face detector's session), which their spinning would slow down."""
         import onnxruntime as ort
 
         path = self.model_file(path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or usable_cores()
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own types for a damaged or foreign file
@@ -189,11 +193,13 @@ def compiled_cache() -> Path | None:
 
 
 def load_onnx_model(path: str | os.PathLike, runtime: str = "auto", *, threads: int = 0,
-                    convention: InputConvention | None = None, int8: bool = False) -> OnnxFaceModel:
-    """The model on ``runtime`` (``auto``: ``choose_runtime``; ``int8``: the file is an int8 model)."""
+                    convention: InputConvention | None = None, int8: bool = False,
+                    spin: bool = True) -> OnnxFaceModel:
+    """The model on ``runtime`` (``auto``: ``choose_runtime``; ``int8``: the file is an int8 model; ``spin``:
+    ``OrtModel``'s)."""
     if choose_runtime(runtime, int8=int8) == "openvino":
         return OvModel(path, threads=threads, convention=convention, compiled_cache=compiled_cache())
-    return OrtModel(path, threads=threads, convention=convention)
+    return OrtModel(path, threads=threads, convention=convention, spin=spin)
 
 
 def embed_files(model: OnnxFaceModel, paths: list[str], batch_size: int = 64, print_freq: int = 10, *,

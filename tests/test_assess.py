@@ -18,6 +18,7 @@ from inference.quality_report import COLUMNS
 from inference.quality_scale import OFIQ, Calibration, logistic_quality, save_calibration, side_file
 from models.backbones import build_backbone
 from models.checkpoint import save_released
+from utils.cpu_info import CpuInfo, choose_precision
 
 LFW_PHOTOS = ["AJ_Cook/AJ_Cook_0001.jpg", "Alejandro_Toledo/Alejandro_Toledo_0021.jpg",
               "Allyson_Felix/Allyson_Felix_0005.jpg"]
@@ -202,3 +203,58 @@ def test_int8_is_refused_for_mobilefacenet(photos_dir, tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert "int8 is not accurate for mobilefacenet" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o" / "quality.csv").exists()
+
+
+def cpu_choice(flags: str, requested: str = "auto", device: str = "cpu"):
+    return choose_precision(requested, device, CpuInfo("test CPU", frozenset(flags.split()), "test"), int8=True)
+
+
+@pytest.mark.parametrize("requested, flags, dtype, arch, expected", [
+    ("auto", "avx2 fma f16c", "auto", "iresnet50", "onnxruntime"),  # no native bf16: fp32, on onnxruntime
+    ("auto", "avx2 avx512f avx512_bf16", "auto", "iresnet50", "torch"),  # PyTorch's bf16 is faster
+    ("auto", "avx2 avx512f avx512_bf16", "auto", "mobilefacenet", "onnxruntime"),  # fp32 as fast, and exact
+    ("auto", "avx2 fma f16c", "fp32", "iresnet50", "torch"),  # an explicit --dtype keeps PyTorch
+    ("auto", "avx2 fma f16c", "int8", "iresnet50", "onnxruntime"),
+    ("torch", "avx2 fma f16c", "auto", "mobilefacenet", "torch"),
+    ("onnxruntime", "avx2 avx512f avx512_bf16", "fp32", "iresnet50", "onnxruntime"),
+])
+def test_choose_assess_backend(requested, flags, dtype, arch, expected):
+    assert assess.choose_assess_backend(requested, cpu_choice(flags, dtype), arch, have_onnxruntime=True)[0] == expected
+
+
+def test_choose_assess_backend_on_a_gpu_without_onnxruntime_and_bad_pairs():
+    gpu = choose_precision("auto", "cuda")
+    assert assess.choose_assess_backend("auto", gpu, "mobilefacenet", have_onnxruntime=True)[0] == "torch"
+    bare = cpu_choice("avx2 fma f16c")
+    assert assess.choose_assess_backend("auto", bare, "iresnet50", have_onnxruntime=False) == (
+        "torch", "onnxruntime is not installed")
+    with pytest.raises(ValueError, match="--backend onnxruntime runs fp32 on the CPU, not bf16 on cpu"):
+        assess.choose_assess_backend("onnxruntime", cpu_choice("avx2 avx512_bf16", "bf16"), "iresnet50")
+    with pytest.raises(ValueError, match="not bf16 on cuda"):
+        assess.choose_assess_backend("onnxruntime", gpu, "iresnet50")
+
+
+def test_default_onnxruntime_path_scores_as_pytorch_fp32_and_falls_back_when_no_cache(ckpt, photos_dir, tmp_path,
+                                                                                     monkeypatch, capsys):
+    monkeypatch.setenv("MAGFACE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MAGFACE_CPU_FLAGS", "fpu sse avx avx2 fma f16c")  # a CPU without native bf16
+    photos = [str(photos_dir / "lfw" / p) for p in LFW_PHOTOS]
+    common = ["--resume", str(ckpt), "--no-progress", "--workers", "0", "--save-features", "--device", "cpu"]
+    runs = {"auto": [], "torch": ["--backend", "torch"]}
+    feats, quality = {}, {}
+    for name, extra in runs.items():
+        assert assess.main([*photos, *common, "--out", str(tmp_path / name), *extra]) == 0
+        feats[name] = np.load(tmp_path / name / "features.npz")["features"]
+        quality[name] = [r["quality"] for r in read_csv(tmp_path / name / "quality.csv")]
+    printed = capsys.readouterr().out
+    assert "precision fp32 on cpu, onnxruntime (auto: no native bf16" in printed
+    assert "precision fp32 on cpu, torch (auto: no native bf16" in printed  # --backend torch: the same fp32 in PyTorch
+    np.testing.assert_allclose(feats["auto"], feats["torch"], rtol=1e-4, atol=1e-4 * np.abs(feats["torch"]).max())
+    assert quality["auto"] == quality["torch"]
+    # a cache that cannot be written: the default falls back to PyTorch, in one line
+    (tmp_path / "ro").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("MAGFACE_CACHE", str(tmp_path / "ro"))
+    assert assess.main([*photos, *common, "--out", str(tmp_path / "fallback")]) == 0
+    captured = capsys.readouterr()
+    assert "could not be made or cached" in captured.err and "torch (auto: no native bf16" in captured.out
+    np.testing.assert_array_equal(np.load(tmp_path / "fallback" / "features.npz")["features"], feats["torch"])
