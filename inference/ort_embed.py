@@ -49,6 +49,7 @@ from inference.quality_scale import (  # noqa: E402
 from utils.atomic import atomic_write  # noqa: E402
 from utils.cli import HelpFormatter, run_cli  # noqa: E402
 from utils.convention import FACE_SIZE, parse_convention  # noqa: E402
+from utils.cpu_info import PrecisionChoice, read_cpu_info  # noqa: E402
 from utils.feature_io import write_features  # noqa: E402
 from utils.text_lines import printable  # noqa: E402
 
@@ -122,6 +123,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def model_precision(model: OnnxFaceModel, runtime: str) -> PrecisionChoice:
+    """What runs: int8 when ``inference.int8`` quantized the file (its ``quantization`` metadata), else fp32, on the
+    model's runtime, with this CPU's flags (printed once and stored in the features' meta, as gen_feat does)."""
+    quantized = model.metadata.get("quantization")
+    cpu = read_cpu_info()
+    reason = f"the file's ({quantized})" if quantized else "the file's (no quantization recorded)"
+    if runtime == "auto":
+        reason += f"; runtime auto: {model.runtime}"
+    return PrecisionChoice("int8" if quantized else "fp32", "file", "cpu", reason, cpu.model,
+                           tuple(cpu.speed_flags()), backend=model.runtime)
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     t0 = time.perf_counter()
@@ -129,6 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
     listed, resolved = images.listed, images.resolved
     conv = parse_convention(args.input_convention) if args.input_convention else None
     model = load_onnx_model(args.onnx, args.runtime, threads=args.threads, convention=conv)
+    choice = model_precision(model, args.runtime)
+    choice.announce()
     calibration, scale = quality_calibration(model, args.quality_json)
     if args.photos:
         kept, faces, failed = faces_from_photos(resolved)
@@ -142,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
         feats = embed_files(model, resolved, args.batch_size, args.print_freq,
                             where=[images.where(i) for i in range(len(images))])
     mags = np.linalg.norm(feats, axis=1)
-    write_features(args.feat_list, listed, feats, mags)
+    write_features(args.feat_list, listed, feats, mags, meta={"precision": choice.to_dict()})
     quality = logistic_quality(mags, calibration)
     if args.scores:
         write_scores(args.scores, listed, mags, quality, scale)

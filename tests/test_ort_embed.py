@@ -20,6 +20,7 @@ from inference.quality_scale import fit_calibration, logistic_quality, save_cali
 from models.checkpoint import save_released
 from utils.cli import run_cli
 from utils.convention import INSIGHTFACE, MAGFACE
+from utils.feature_io import read_meta
 
 REPO = Path(__file__).resolve().parents[1]
 N_FACES = 32
@@ -158,7 +159,7 @@ def test_bad_inputs_give_one_line(files, tmp_path, capsys, caplog):
     assert not (tmp_path / "o.npz").exists()
 
 
-def test_int8_parity_and_cache(files, torch_feats, tmp_path, monkeypatch):
+def test_int8_parity_and_cache(files, torch_feats, tmp_path, monkeypatch, capsys):
     """gen_feat --dtype int8: cosine >= 0.99 to fp32 on real faces; the second run reuses the cached model
     without importing torch."""
     monkeypatch.setenv("MAGFACE_CACHE", str(tmp_path / "cache"))
@@ -181,6 +182,16 @@ def test_int8_parity_and_cache(files, torch_feats, tmp_path, monkeypatch):
     assert cos.min() >= 0.99, cos.min()
     meta = OrtModel(cached[0]).metadata
     assert json.loads(meta["input_convention"]) == MAGFACE.to_dict() and meta["calibration_faces"] == str(N_FACES)
+    # ort_embed says what ran, once, and keeps it with the features: int8 for the quantized file, fp32 for the export
+    for onnx, dtype in ((cached[0], "int8"), (files["onnx"], "fp32")):
+        out = tmp_path / f"ort_{dtype}.npz"
+        ort_embed.main(["--onnx", str(onnx), "--inf_list", str(files["list"]), "--feat_list", str(out),
+                        "--runtime", "onnxruntime"])
+        assert read_meta(out)["precision"]["dtype"] == dtype
+        assert read_meta(out)["precision"]["backend"] == "onnxruntime"
+    printed = capsys.readouterr().out
+    assert printed.count("precision int8 on cpu, onnxruntime (the file's (qdq-") == 1
+    assert printed.count("precision fp32 on cpu, onnxruntime (the file's (no quantization recorded))") == 1
 
 
 def test_gen_feat_onnxruntime_backend_equals_torch(files, torch_feats, tmp_path, monkeypatch):
