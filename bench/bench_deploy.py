@@ -110,7 +110,7 @@ def demo_accuracy(ckpt: str, tmp: Path, env: dict) -> dict:
         result[f"{dtype}_feats"] = load_feats(out)
     from inference.onnx_model import choose_runtime
 
-    result["int8_runtime"] = choose_runtime("auto", int8=True)
+    result["int8_runtime"] = choose_runtime("auto")
     result["min_cos_int8_vs_fp32"] = cos_min(result.pop("int8_feats"), result.pop("fp32_feats"))
     return result
 
@@ -133,9 +133,7 @@ def run_rows(ckpt: Path, lst: Path, tmp: Path, arch: str, env: dict) -> tuple[li
     from inference.onnx_model import choose_runtime
     from utils.cpu_info import choose_precision
 
-    # what --onnx-runtime auto picks on this machine for an fp32 and an int8 model (ort_embed's --runtime auto cannot
-    # tell an int8 file from an fp32 one, so it picks as for fp32)
-    auto, auto8 = f"auto: {choose_runtime('auto')}", f"auto: {choose_runtime('auto', int8=True)}"
+    auto = f"auto: {choose_runtime('auto')}"  # what --onnx-runtime / --runtime auto picks on this machine
     picked = f"{choose_precision('auto', 'cpu').dtype}, {choose_backend(FeatOptions())[0]}"  # the default here
     onnx = tmp / "model.onnx"
     subprocess.run([PY, "-m", "inference.export_onnx", "--resume", str(ckpt), "--out", str(onnx)], cwd=ROOT,
@@ -145,8 +143,8 @@ def run_rows(ckpt: Path, lst: Path, tmp: Path, arch: str, env: dict) -> tuple[li
             ("gen_feat --dtype fp32", gen + ["--dtype", "fp32"], "fp32.txt"),
             (f"gen_feat default (auto: {picked})", gen, "auto.txt"),
             ("gen_feat --dtype bf16", gen + ["--dtype", "bf16"], "bf16.txt"),
-            (f"gen_feat --dtype int8 (first run: quantize; {auto8})", gen + ["--dtype", "int8"], "int8_cold.txt"),
-            (f"gen_feat --dtype int8 (cached; {auto8})", gen + ["--dtype", "int8"], "int8.txt"),
+            (f"gen_feat --dtype int8 (first run: quantize; {auto})", gen + ["--dtype", "int8"], "int8_cold.txt"),
+            (f"gen_feat --dtype int8 (cached; {auto})", gen + ["--dtype", "int8"], "int8.txt"),
             ("gen_feat --dtype int8 --onnx-runtime onnxruntime (cached)",
              gen + ["--dtype", "int8", "--onnx-runtime", "onnxruntime"], "int8_ort.txt"),
             (f"gen_feat --backend onnxruntime (first run: export; {auto})", gen + ["--backend", "onnxruntime"],

@@ -128,7 +128,7 @@ def int8_embedder(resume: str, arch: str | None, convention, calib_list: str, ba
     spread ``DEFAULT_CALIB_COUNT`` of the aligned faces of ``calib_list``), on the runtime ``auto`` picks."""
     calib = spread_calibration(calib_list)
     model = load_onnx_model(int8_model(resume, calib, arch=arch, convention=convention), threads=usable_cores(),
-                            int8=True, spin=False)
+                            spin=False)
     return OnnxEmbedder(model, batch_size), replace(choice, backend=model.runtime)
 
 

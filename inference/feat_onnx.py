@@ -37,7 +37,7 @@ def extract_ort(resume: str, onnx_file: Path, images: ImageList, feat_list: str,
     """``--dtype int8``, ``--backend onnxruntime`` or the default on a CPU without native bf16: ``onnx_file``
     on onnxruntime or OpenVINO (``--onnx-runtime``). Features in list order (NaN rows for skipped faces) and
     timings."""
-    model = load_onnx_model(onnx_file, opts.onnx_runtime, threads=opts.threads, int8=opts.dtype == "int8")
+    model = load_onnx_model(onnx_file, opts.onnx_runtime, threads=opts.threads)
     emb = int(model.metadata.get("embedding_size", 0))
     if opts.embedding_size and emb and opts.embedding_size != emb:
         raise ValueError(f"--embedding_size {opts.embedding_size} but {resume} gives {emb}-d embeddings")

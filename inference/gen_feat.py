@@ -9,8 +9,8 @@ scripts keep working; a ``.npz`` feature file also stores the magnitudes and pat
 
 The command only: the run is ``inference.features.extract``. fp32/bf16/fp16 run in PyTorch
 (``inference.feat_torch``, imported only then); ``--dtype int8`` runs the checkpoint's cached quantized model
-(``inference.int8``) without importing torch (``inference.feat_onnx``), on OpenVINO where the CPU has AMX or VNNI
-and on onnxruntime elsewhere (``inference.onnx_model``; ``--onnx-runtime`` to choose).
+(``inference.int8``) without importing torch (``inference.feat_onnx``), on OpenVINO where the CPU has AMX and on
+onnxruntime elsewhere (``inference.onnx_model``; ``--onnx-runtime`` to choose).
 The default (``--dtype auto --backend auto``, ``inference.feat_options.choose_backend``): bf16 in PyTorch on a
 GPU or a CPU with native bf16; on any other CPU fp32 on the checkpoint's cached ONNX export, which starts without
 importing torch (the first run exports it), unless --flip or --compile asks for PyTorch.
@@ -69,8 +69,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "--compile on, else torch; int8 always uses onnxruntime/OpenVINO")
     p.add_argument("--onnx-runtime", choices=RUNTIMES, default=d.onnx_runtime,
                    help="what runs the ONNX model of --dtype int8 / --backend onnxruntime; auto: openvino when it "
-                   "is installed and the CPU has AMX (int8 ~4x faster there) or, for int8, VNNI (1.13x), else "
-                   "onnxruntime")
+                   "is installed and the CPU has AMX (int8 ~4x faster there), else onnxruntime (openvino's int8 "
+                   "was 13%% faster on a CPU with VNNI, but only past ~500 faces, after its 0.8 s compile)")
     p.add_argument("--calib-list", default=d.calib_list,
                    help="int8: aligned faces to calibrate on (default: the --inf_list being embedded)")
     p.add_argument("--calib-count", type=int, default=d.calib_count,

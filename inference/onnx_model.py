@@ -6,12 +6,11 @@ itself (``x = (pixel / 255 - mean) / std``, NCHW float32). Both runtimes read th
 interface (``embed``, ``metadata``, ``convention``).
 
 Why a second runtime: on a CPU with AMX (Intel Xeon 4th generation and later), OpenVINO runs the int8
-convolutions on the AMX tiles, and its int8 kernels were also faster than onnxruntime's on a CPU with VNNI but no
-AMX (an AMD EPYC with AVX512-VNNI: 78 against 69 faces/s, iresnet50, 2026-12-07); its fp32 was no faster than
-onnxruntime's without AMX. So ``auto`` picks OpenVINO where the CPU reports AMX, and for an int8 model also where
-it reports VNNI (measured speeds: bench/RESULTS.md). OpenVINO compiles the model at every load (0.8 s for an
-int8 iresnet50); the compiled form is cached in ``$MAGFACE_CACHE/openvino`` (0.26 s on the next load; ~80 MB per
-int8 iresnet50). Its inference precision is pinned to f32
+convolutions on the AMX tiles, about 4x onnxruntime there; ``auto`` picks it only where the CPU reports AMX. On
+a CPU with VNNI but no AMX (an AMD EPYC with AVX512-VNNI, 2026-12-07) its int8 kernels were 13 % faster than
+onnxruntime's (78 against 69 faces/s, int8 iresnet50), but it compiles the model at each load (0.8 s), so it
+pays only beyond about 500 faces (``--onnx-runtime openvino`` there); its fp32 was no faster than onnxruntime's.
+Its inference precision is pinned to f32
 (``INFERENCE_PRECISION_HINT``): OpenVINO would otherwise run the fp32 model, and the int8 model's unquantized
 layers (the embedding), in bf16 on such CPUs. The int8 model's features then stay within cosine 0.99 of fp32
 and the fp32 model's within 1e-5 of onnxruntime.
@@ -33,7 +32,6 @@ from utils.cpu_info import CpuInfo, read_cpu_info, usable_cores
 
 CALIBRATION_KEY = "quality_calibration"  # the metadata key inference.export_onnx writes
 RUNTIMES = ("auto", "onnxruntime", "openvino")
-INT8_DOT = ("amx_int8", "avx512_vnni", "avx_vnni")  # int8 dot products in hardware
 DEFAULT_BATCH = 16  # faces per call: int8 iresnet50 ran 69 faces/s at 16 against 62 at 64 (onnxruntime, 2 cores)
 
 
@@ -136,14 +134,11 @@ class OvModel(OnnxFaceModel):
     runtime = "openvino"
 
     def __init__(self, path: str | os.PathLike, *, threads: int = 0,
-                 convention: InputConvention | None = None, compiled_cache: Path | None = None) -> None:
-        """``compiled_cache``: a folder for OpenVINO's compiled models (None: compile at every load)."""
+                 convention: InputConvention | None = None) -> None:
         import openvino as ov
 
         path = self.model_file(path)
         core = ov.Core()
-        if compiled_cache is not None:
-            core.set_property({"CACHE_DIR": str(compiled_cache)})
         try:
             model = core.read_model(str(path))
         except Exception as e:  # OpenVINO raises its own types for a damaged or foreign file
@@ -163,10 +158,9 @@ def openvino_installed() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def choose_runtime(runtime: str, *, int8: bool = False, installed: bool | None = None,
-                   cpu: CpuInfo | None = None) -> str:
+def choose_runtime(runtime: str, *, installed: bool | None = None, cpu: CpuInfo | None = None) -> str:
     """``onnxruntime`` or ``openvino`` for a requested ``auto`` / ``onnxruntime`` / ``openvino``; ``auto`` takes
-    OpenVINO where it is installed and the CPU has AMX, or for an ``int8`` model int8 dot products (VNNI)."""
+    OpenVINO where it is installed and the CPU has AMX."""
     installed = openvino_installed() if installed is None else installed
     if runtime == "openvino":
         if not installed:
@@ -179,26 +173,14 @@ def choose_runtime(runtime: str, *, int8: bool = False, installed: bool | None =
     if not installed:
         return "onnxruntime"
     cpu = read_cpu_info() if cpu is None else cpu
-    return "openvino" if cpu.has("amx_int8", "amx_bf16") or (int8 and cpu.has(*INT8_DOT)) else "onnxruntime"
-
-
-def compiled_cache() -> Path | None:
-    """``$MAGFACE_CACHE/openvino``, made if missing; None where it cannot be (then OpenVINO compiles each time)."""
-    folder = cache_dir() / "openvino"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None
-    return folder if os.access(folder, os.W_OK) else None
+    return "openvino" if cpu.has("amx_int8", "amx_bf16") else "onnxruntime"
 
 
 def load_onnx_model(path: str | os.PathLike, runtime: str = "auto", *, threads: int = 0,
-                    convention: InputConvention | None = None, int8: bool = False,
-                    spin: bool = True) -> OnnxFaceModel:
-    """The model on ``runtime`` (``auto``: ``choose_runtime``; ``int8``: the file is an int8 model; ``spin``:
-    ``OrtModel``'s)."""
-    if choose_runtime(runtime, int8=int8) == "openvino":
-        return OvModel(path, threads=threads, convention=convention, compiled_cache=compiled_cache())
+                    convention: InputConvention | None = None, spin: bool = True) -> OnnxFaceModel:
+    """The model on ``runtime`` (``auto``: ``choose_runtime``; ``spin``: ``OrtModel``'s)."""
+    if choose_runtime(runtime) == "openvino":
+        return OvModel(path, threads=threads, convention=convention)
     return OrtModel(path, threads=threads, convention=convention, spin=spin)
 
 

@@ -117,8 +117,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("-b", "--batch_size", "--batch-size", type=int, default=64, help="faces per inference call")
     p.add_argument("--threads", type=int, default=0, help="compute threads (0: one per usable core)")
     p.add_argument("--runtime", choices=RUNTIMES, default="auto",
-                   help="auto: openvino when installed and the CPU has AMX, else onnxruntime (an int8 file runs "
-                   "faster on openvino on CPUs with VNNI too: say --runtime openvino)")
+                   help="auto: openvino when installed and the CPU has AMX, else onnxruntime")
     p.add_argument("-p", "--print-freq", type=int, default=10, help="progress line every N batches")
     return p
 

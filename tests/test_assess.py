@@ -184,7 +184,7 @@ def test_int8_runs_the_cached_quantized_model_and_agrees_with_fp32(ckpt, photos_
         assert summary["dtype"] == dtype and summary["precision"]["dtype"] == dtype
         feats[dtype] = np.load(out / "features.npz")["features"]
     printed = capsys.readouterr().out
-    assert f"precision int8 on cpu, {choose_runtime('auto', int8=True)} (as asked)" in printed  # this CPU's runtime
+    assert f"precision int8 on cpu, {choose_runtime('auto')} (as asked)" in printed  # this CPU's runtime
     assert "quantizing (calibration on 256 faces)" in printed  # evenly spread over the bundled LFW list
     assert len(list((tmp_path / "cache").glob("*.int8.onnx"))) == 1
     a, b = feats["fp32"], feats["int8"]

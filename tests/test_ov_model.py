@@ -9,7 +9,7 @@ import pytest
 from bench.bench_gen_feat import random_model
 from inference import gen_feat, ort_embed
 from inference.int8 import fp32_export, int8_model
-from inference.onnx_model import OrtModel, OvModel, choose_runtime, load_onnx_model
+from inference.onnx_model import OrtModel, OvModel, choose_runtime
 from models.checkpoint import save_released
 from utils.cli import run_cli
 from utils.convention import INSIGHTFACE, read_aligned_face
@@ -49,31 +49,17 @@ EPYC_AVX2 = flags("avx avx2 fma f16c")
 
 
 def test_choose_runtime():
-    # auto: OpenVINO where the CPU has AMX; for an int8 model also where it has VNNI (its int8 kernels measured faster)
+    # auto: OpenVINO only where the CPU has AMX (with VNNI alone its int8 paid only past ~500 faces)
     assert choose_runtime("auto", installed=True, cpu=XEON_AMX) == "openvino"
-    assert choose_runtime("auto", installed=True, cpu=XEON_AMX, int8=True) == "openvino"
-    assert choose_runtime("auto", installed=True, cpu=EPYC_VNNI) == "onnxruntime"
-    assert choose_runtime("auto", installed=True, cpu=EPYC_VNNI, int8=True) == "openvino"
-    assert choose_runtime("auto", installed=True, cpu=ALDER_LAKE, int8=True) == "openvino"
-    assert choose_runtime("auto", installed=True, cpu=EPYC_AVX2, int8=True) == "onnxruntime"
-    assert choose_runtime("auto", installed=True, cpu=flags(None), int8=True) == "onnxruntime"  # flags unreadable
-    assert choose_runtime("auto", installed=False, cpu=XEON_AMX, int8=True) == "onnxruntime"
-    assert choose_runtime("onnxruntime", installed=True, cpu=XEON_AMX, int8=True) == "onnxruntime"
+    for cpu in (EPYC_VNNI, ALDER_LAKE, EPYC_AVX2, flags(None)):
+        assert choose_runtime("auto", installed=True, cpu=cpu) == "onnxruntime"
+    assert choose_runtime("auto", installed=False, cpu=XEON_AMX) == "onnxruntime"
+    assert choose_runtime("onnxruntime", installed=True, cpu=XEON_AMX) == "onnxruntime"
     assert choose_runtime("openvino", installed=True, cpu=EPYC_AVX2) == "openvino"
     with pytest.raises(ValueError, match="not installed"):
         choose_runtime("openvino", installed=False)
     with pytest.raises(ValueError, match="unknown runtime"):
         choose_runtime("tensorrt", installed=True)
-
-
-def test_openvino_caches_its_compiled_model(deploy, tmp_path, monkeypatch):
-    monkeypatch.setenv("MAGFACE_CACHE", str(tmp_path / "cache"))
-    first = load_onnx_model(deploy["int8"], "openvino", threads=1, int8=True)
-    compiled = list((tmp_path / "cache" / "openvino").iterdir())
-    assert compiled, "nothing cached"
-    again = load_onnx_model(deploy["int8"], "openvino", threads=1, int8=True)
-    assert sorted((tmp_path / "cache" / "openvino").iterdir()) == sorted(compiled)  # read back, not compiled anew
-    np.testing.assert_array_equal(first.embed(deploy["faces"][:4]), again.embed(deploy["faces"][:4]))
 
 
 def test_openvino_fp32_equals_onnxruntime(deploy):
