@@ -14,7 +14,6 @@ was assessed, 1 when none could be (or, with ``--strict``, when any input failed
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
 from collections.abc import Sequence
@@ -37,7 +36,7 @@ from inference.int8 import (
     int8_model,
     spread_calibration,
 )
-from inference.onnx_model import DEFAULT_BATCH, OnnxFaceModel, load_onnx_model
+from inference.onnx_model import DEFAULT_BATCH, OnnxFaceModel, load_onnx_model, onnxruntime_installed
 from inference.quality_report import contact_sheet, record_row, save_crops, write_csv, write_quality_json
 from inference.quality_scale import SCALES, logistic_quality, resolve_scale
 from models.checkpoint import load_backbone
@@ -151,7 +150,7 @@ def choose_assess_backend(requested: str, choice: PrecisionChoice, arch: str,
         return requested, "as asked"
     if choice.device != "cpu" or choice.requested != "auto":
         return "torch", f"--dtype {choice.requested} on {choice.device}"
-    if not (importlib.util.find_spec("onnxruntime") is not None if have_onnxruntime is None else have_onnxruntime):
+    if not (onnxruntime_installed() if have_onnxruntime is None else have_onnxruntime):
         return "torch", "onnxruntime is not installed"
     if choice.dtype == "fp32":
         return "onnxruntime", "fp32 on onnxruntime, faster than PyTorch's on a CPU without native bf16"

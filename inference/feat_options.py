@@ -4,11 +4,11 @@ the same options."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from inference.onnx_model import onnxruntime_installed
 from utils.cpu_info import NATIVE_BF16, CpuInfo, read_cpu_info
 
 DTYPE_NAMES = ("bf16", "fp16", "fp32")  # the PyTorch precisions (utils.precision.DTYPES); int8: onnxruntime
@@ -75,6 +75,6 @@ def choose_backend(opts: FeatOptions, cpu: CpuInfo | None = None, gpu: bool | No
         return "torch", "the CPU's flags could not be read"
     if cpu.has(*NATIVE_BF16):
         return "torch", "native bf16: PyTorch's bf16 is the faster path"
-    if not (importlib.util.find_spec("onnxruntime") is not None if have_onnxruntime is None else have_onnxruntime):
+    if not (onnxruntime_installed() if have_onnxruntime is None else have_onnxruntime):
         return "torch", "onnxruntime is not installed"
     return "onnxruntime", "no native bf16 on this CPU: fp32 on onnxruntime, which starts without importing torch"

@@ -158,6 +158,10 @@ def openvino_installed() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
+def onnxruntime_installed() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
 def choose_runtime(runtime: str, *, installed: bool | None = None, cpu: CpuInfo | None = None) -> str:
     """``onnxruntime`` or ``openvino`` for a requested ``auto`` / ``onnxruntime`` / ``openvino``; ``auto`` takes
     OpenVINO where it is installed and the CPU has AMX."""
