@@ -15,12 +15,12 @@ lowest cosine of the features.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import os
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -98,20 +98,6 @@ def agreement(out: Path, dtype: str, reference: str) -> dict:
             "min_cos": round(min(cos), 5), "faces_only_in_one": len(set(qa) ^ set(qb))}
 
 
-@contextlib.contextmanager
-def cache_in(folder: Path):
-    """``$MAGFACE_CACHE`` pointed at ``folder`` for the block (the bench leaves the user's cache alone)."""
-    before = os.environ.get("MAGFACE_CACHE")
-    os.environ["MAGFACE_CACHE"] = str(folder)
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("MAGFACE_CACHE", None)
-        else:
-            os.environ["MAGFACE_CACHE"] = before
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="photos/s of inference.assess")
     p.add_argument("--photos", default=str(DEFAULT_PHOTOS), help="folder of photographs")
@@ -132,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
     info = machine_info()
     print(format_machine(info))
     rows = [time_detection(paths)]
-    with tempfile.TemporaryDirectory() as tmp, cache_in(Path(tmp) / "cache"):
+    # a cache of its own for the exports and int8 models (the user's is left alone)
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, {"MAGFACE_CACHE": f"{tmp}/cache"}):
         ckpt = Path(args.resume) if args.resume else Path(tmp) / "model.pth"
         if not args.resume:
             save_released(ckpt, random_model(args.arch, embedding_size=args.embedding_size), None, 0, args.arch)

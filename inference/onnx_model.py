@@ -36,7 +36,7 @@ DEFAULT_BATCH = 16  # faces per call: int8 iresnet50 ran 69 faces/s at 16 agains
 
 
 def cache_dir() -> Path:
-    """Where exports, int8 models and OpenVINO's compiled models are kept: ``$MAGFACE_CACHE``, else
+    """Where the fp32 exports and int8 models are kept (``inference.int8``): ``$MAGFACE_CACHE``, else
     ``$XDG_CACHE_HOME/magface`` (``~/.cache/magface``)."""
     if os.environ.get("MAGFACE_CACHE"):
         return Path(os.environ["MAGFACE_CACHE"])
