@@ -11,7 +11,7 @@ from faces.face_list import ImageList, read_image_list
 from inference.feat_options import FeatOptions
 from inference.onnx_model import DEFAULT_BATCH, embed_files, load_onnx_model
 from utils.convention import parse_convention
-from utils.cpu_info import PrecisionChoice, read_cpu_info
+from utils.cpu_info import PrecisionChoice
 from utils.feature_io import check_room
 
 
@@ -50,9 +50,7 @@ def extract_ort(resume: str, onnx_file: Path, images: ImageList, feat_list: str,
         reason = "as asked"
     else:
         reason = "--backend onnxruntime runs fp32" if opts.backend == "onnxruntime" else f"auto: {why}"
-    cpu = read_cpu_info()
-    choice = PrecisionChoice(dtype, opts.dtype, "cpu", reason, cpu.model, tuple(cpu.speed_flags()),
-                             backend=model.runtime)
+    choice = PrecisionChoice.on_cpu(dtype, opts.dtype, reason, backend=model.runtime)
     choice.announce()
     feats = embed_files(model, images.resolved, batch_size, opts.print_freq,
                         where=[images.where(i) for i in range(len(images))], skip_bad=opts.skip_bad_images)

@@ -49,7 +49,7 @@ from inference.quality_scale import (  # noqa: E402
 from utils.atomic import atomic_write  # noqa: E402
 from utils.cli import HelpFormatter, run_cli  # noqa: E402
 from utils.convention import FACE_SIZE, parse_convention  # noqa: E402
-from utils.cpu_info import PrecisionChoice, read_cpu_info  # noqa: E402
+from utils.cpu_info import PrecisionChoice  # noqa: E402
 from utils.feature_io import write_features  # noqa: E402
 from utils.text_lines import printable  # noqa: E402
 
@@ -126,12 +126,10 @@ def model_precision(model: OnnxFaceModel, runtime: str) -> PrecisionChoice:
     """What runs: int8 when ``inference.int8`` quantized the file (its ``quantization`` metadata), else fp32, on the
     model's runtime, with this CPU's flags (printed once and stored in the features' meta, as gen_feat does)."""
     quantized = model.metadata.get("quantization")
-    cpu = read_cpu_info()
     reason = f"the file's ({quantized})" if quantized else "the file's (no quantization recorded)"
     if runtime == "auto":
         reason += f"; runtime auto: {model.runtime}"
-    return PrecisionChoice("int8" if quantized else "fp32", "file", "cpu", reason, cpu.model,
-                           tuple(cpu.speed_flags()), backend=model.runtime)
+    return PrecisionChoice.on_cpu("int8" if quantized else "fp32", "file", reason, backend=model.runtime)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -96,6 +96,13 @@ class PrecisionChoice:
             print(self.warning, file=sys.stderr, flush=True)
         print(self.line(), file=out or sys.stdout, flush=True)
 
+    @classmethod
+    def on_cpu(cls, dtype: str, requested: str, reason: str, *, cpu: CpuInfo | None = None, warning: str | None = None,
+               backend: str = "torch") -> PrecisionChoice:
+        """A choice on this CPU (``cpu``, read when None), its model name and speed flags recorded."""
+        cpu = read_cpu_info() if cpu is None else cpu
+        return cls(dtype, requested, "cpu", reason, cpu.model, tuple(cpu.speed_flags()), warning, backend)
+
     def to_dict(self) -> dict:
         out = asdict(self)
         out["cpu_flags"] = list(self.cpu_flags)
@@ -122,7 +129,7 @@ def choose_precision(requested: str, device_type: str, cpu: CpuInfo | None = Non
     names = ", ".join(flags) if flags else "none of " + ", ".join(SPEED_FLAGS)
 
     def choice(dtype: str, reason: str, warning: str | None = None) -> PrecisionChoice:
-        return PrecisionChoice(dtype, requested, "cpu", reason, cpu.model, flags, warning)
+        return PrecisionChoice.on_cpu(dtype, requested, reason, cpu=cpu, warning=warning)
 
     if requested == "fp16":
         raise ValueError("--dtype fp16 on a CPU: PyTorch's CPU fp16 is emulated and slow; use --dtype auto (bf16 where "
