@@ -20,6 +20,7 @@ from torch.testing import assert_close
 from models.collectives import all_gather_with_grad
 from models.magface import MagFaceConfig, MagFaceHead
 from models.sharded import ShardedMagFaceHead
+from tests.training import head_step
 from utils.dist import DistInfo, barrier, broadcast_object, cleanup, get_world_size, init_distributed
 
 DIM = 8
@@ -62,13 +63,7 @@ def _global_case(num_classes: int, batch: int, seed: int) -> tuple[torch.Tensor,
 
 
 def _dense(weight: torch.Tensor, emb: torch.Tensor, labels: torch.Tensor, kwargs: dict) -> tuple:
-    head = MagFaceHead(DIM, weight.shape[0], MagFaceConfig(**kwargs))
-    with torch.no_grad():
-        head.weight.copy_(weight)
-    x = emb.clone().requires_grad_(True)
-    out = head(x, labels)
-    out["loss"].backward()
-    return out, x.grad, head.weight.grad
+    return head_step(MagFaceHead(DIM, weight.shape[0], MagFaceConfig(**kwargs)), weight, emb, labels)
 
 
 def _ddp_case(world: int) -> dict[str, torch.Tensor]:

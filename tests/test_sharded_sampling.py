@@ -18,6 +18,7 @@ from torch.testing import assert_close
 from models.collectives import all_gather_no_grad, shard_range
 from models.magface import MagFaceConfig, MagFaceHead
 from models.sharded import ShardedMagFaceHead, sample_rows
+from tests.training import head_step
 
 DIM = 8
 TOL = {"rtol": 1e-5, "atol": 1e-6}
@@ -33,20 +34,11 @@ def _case(num_classes: int, batch: int, seed: int = 0) -> tuple[torch.Tensor, to
     return weight, direction * torch.linspace(5.0, 140.0, batch)[:, None], labels
 
 
-def _run(head: nn.Module, weight: torch.Tensor, emb: torch.Tensor, labels: torch.Tensor) -> tuple:
-    with torch.no_grad():
-        head.weight.copy_(weight)
-    x = emb.clone().requires_grad_(True)
-    out = head(x, labels)
-    out["loss"].backward()
-    return out, x.grad, head.weight.grad
-
-
 def _dense_on(kept: torch.Tensor, weight: torch.Tensor, emb: torch.Tensor, labels: torch.Tensor,
               config: MagFaceConfig) -> tuple:
     """The dense head over the classes ``kept`` (sorted global indices) only, labels renumbered."""
     head = MagFaceHead(DIM, kept.numel(), config)
-    return _run(head, weight[kept], emb, torch.searchsorted(kept, labels))
+    return head_step(head, weight[kept], emb, torch.searchsorted(kept, labels))
 
 
 def test_sample_rows_keeps_every_positive_and_the_asked_count() -> None:
@@ -68,9 +60,9 @@ def test_sample_rows_keeps_every_positive_and_the_asked_count() -> None:
 def test_rate_one_is_the_head_of_before_and_draws_nothing() -> None:
     weight, emb, labels = _case(12, 10)
     config = MagFaceConfig()
-    ref = _run(ShardedMagFaceHead(DIM, 12, 0, 1, config), weight, emb, labels)
+    ref = head_step(ShardedMagFaceHead(DIM, 12, 0, 1, config), weight, emb, labels)
     state = torch.random.get_rng_state()
-    got = _run(ShardedMagFaceHead(DIM, 12, 0, 1, config, sample_rate=1.0), weight, emb, labels)
+    got = head_step(ShardedMagFaceHead(DIM, 12, 0, 1, config, sample_rate=1.0), weight, emb, labels)
     assert torch.equal(torch.random.get_rng_state(), state)
     for a, b in zip(ref[1:], got[1:], strict=True):
         assert torch.equal(a, b)
@@ -86,7 +78,7 @@ def test_one_process_sampled_head_is_the_dense_head_on_the_kept_classes(variant:
     torch.manual_seed(11)
     kept = sample_rows(labels, 40, 0.3)
     torch.manual_seed(11)
-    out, emb_grad, weight_grad = _run(ShardedMagFaceHead(DIM, 40, 0, 1, config, sample_rate=0.3),
+    out, emb_grad, weight_grad = head_step(ShardedMagFaceHead(DIM, 40, 0, 1, config, sample_rate=0.3),
                                       weight, emb, labels)
     assert kept.numel() == 12 and set(labels.tolist()) <= set(kept.tolist())
     ref, ref_emb_grad, ref_weight_grad = _dense_on(kept, weight, emb, labels, config)
@@ -128,7 +120,7 @@ def _worker(rank: int, world: int, port: int, num_classes: int, rate: float, que
         torch.manual_seed(seed)
         head = ShardedMagFaceHead(DIM, num_classes, rank, world, MagFaceConfig(), compensate_ddp_average=False,
                                   sample_rate=rate)
-        out, emb_grad, weight_grad = _run(head, weight[start:end], emb[mine], labels[mine])
+        out, emb_grad, weight_grad = head_step(head, weight[start:end], emb[mine], labels[mine])
         ref, ref_emb_grad, ref_weight_grad = _dense_on(kept, weight, emb, labels, MagFaceConfig())
         pos = torch.searchsorted(kept, kept_local + start)
         for key in ("loss", "loss_id", "loss_g", "accuracy"):

@@ -97,3 +97,14 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert sorted(sa) == sorted(sb)
     differ = [k for k in sa if not torch.equal(sa[k], sb[k])]
     assert not differ, f"{len(differ)} of {len(sa)} tensors differ between {a} and {b}, e.g. {differ[:4]}"
+
+
+def head_step(head: torch.nn.Module, weight: torch.Tensor, emb: torch.Tensor, labels: torch.Tensor) -> tuple:
+    """One forward and backward of a classifier head with its weight set to ``weight``: (outputs, gradient of the
+    embeddings, gradient of the weight), for comparing heads (dense, sharded, sampled) on the same inputs."""
+    with torch.no_grad():
+        head.weight.copy_(weight)
+    x = emb.clone().requires_grad_(True)
+    out = head(x, labels)
+    out["loss"].backward()
+    return out, x.grad, head.weight.grad
